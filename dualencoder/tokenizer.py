@@ -217,7 +217,11 @@ class Tokenizer:
         return texts
 
     def tokenize(self, texts):
-        """Ragged WordPiece ids `[B, None]` (no special tokens, no truncation)."""
+        """WordPiece ids per text, no special tokens, no truncation.
+
+        A `tf.RaggedTensor` `[B, None]` in graph mode (keras-hub returns Python lists
+        of lists when called eagerly).
+        """
         texts = tf.convert_to_tensor(texts, dtype=tf.string)
         return self._wordpiece(self._normalize(texts))
 
