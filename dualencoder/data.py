@@ -1,0 +1,448 @@
+"""The input pipeline: records (see `records/schema.py`) to `tf.data` batches.
+
+Everything random here (shard order, the shuffle, the caption drawn per image, the
+augmentation) is a pure function of `(seed, epoch, image_index)` computed with stateless
+RNGs, so a run is reproducible bit for bit and `skip_batches` resumes mid-epoch exactly.
+
+Stages of `pair_dataset` (cheap ones first, so that skipping is cheap):
+
+1. shard files in a `(seed, epoch)` permutation, interleaved record by record
+   (deterministic, parallel reads);
+2. parse; drop records without captions (class-folder data); draw a caption (or expand
+   to one element per caption with `all_captions=True`); attach a 64-bit sort key;
+3. shuffle: windows of `shuffle_buffer` elements sorted by their keys;
+4. `shard(num_shards, shard_index)` for multi-worker input, then `skip(k * batch_size)`;
+5. decode + (random resized crop) + resize + (flip) in one parallel, order-keeping map;
+   JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT when they are still at least
+   `image_size` px after it (`fast_jpeg`), and crops are decoded with
+   `decode_and_crop_jpeg`;
+6. batch (whole batches), tokenize the batch in graph, prefetch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from records import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+RESIZE_METHODS = ("bicubic", "bilinear", "nearest", "area")
+# Purposes folded into the per-image RNG key, so each decision has its own stream.
+_CAPTION, _SHUFFLE, _CROP, _FLIP = 1, 2, 3, 4
+_CROP_SCALE = (0.6, 1.0)
+_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_RNG_ALG = "philox"  # explicit, so keys do not depend on the device
+
+
+# ----------------------------------------------------------------------------- helpers
+def _check_args(image_size, batch_size, resize_method):
+    if not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size={image_size!r}: expected a positive int (pixels).")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive int.")
+    if resize_method not in RESIZE_METHODS:
+        raise ValueError(f"resize_method={resize_method!r}: expected one of {RESIZE_METHODS}.")
+
+
+def _element_key(seed, epoch, image_index, purpose, extra=None):
+    """Stateless RNG seed `[2]` keyed by (seed, epoch, image_index, purpose[, extra])."""
+    key = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, epoch], tf.int64), tf.cast(image_index, tf.int64), alg=_RNG_ALG)
+    key = tf.random.experimental.stateless_fold_in(key, purpose, alg=_RNG_ALG)
+    if extra is not None:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(extra, tf.int64),
+                                                       alg=_RNG_ALG)
+    return key
+
+
+def _record_stream(paths, *, interleave: int):
+    """Serialized records of `paths`, interleaved record by record, deterministic."""
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    cycle = max(1, min(interleave, len(paths)))
+    if cycle == 1:
+        return files.flat_map(lambda f: tf.data.TFRecordDataset(f))
+    return files.interleave(
+        lambda f: tf.data.TFRecordDataset(f), cycle_length=cycle,
+        block_length=1, num_parallel_calls=min(cycle, 4), deterministic=True)
+
+
+def _image_kind_ok(encoded):
+    """True where the bytes start like a JPEG, PNG, GIF or BMP file (cheap header check)."""
+    head = tf.strings.substr(encoded, 0, 8)
+    return (tf.io.is_jpeg(encoded)
+            | tf.equal(head, _PNG_MAGIC)
+            | tf.equal(tf.strings.substr(encoded, 0, 4), b"GIF8")
+            | tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"))
+
+
+def _assert_decodable(encoded, image_id, image_index):
+    """Strict mode: fail naming the record when the bytes are not an image at all."""
+    return tf.debugging.Assert(
+        _image_kind_ok(encoded),
+        ["dualencoder.data: record image/id=", image_id, "image/index=", image_index,
+         "holds bytes that are not a JPEG/PNG/GIF/BMP image (corrupt record). Rebuild the "
+         "records, run `python -m records verify`, or pass skip_bad=True to drop it."],
+        summarize=3)
+
+
+def _crop_box(height, width, key):
+    """Random resized crop box (y, x, h, w), area scale 0.6-1, aspect 3/4-4/3."""
+    u = tf.random.stateless_uniform([4], key, dtype=tf.float32, alg=_RNG_ALG)
+    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    area = hf * wf * (_CROP_SCALE[0] + (_CROP_SCALE[1] - _CROP_SCALE[0]) * u[0])
+    log_lo, log_hi = np.log(_CROP_RATIO[0]), np.log(_CROP_RATIO[1])
+    ratio = tf.exp(log_lo + (log_hi - log_lo) * u[1])
+    ch = tf.clip_by_value(tf.round(tf.sqrt(area / ratio)), 1.0, hf)
+    cw = tf.clip_by_value(tf.round(tf.sqrt(area * ratio)), 1.0, wf)
+    y = tf.floor(u[2] * (hf - ch + 1.0))
+    x = tf.floor(u[3] * (wf - cw + 1.0))
+    box = tf.cast(tf.stack([y, x, ch, cw]), tf.int32)
+    return tf.minimum(box, tf.stack([height - 1, width - 1, height, width]))
+
+
+def _decode(encoded, size, *, crop_key=None, fast_jpeg=True, dct_method=""):
+    """Decode to uint8 `[h, w, 3]`, cropped when `crop_key` is given.
+
+    JPEGs are decoded at a DCT scale of 1/2, 1/4 or 1/8 when the (cropped) image stays
+    at least `size` px on its short side, which is both faster and an area-like
+    downscale; otherwise at full size.
+    """
+
+    def decode_other():
+        img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        img = tf.ensure_shape(img, [None, None, 3])
+        if crop_key is not None:
+            shape = tf.shape(img)
+            box = _crop_box(shape[0], shape[1], crop_key)
+            img = img[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+        return img
+
+    def decode_jpeg():
+        shape = tf.io.extract_jpeg_shape(encoded)
+        h, w = shape[0], shape[1]
+        box = _crop_box(h, w, crop_key) if crop_key is not None else tf.stack([0, 0, h, w])
+        short = tf.minimum(box[2], box[3])
+        ratios = (1, 2, 4, 8) if fast_jpeg else (1,)
+        # index of the largest ratio r with short / r >= size
+        idx = tf.zeros([], tf.int32)
+        for i, r in enumerate(ratios[1:], start=1):
+            idx = tf.where(short >= r * size, i, idx)
+
+        def at_ratio(r):
+            def fn():
+                if r == 1:
+                    if crop_key is None:
+                        return tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method)
+                    return tf.io.decode_and_crop_jpeg(encoded, box, channels=3,
+                                                      dct_method=dct_method)
+                img = tf.io.decode_jpeg(encoded, channels=3, ratio=r, dct_method=dct_method)
+                if crop_key is not None:
+                    dh, dw = tf.shape(img)[0], tf.shape(img)[1]
+                    y0 = tf.minimum(box[0] // r, dh - 1)
+                    x0 = tf.minimum(box[1] // r, dw - 1)
+                    img = img[y0:y0 + tf.maximum(box[2] // r, 1),
+                              x0:x0 + tf.maximum(box[3] // r, 1)]
+                return img
+            return fn
+
+        if len(ratios) == 1:
+            return tf.ensure_shape(at_ratio(1)(), [None, None, 3])
+        img = tf.switch_case(idx, [at_ratio(r) for r in ratios])
+        return tf.ensure_shape(img, [None, None, 3])
+
+    return tf.cond(tf.io.is_jpeg(encoded), decode_jpeg, decode_other)
+
+
+def _resize(img, size, method):
+    """uint8 `[h, w, 3]` -> float32 `[size, size, 3]` in 0..255 (aspect ratio not kept)."""
+    shape = tf.shape(img)
+
+    def same():
+        return tf.cast(img, tf.float32)
+
+    def resize():
+        out = tf.image.resize(img, [size, size], method=method,
+                              antialias=method in ("bicubic", "bilinear"))
+        return tf.clip_by_value(out, 0.0, 255.0)
+
+    out = tf.cond((shape[0] == size) & (shape[1] == size), same, resize)
+    return tf.ensure_shape(out, [size, size, 3])
+
+
+def _options(deterministic=True):
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+# ----------------------------------------------------------------------------- public API
+def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoch=0,
+                 skip_batches=0, shuffle=True, augment=False, all_captions=False,
+                 resize_method="bicubic", skip_bad=False, num_shards=1, shard_index=0,
+                 shuffle_buffer=2048, fast_jpeg=True):
+    """Image-caption pair batches for contrastive training (one epoch).
+
+    Each image appears once per epoch with one of its captions drawn at random
+    (stateless RNG keyed by `(seed, epoch, image_index)`), or once per caption with
+    `all_captions=True`. The order is a pure function of `(seed, epoch)`.
+
+    Args:
+        records_dir: a records directory (with `manifest.json`).
+        image_size: int, output images are `[image_size, image_size, 3]` (squashed,
+            aspect ratio not kept).
+        tokenizer: a `dualencoder.tokenizer.Tokenizer` (any callable mapping a string
+            tensor `[B]` to `{"token_ids", "padding_mask"}` works).
+        batch_size: int; only whole batches are produced (drop remainder).
+        seed: int, the run's seed.
+        epoch: int, the epoch number (changes order, captions and augmentation).
+        skip_batches: int, skip the first `k` batches (before decoding: cheap). A run with
+            `skip_batches=k` yields exactly batches `k, k+1, ...` of the same `(seed, epoch)`.
+        shuffle: bool, shuffle shard order and elements. `False` keeps record order.
+        augment: bool, random resized crop (area 0.6-1, aspect 3/4-4/3) and horizontal flip.
+        all_captions: bool, one element per caption instead of one per image.
+        resize_method: "bicubic" (default), "bilinear", "nearest" or "area";
+            bicubic/bilinear are antialiased when downscaling.
+        skip_bad: bool. False (strict): a record whose bytes are not an image fails with
+            an error naming its `image/id`; other decode failures raise TensorFlow's
+            error. True: such records are dropped (header check before skipping, so
+            resuming stays exact; later decode failures are dropped too).
+        num_shards: int, number of input workers; each takes every `num_shards`-th
+            element (after shuffling).
+        shard_index: int, this worker's index in `[0, num_shards)`.
+        shuffle_buffer: int, elements per shuffle window.
+        fast_jpeg: bool, decode large JPEGs at a reduced DCT scale (see module doc).
+
+    Returns:
+        A `tf.data.Dataset` of dicts: `images` float32 `[B, S, S, 3]` (0..255),
+        `token_ids` int32 `[B, L]`, `padding_mask` bool `[B, L]`, `image_index` int64 `[B]`,
+        `caption` string `[B]`.
+
+    Example:
+    >>> tok = Tokenizer(tiny_vocabulary(), sequence_length=16)
+    >>> ds = pair_dataset("runs/records/synthetic", image_size=64, tokenizer=tok,
+    ...                   batch_size=32, seed=0, epoch=3, skip_batches=10)
+    >>> batch = next(iter(ds))  # batch 10 of epoch 3
+    """
+    _check_args(image_size, batch_size, resize_method)
+    if not (isinstance(num_shards, int) and num_shards >= 1 and 0 <= shard_index < num_shards):
+        raise ValueError(f"num_shards={num_shards!r}, shard_index={shard_index!r}: need "
+                         "num_shards >= 1 and 0 <= shard_index < num_shards.")
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches={skip_batches}: must be >= 0.")
+    manifest = schema.read_manifest(records_dir)
+    if manifest.get("num_captions", None) == 0:
+        raise schema.RecordsError(
+            f"{records_dir}: the records hold no captions (class-folder data, source "
+            f"{manifest.get('source')!r}); use image_dataset() for them.")
+    paths = schema.shard_paths(records_dir, manifest)
+    seed, epoch = int(seed), int(epoch)
+    if shuffle:
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0x5EED])
+        paths = [paths[i] for i in rng.permutation(len(paths))]
+    ds = _record_stream(paths, interleave=8 if shuffle else 1)
+
+    def parse(serialized):
+        f = schema.parse_example(serialized)
+        captions = f["captions"]
+        return {"encoded": f["image/encoded"], "image_id": f["image/id"],
+                "image_index": f["image/index"], "captions": captions,
+                "num_captions": tf.shape(captions, out_type=tf.int64)[0]}
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.filter(lambda e: e["num_captions"] > 0)
+    if skip_bad:
+        ds = ds.filter(lambda e: _image_kind_ok(e["encoded"]))
+
+    def shuffle_key(index, extra=None):
+        key = _element_key(seed, epoch, index, _SHUFFLE, extra)
+        return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64,
+                                           alg=_RNG_ALG)
+
+    if all_captions:
+        def expand(e):
+            n = e["num_captions"]
+            out = {"encoded": tf.fill([n], e["encoded"]), "image_id": tf.fill([n], e["image_id"]),
+                   "image_index": tf.fill([n], e["image_index"]), "caption": e["captions"]}
+            if shuffle:
+                out["key"] = tf.map_fn(lambda j: shuffle_key(e["image_index"], j),
+                                       tf.range(n, dtype=tf.int64))
+            return out
+
+        ds = ds.map(expand, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+    else:
+        def choose(e):
+            key = _element_key(seed, epoch, e["image_index"], _CAPTION)
+            j = tf.random.stateless_uniform([], key, minval=0, maxval=e["num_captions"],
+                                            dtype=tf.int64, alg=_RNG_ALG)
+            out = {"encoded": e["encoded"], "image_id": e["image_id"],
+                   "image_index": e["image_index"], "caption": e["captions"][j]}
+            if shuffle:
+                out["key"] = shuffle_key(e["image_index"])
+            return out
+
+        ds = ds.map(choose, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    if shuffle:
+        def permute(window):
+            order = tf.argsort(window.pop("key"), stable=True)
+            return {k: tf.gather(v, order) for k, v in window.items()}
+
+        ds = ds.batch(int(shuffle_buffer)).map(permute).unbatch()
+    if num_shards > 1:
+        ds = ds.shard(num_shards, shard_index)
+    if skip_batches:
+        ds = ds.skip(int(skip_batches) * int(batch_size))
+
+    size = int(image_size)
+
+    def load(e):
+        checks = [] if skip_bad else [_assert_decodable(e["encoded"], e["image_id"],
+                                                         e["image_index"])]
+        with tf.control_dependencies(checks):
+            crop_key = (_element_key(seed, epoch, e["image_index"], _CROP) if augment else None)
+            img = _decode(e["encoded"], size, crop_key=crop_key, fast_jpeg=fast_jpeg)
+            img = _resize(img, size, resize_method)
+            if augment:
+                flip_key = _element_key(seed, epoch, e["image_index"], _FLIP)
+                flip = tf.random.stateless_uniform([], flip_key, alg=_RNG_ALG) < 0.5
+                img = tf.cond(flip, lambda: tf.reverse(img, axis=[1]), lambda: img)
+        return {"images": img, "image_index": e["image_index"], "caption": e["caption"]}
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_bad:
+        ds = ds.ignore_errors()
+    ds = ds.batch(int(batch_size), drop_remainder=True)
+
+    def tokenize(batch):
+        tokens = tokenizer(batch["caption"])
+        batch = dict(batch)
+        batch["token_ids"] = tf.cast(tokens["token_ids"], tf.int32)
+        batch["padding_mask"] = tf.cast(tokens["padding_mask"], tf.bool)
+        return batch
+
+    ds = ds.map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
+
+
+def steps_per_epoch(records_dir, batch_size, all_captions=False, num_shards=1) -> int:
+    """Whole batches per epoch of `pair_dataset` (per worker with `num_shards` workers).
+
+    With `all_captions=True` the count comes from the manifest (`num_captions`);
+    otherwise the captioned records are counted by reading only their caption lists
+    (records without captions are not pairs). Records that `skip_bad` drops are counted.
+
+    Args:
+        records_dir: a records directory.
+        batch_size: int.
+        all_captions: bool, as in `pair_dataset`.
+        num_shards: int, input workers; the result is the smallest worker's count so
+            that all workers run the same number of steps.
+
+    Example:
+    >>> steps_per_epoch("runs/records/synthetic", 32)
+    31
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1.")
+    manifest = schema.read_manifest(records_dir)
+    if all_captions and "num_captions" in manifest:
+        n = int(manifest["num_captions"])
+    else:
+        n = int(_count_captioned(records_dir, manifest))
+    return (n // int(num_shards)) // int(batch_size)
+
+
+def _count_captioned(records_dir, manifest) -> int:
+    if manifest.get("num_captions", None) == 0:
+        return 0
+    ds = _record_stream(schema.shard_paths(records_dir, manifest), interleave=1)
+    ds = ds.batch(1024).map(lambda s: tf.io.parse_example(
+        s, {"captions": tf.io.RaggedFeature(tf.string)})["captions"].row_lengths())
+    return int(sum(int(np.count_nonzero(x.numpy())) for x in ds))
+
+
+def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic",
+                  skip_bad=False, fast_jpeg=True):
+    """Every record's image in record order, for evaluation and embedding caches.
+
+    Args:
+        records_dir: a records directory.
+        image_size: int, output side in pixels.
+        batch_size: int; the last batch may be short.
+        resize_method: as in `pair_dataset`.
+        skip_bad: bool, drop undecodable records instead of failing.
+        fast_jpeg: bool, as in `pair_dataset`.
+
+    Returns:
+        A `tf.data.Dataset` of dicts `images` float32 `[B, S, S, 3]` (0..255),
+        `image_index` int64 `[B]`, `label` int64 `[B]` (-1 for captioned data).
+
+    Example:
+    >>> for batch in image_dataset("runs/records/zeroshot", image_size=64, batch_size=128):
+    ...     emb = model.encode_images(batch["images"])
+    """
+    _check_args(image_size, batch_size, resize_method)
+    manifest = schema.read_manifest(records_dir)
+    ds = _record_stream(schema.shard_paths(records_dir, manifest), interleave=1)
+    size = int(image_size)
+
+    def load(serialized):
+        f = schema.parse_example(serialized)
+        checks = [] if skip_bad else [_assert_decodable(f["image/encoded"], f["image/id"],
+                                                         f["image/index"])]
+        with tf.control_dependencies(checks):
+            img = _decode(f["image/encoded"], size, fast_jpeg=fast_jpeg)
+            img = _resize(img, size, resize_method)
+        return {"images": img, "image_index": f["image/index"], "label": f["label"]}
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if skip_bad:
+        ds = ds.ignore_errors()
+    ds = ds.batch(int(batch_size))
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
+
+
+def read_captions(records_dir):
+    """All captions in record order with the `image/index` of their image.
+
+    Returns:
+        `(caption_texts: list[str], caption_image_index: np.ndarray int64)`.
+
+    Example:
+    >>> texts, owner = read_captions("runs/records/synthetic")
+    >>> texts[0], owner[0]
+    ('a red circle above a blue square', 0)
+    """
+    manifest = schema.read_manifest(records_dir)
+    ds = _record_stream(schema.shard_paths(records_dir, manifest), interleave=1)
+    spec = {"captions": tf.io.RaggedFeature(tf.string),
+            "image/index": tf.io.FixedLenFeature([], tf.int64)}
+    ds = ds.batch(1024).map(lambda s: tf.io.parse_example(s, spec))
+    texts, owners = [], []
+    for batch in ds:
+        caps = batch["captions"]
+        lengths = caps.row_lengths().numpy()
+        texts.extend(c.decode("utf-8") for c in caps.flat_values.numpy().tolist())
+        owners.append(np.repeat(batch["image/index"].numpy(), lengths))
+    index = np.concatenate(owners).astype(np.int64) if owners else np.zeros([0], np.int64)
+    return texts, index
+
+
+def class_names(records_dir) -> list[str]:
+    """The class names of class-folder records (label `i` is `class_names[i]`).
+
+    Raises:
+        RecordsError: the records are not class-folder records.
+    """
+    manifest = schema.read_manifest(records_dir)
+    names = manifest.get("class_names")
+    if not names:
+        raise schema.RecordsError(
+            f"{os.path.join(records_dir, schema.MANIFEST_NAME)}: no class_names (source "
+            f"{manifest.get('source')!r} is not class-folder data).")
+    return [str(n) for n in names]
