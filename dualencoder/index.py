@@ -244,8 +244,8 @@ def open_source(kind: str, path):
 def decode_image(data: bytes, size: int) -> np.ndarray:
     """Decode image bytes to float32 `[size, size, 3]` pixels in 0..255.
 
-    The image is converted to RGB, its shorter side resized to `size` (bicubic) and the centre
-    cropped, like evaluation-time preprocessing of the input pipeline.
+    The image is converted to RGB and resized to `size` x `size` (bicubic, antialiased, aspect
+    ratio not kept), like the evaluation path of the input pipeline (`dualencoder.data`).
 
     Raises:
         ValueError: the bytes are not a decodable image.
@@ -256,12 +256,8 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img = ImageOps.exif_transpose(img)
             img = img.convert("RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            img = img.crop((left, top, left + size, top + size))
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(img, dtype=np.float32)
     except Exception as exc:  # PIL raises many types for bad files
         raise ValueError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
@@ -776,3 +772,62 @@ def check_query(text) -> str:
     if text is None or not str(text).strip():
         raise RetrievalError("empty query: give some words to search for")
     return str(text).strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Models and result grids
+
+
+def resolve_model_dir(path) -> str:
+    """The saved model folder for `--model`: a training workdir (with `model/`) or the folder."""
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "model", "config.json")):
+        return os.path.join(path, "model")
+    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
+            os.path.join(path, "model.weights.h5")):
+        return path
+    raise RetrievalError(f"--model {path}: neither a saved model folder (config.json + "
+                         "model.weights.h5) nor a training workdir containing model/")
+
+
+def load_encoder(path):
+    """Load the Encoder-protocol model saved at `path` (a workdir or a saved model folder)."""
+    model_dir = resolve_model_dir(path)
+    from dualencoder import model as model_lib  # noqa: PLC0415 (imports TensorFlow)
+
+    try:
+        return model_lib.load(model_dir)
+    except (OSError, ValueError) as exc:
+        raise RetrievalError(f"cannot load the model from {model_dir}: {exc}") from exc
+
+
+def save_grid(index: EmbeddingIndex, hits: list[Hit], out_path, *, thumb: int = 192,
+              columns: int | None = None, title: str | None = None) -> None:
+    """Write the hit images as a PNG grid with rank, score and name under each thumbnail."""
+    from PIL import Image, ImageDraw, ImageOps  # noqa: PLC0415
+
+    if not hits:
+        raise RetrievalError("no results to draw")
+    columns = columns or min(len(hits), max(1, int(np.ceil(np.sqrt(len(hits))))))
+    rows = int(np.ceil(len(hits) / columns))
+    label_h, head_h, pad = 30, (24 if title else 0), 6
+    cell_w, cell_h = thumb + pad, thumb + label_h + pad
+    canvas = Image.new("RGB", (columns * cell_w + pad, head_h + rows * cell_h + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 6), title[:120], fill="black")
+    for n, hit in enumerate(hits):
+        x, y = pad + (n % columns) * cell_w, head_h + pad + (n // columns) * cell_h
+        try:
+            data, _ = index.image_bytes(hit.id)
+            with Image.open(io.BytesIO(data)) as img:
+                tile = ImageOps.pad(img.convert("RGB"), (thumb, thumb), color="#eeeeee")
+        except (RetrievalError, OSError, ValueError):
+            tile = Image.new("RGB", (thumb, thumb), "#cc9999")
+        canvas.paste(tile, (x, y))
+        name = hit.path if len(hit.path) <= 28 else "..." + hit.path[-25:]
+        draw.text((x, y + thumb + 2), f"{n + 1}. {hit.score:.3f}", fill="black")
+        draw.text((x, y + thumb + 15), name, fill="#444444")
+    out_path = os.fspath(out_path)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    canvas.save(out_path, format="PNG")

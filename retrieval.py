@@ -1,0 +1,199 @@
+"""Image search with a trained dual encoder: build an embedding index, search it, serve it.
+
+```
+python retrieval.py index  --model WORKDIR --images DIR --out INDEX [--update]
+python retrieval.py index  --model WORKDIR --records DIR --out INDEX
+python retrieval.py search --index INDEX --query "cars on the street at night" [-k 9] [--json]
+                           [--grid out.png] [--backend exact|faiss]
+python retrieval.py search --index INDEX --image query.jpg         # image -> image
+python retrieval.py search --index INDEX --queries queries.txt     # one per line -> JSONL
+python retrieval.py serve  --index INDEX [--host 127.0.0.1] [--port 8000]
+```
+
+`--model` takes a training workdir (containing `model/`) or a saved model folder; `search` and
+`serve` default to the model recorded in the index and refuse a model with another fingerprint.
+Bad input prints one line `error: ...` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def load_encoder(path):
+    """Load the model at `path` (tests replace this with a fake encoder)."""
+    from dualencoder.index import load_encoder as _load  # noqa: PLC0415
+
+    return _load(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="retrieval.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("index", help="embed every image of a folder or records dir into an index")
+    p.add_argument("--model", required=True, help="training workdir or saved model folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="image folder, searched recursively")
+    src.add_argument("--records", help="records directory (records/)")
+    p.add_argument("--out", required=True, help="index folder")
+    p.add_argument("--update", action="store_true",
+                   help="refresh a complete index: embed new/changed images, drop deleted ones")
+    p.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk")
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--faiss", choices=["hnsw", "ivf"], default=None,
+                   help="also build the faiss index (and report its recall@10 vs exact)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("search", help="top-k images for a text or image query")
+    p.add_argument("--index", required=True, help="index folder")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="text query")
+    q.add_argument("--image", help="query image file (image -> image search)")
+    q.add_argument("--queries", help="file with one text query per line; JSONL output")
+    p.add_argument("-k", type=str, default="9", help="number of results (>= 1, default 9)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--grid", help="also write the results as a PNG grid (single query)")
+    p.add_argument("--backend", choices=["exact", "faiss"], default="exact")
+    p.add_argument("--model", help="model to embed queries with (default: the index's model)")
+
+    p = sub.add_parser("serve", help="JSON API and a web page over an index")
+    p.add_argument("--index", required=True, help="index folder")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=["exact", "faiss"], default="exact")
+    p.add_argument("--model", help="model to embed queries with (default: the index's model)")
+    return parser
+
+
+def _open_model(index, model_arg):
+    from dualencoder import index as index_lib  # noqa: PLC0415
+
+    path = model_arg or index.model_path
+    if not path:
+        raise index_lib.RetrievalError(f"index {index.index_dir} records no model path; pass --model")
+    encoder = load_encoder(path)
+    index_lib.check_fingerprint(index.state, encoder, index.index_dir)
+    return encoder
+
+
+def cmd_index(args) -> int:
+    from dualencoder import index as index_lib  # noqa: PLC0415
+
+    model_dir = index_lib.resolve_model_dir(args.model)  # fail fast, before TensorFlow
+    for flag, path in (("--images", args.images), ("--records", args.records)):
+        if path is not None and not os.path.isdir(path):
+            raise index_lib.RetrievalError(f"{flag} {path} is not a folder")
+    encoder = load_encoder(model_dir)
+    report = index_lib.build_index(
+        encoder, args.out, images=args.images, records=args.records, model_path=model_dir,
+        update=args.update, chunk_size=args.chunk_size, batch_size=args.batch_size,
+        dtype=args.dtype, progress=not args.no_progress)
+    for entry in report.skipped:
+        print(f"skipped unreadable image {entry['path']}: {entry['error']}", file=sys.stderr)
+    print(report.summary())
+    if args.faiss:
+        index = index_lib.EmbeddingIndex.open(args.out)
+        index.searcher("faiss", kind=args.faiss)
+    return EXIT_OK
+
+
+def _results(hits):
+    return [{"rank": r + 1, **h.to_dict()} for r, h in enumerate(hits)]
+
+
+def cmd_search(args) -> int:
+    from dualencoder import index as index_lib  # noqa: PLC0415
+
+    k = index_lib.check_k(args.k)
+    if args.query is not None:
+        texts = [index_lib.check_query(args.query)]
+    elif args.queries is not None:
+        try:
+            with open(args.queries, encoding="utf-8") as fh:
+                texts = [line.strip() for line in fh if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise index_lib.RetrievalError(f"cannot read --queries {args.queries}: {exc}") from exc
+        if not texts:
+            raise index_lib.RetrievalError(f"--queries {args.queries} holds no query")
+        if args.grid:
+            raise index_lib.RetrievalError("--grid draws one query; not with --queries")
+    else:
+        texts = None
+        index_lib.check_query_image(args.image)
+    index = index_lib.EmbeddingIndex.open(args.index)
+    if args.backend == "faiss":
+        index.searcher("faiss")  # build/load (and report recall) before the model loads
+    encoder = _open_model(index, args.model)
+    if texts is None:
+        queries = encoder.encode_images(index_lib.load_query_image(args.image,
+                                                                  encoder.image_size)[None])
+    else:
+        queries = encoder.encode_texts(texts)
+    all_hits = index.search(queries, k, backend=args.backend)
+    labels = texts if texts is not None else [args.image]
+    if args.queries is not None:
+        for text, hits in zip(labels, all_hits):
+            print(json.dumps({"query": text, "results": _results(hits)}))
+        return EXIT_OK
+    hits = all_hits[0]
+    if args.json:
+        key = "query" if texts is not None else "image"
+        print(json.dumps({key: labels[0], "k": k, "backend": args.backend,
+                          "results": _results(hits)}, indent=1))
+    else:
+        print(f"top {len(hits)} for {labels[0]!r} ({args.backend}, {len(index)} images):")
+        for r, hit in enumerate(hits):
+            print(f"{r + 1:4d}  {hit.score:7.4f}  {hit.path}")
+    if args.grid:
+        index_lib.save_grid(index, hits, args.grid, title=labels[0])
+        print(f"wrote {args.grid}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from dualencoder import index as index_lib  # noqa: PLC0415
+    from dualencoder import server  # noqa: PLC0415
+
+    if not 0 <= args.port <= 65535:
+        raise index_lib.RetrievalError(f"--port {args.port} is not a port number")
+    index = index_lib.EmbeddingIndex.open(args.index)
+    index.searcher(args.backend)
+    encoder = _open_model(index, args.model)
+    service = server.RetrievalService(index, encoder, backend=args.backend)
+    return server.serve(service, host=args.host, port=args.port)
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input)."""
+    from dualencoder.index import RetrievalError  # noqa: PLC0415 (light: NumPy only)
+
+    try:
+        args = build_parser().parse_args(argv)
+        command = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve}[args.command]
+        return command(args)
+    except (_UsageError, RetrievalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
