@@ -1,0 +1,196 @@
+"""Build sharded TFRecords plus `manifest.json` from any source.
+
+Example:
+>>> from records.build import build_records
+>>> manifest = build_records("synthetic", "data/synth_train", num_images=2000, image_size=64)
+>>> manifest["num_records"], [s["name"] for s in manifest["shards"]]
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from records import images as images_lib
+from records import writer as writer_lib
+from records.schema import MANIFEST_NAME, SCHEMA_VERSION, RecordsError, encode_example
+from records.sources import get_source
+
+
+def build_records(source, out_dir, *, shard_size=1000, max_side=None, skip_bad=False,
+                  **source_options) -> dict:
+    """Write `source` to `out_dir` as sharded TFRecords and return the manifest.
+
+    Each image becomes one example holding all of its captions (`records/schema.py`), with
+    `image/index` 0..N-1 in source order. Images are decoded once to validate them and read their
+    size; JPEG and PNG bytes are stored unchanged unless `max_side` asks for a smaller image.
+    Shards are moved into place only when complete and `manifest.json` is written last, both
+    atomically, so an interrupted build leaves no manifest and no partial shard, and a rerun
+    completes it. A rebuild into an existing directory first removes its manifest and, once the
+    new manifest is written, removes shards it no longer lists.
+
+    Args:
+        source: a source name (`"synthetic"`, `"coco"`, `"flickr"`, `"csv"`, `"jsonl"`,
+            `"folders"`, `"tfds"`) or a source object (an iterable of
+            `(image_id, image_bytes_or_path, captions, label)` with a `name`).
+        out_dir: the records directory (created if needed).
+        shard_size: records per shard.
+        max_side: if set, re-encode (JPEG) images whose longer side exceeds it.
+        skip_bad: skip bad images and rows instead of raising; they are listed in
+            `manifest["build"]["skipped"]`.
+        **source_options: passed to the source (e.g. `root=`, `split=`, `num_images=`).
+
+    Returns:
+        The manifest dict (also written to `out_dir/manifest.json`).
+
+    Raises:
+        RecordsError: bad input (naming the file and row or id), an empty build, or bad options.
+    """
+    shard_size = int(shard_size)
+    if shard_size < 1:
+        raise RecordsError(f"shard_size must be >= 1, got {shard_size}")
+    if max_side is not None and int(max_side) < 1:
+        raise RecordsError(f"max_side must be >= 1, got {max_side}")
+    if isinstance(source, str):
+        src = get_source(source, skip_bad=skip_bad, **source_options)
+    else:
+        if source_options:
+            raise RecordsError("source options are only accepted with a source name")
+        src = source
+    source_name = getattr(src, "name", type(src).__name__)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(out_dir, MANIFEST_NAME)
+    if os.path.exists(manifest_path):  # the directory stops being a complete build right now
+        os.remove(manifest_path)
+
+    skipped: list[dict] = []
+    shards: list[dict] = []
+    heights, widths = [], []
+    formats: dict[str, int] = {}
+    reencoded = 0
+    seen_ids: set[str] = set()
+    index = 0
+    shard_writer = None
+    progress = _progress(src, source_name)
+    try:
+        for item in src:
+            image_id, image, captions, label = _unpack(item, source_name)
+            what = f"{source_name} image {image_id!r}"
+            if image_id in seen_ids:
+                raise RecordsError(f"{what}: duplicate image id (ids must be unique per build)")
+            try:
+                prepared = images_lib.prepare_image(
+                    images_lib.read_image_bytes(image, what=what), what=what, max_side=max_side)
+            except RecordsError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append({"where": what, "reason": str(exc)})
+                progress.update(1)
+                continue
+            seen_ids.add(image_id)
+            if shard_writer is None:
+                shard_writer = writer_lib.ShardWriter(out_dir, len(shards), first_index=index)
+                shard_writer.__enter__()
+            shard_writer.write(
+                encode_example(image_bytes=prepared.data, image_id=image_id, index=index,
+                               captions=captions, height=prepared.height, width=prepared.width,
+                               image_format=prepared.image_format, label=label,
+                               source=source_name),
+                num_captions=len(captions))
+            index += 1
+            heights.append(prepared.height)
+            widths.append(prepared.width)
+            formats[prepared.image_format] = formats.get(prepared.image_format, 0) + 1
+            reencoded += prepared.reencoded
+            progress.update(1)
+            if shard_writer.records >= shard_size:
+                shard_writer.__exit__(None, None, None)
+                shards.append(shard_writer.entry)
+                shard_writer = None
+        if shard_writer is not None:
+            shard_writer.__exit__(None, None, None)
+            shards.append(shard_writer.entry)
+            shard_writer = None
+    except BaseException as exc:
+        if shard_writer is not None:  # removes the temporary file; no final name is touched
+            shard_writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    finally:
+        progress.close()
+
+    skipped = list(getattr(src, "skipped", [])) + skipped
+    if index == 0:
+        detail = f" ({len(skipped)} skipped as bad)" if skipped else ""
+        raise RecordsError(f"source {source_name!r} yielded no usable images{detail}")
+    class_names = getattr(src, "class_names", None)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source_name,
+        "num_records": index,
+        "num_captions": sum(s["captions"] for s in shards),
+        "shards": shards,
+        "class_names": list(class_names) if class_names is not None else None,
+        "image_stats": _image_stats(heights, widths, formats, reencoded),
+        "build": {
+            "args": _jsonable({"source": source_name, "shard_size": shard_size,
+                               "max_side": max_side, "skip_bad": skip_bad, **source_options}),
+            "skipped": skipped,
+            "num_skipped": len(skipped),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "source_info": _jsonable(getattr(src, "info", {}) or {}),
+    }
+    writer_lib.write_json_atomic(manifest_path, manifest)
+    writer_lib.remove_stale(out_dir, keep={s["name"] for s in shards})
+    return manifest
+
+
+def _unpack(item, source_name):
+    try:
+        image_id, image, captions, label = item
+    except (TypeError, ValueError) as exc:
+        raise RecordsError(f"source {source_name!r} yielded {item!r}; expected "
+                           "(image_id, image_bytes_or_path, captions, label)") from exc
+    return str(image_id), image, [str(c) for c in (captions or [])], int(label)
+
+
+def _image_stats(heights, widths, formats, reencoded):
+    n = len(heights)
+    return {
+        "min_height": min(heights), "max_height": max(heights), "mean_height": sum(heights) / n,
+        "min_width": min(widths), "max_width": max(widths), "mean_width": sum(widths) / n,
+        "formats": formats, "reencoded": reencoded,
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+
+
+class _NoProgress:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(src, source_name):
+    """A tqdm bar on a terminal (stderr), nothing otherwise."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return _NoProgress()
+    try:
+        total = len(src)
+    except TypeError:
+        total = None
+    return tqdm(total=total, desc=f"records {source_name}", unit="img", disable=None,
+                mininterval=0.5, leave=False)
