@@ -1,0 +1,611 @@
+"""The dual encoder: image tower + text tower + projection heads + loss.
+
+`build_model(config)` makes a `DualEncoder` from a flat config dict (see
+`DEFAULT_CONFIG`); `model.save_dir(path)` / `load(path)` persist it in a
+self-contained folder (config.json, model.weights.h5, vocab.txt) that loads
+without the original presets or weight files.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+from keras import ops
+
+from dualencoder import losses as losses_lib
+from dualencoder.heads import HEAD_KINDS, build_head
+from dualencoder.towers import DEFAULT_TEXT_TOWER, ImageTower, TextTower
+
+__all__ = ["DualEncoder", "build_model", "load", "DEFAULT_CONFIG", "SAVE_FORMAT"]
+
+DEFAULT_CONFIG = {
+    # image tower: a keras.applications name or "tiny"
+    "image_tower": "xception",
+    # "imagenet" (Keras download), "none" or a local .weights.h5 / .h5 path
+    "image_weights": "imagenet",
+    "image_size": 299,
+    # "all" | "none" | N (top-N blocks)
+    "image_trainable": "all",
+    # "all-minilm-l6-v2" (local package), "tiny", a HF / keras-hub folder or
+    # preset name, or (in saved models) a dict of TextTower arguments
+    "text_tower": DEFAULT_TEXT_TOWER,
+    # "mean" | "cls" (ignored with head="attention")
+    "text_pooling": "mean",
+    # "all" | "none" | N (top-N transformer layers)
+    "text_trainable": "all",
+    "sequence_length": 64,
+    "embed_dim": 256,
+    # "mlp" (keras-io head) | "linear" | "attention" (learned-query pooling
+    # over the towers' spatial/token outputs, then a linear projection)
+    "head": "mlp",
+    "head_layers": 1,
+    "head_dropout": 0.1,
+    "attention_heads": 8,
+    # "clip" | "soft" | "siglip"
+    "loss": "clip",
+    # None | "max_violation", added with weight extra_loss_weight
+    "extra_loss": None,
+    "extra_loss_weight": 0.0,
+    "init_logit_scale": 1 / 0.07,
+    "max_logit_scale": 100.0,
+    # initial SigLIP bias (only used with loss="siglip"; the paper uses -10)
+    "init_logit_bias": -10.0,
+}
+
+SAVE_FORMAT = "dualencoder"
+SAVE_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+VOCAB_FILE = "vocab.txt"
+
+
+def _resolve_config(config):
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(
+            f"Unknown model config key(s) {unknown}; valid keys: {sorted(DEFAULT_CONFIG)}"
+        )
+    resolved = copy.deepcopy(DEFAULT_CONFIG)
+    resolved.update(copy.deepcopy(dict(config)))
+    if resolved["head"] not in HEAD_KINDS:
+        raise ValueError(f"Unknown head {resolved['head']!r}; valid heads: {list(HEAD_KINDS)}")
+    if resolved["loss"] == "max_violation" or resolved["loss"] not in ("clip", "soft", "siglip"):
+        raise ValueError(
+            f"loss must be 'clip', 'soft' or 'siglip', got {resolved['loss']!r} "
+            "(max_violation is an extra_loss)"
+        )
+    if resolved["extra_loss"] is not None:
+        losses_lib.get_loss(resolved["extra_loss"])
+    if not 0 < float(resolved["init_logit_scale"]) <= float(resolved["max_logit_scale"]):
+        raise ValueError(
+            f"init_logit_scale={resolved['init_logit_scale']} must be in "
+            f"(0, max_logit_scale={resolved['max_logit_scale']}]"
+        )
+    return resolved
+
+
+@keras.saving.register_keras_serializable(package="dualencoder")
+class MaxValue(keras.constraints.Constraint):
+    """Clips a variable to `<= max_value` after each optimizer step."""
+
+    def __init__(self, max_value):
+        self.max_value = float(max_value)
+
+    def __call__(self, w):
+        return ops.minimum(w, ops.cast(self.max_value, w.dtype))
+
+    def get_config(self):
+        return {"max_value": self.max_value}
+
+
+def _l2_normalize(x):
+    x = ops.cast(x, "float32")
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+def _top1_accuracy(similarity, image_index):
+    """Fraction of rows whose best column shows the same image."""
+    best = ops.argmax(similarity, axis=1)
+    if image_index is None:
+        hits = ops.equal(best, ops.arange(ops.shape(similarity)[0], dtype=best.dtype))
+    else:
+        image_index = ops.reshape(image_index, (-1,))
+        hits = ops.equal(ops.take(image_index, best), image_index)
+    return ops.mean(ops.cast(hits, "float32"))
+
+
+@keras.saving.register_keras_serializable(package="dualencoder")
+class DualEncoder(keras.Model):
+    """A CLIP-style dual encoder: image and text towers with projection heads.
+
+    Built from a flat config (`DEFAULT_CONFIG` documents every key); prefer
+    `build_model(config)`. Calling the model on a batch
+    `{"images" [B,S,S,3] 0..255, "token_ids" [B,L], "padding_mask" [B,L], ...}`
+    returns `(image_emb, text_emb)`, both `[B, embed_dim]` float32 and
+    L2-normalised. `fit` works on `data.pair_dataset` batches (it needs
+    `image_index`: captions of the same image are positives).
+
+    The temperature is learned as `log_logit_scale` (init
+    `log(init_logit_scale)`); the scale used in the forward pass is
+    `exp(min(log_logit_scale, log(max_logit_scale)))` and the variable is
+    also clipped after every optimizer step.
+
+    Mixed precision: the towers follow the global Keras dtype policy (e.g.
+    "mixed_float16"); heads, embeddings and losses are float32.
+
+    Args:
+        **config: keys of `DEFAULT_CONFIG`; missing keys take the defaults.
+        name: the Keras model name.
+
+    Example:
+    >>> model = build_model({"image_tower": "tiny", "image_weights": "none",
+    ...                      "image_size": 32, "text_tower": "tiny", "embed_dim": 16})
+    >>> model.encode_texts(["a red circle"]).shape
+    (1, 16)
+    >>> model.compile(optimizer="adam")
+    >>> model.fit(pair_dataset(...), epochs=1)
+    """
+
+    def __init__(self, name="dual_encoder", **config):
+        dtype = config.pop("dtype", None)
+        trainable = config.pop("trainable", True)
+        super().__init__(name=name, dtype=dtype, trainable=trainable)
+        self._model_config = _resolve_config(config)
+        c = self._model_config
+        attention = c["head"] == "attention"
+        self.image_size = int(c["image_size"])
+        self.embed_dim = int(c["embed_dim"])
+        self.loss_name = c["loss"]
+
+        self.image_tower = ImageTower(
+            c["image_tower"],
+            weights=c["image_weights"],
+            image_size=self.image_size,
+            pooling="none" if attention else "avg",
+            trainable=c["image_trainable"],
+            name="image_tower",
+        )
+        text = c["text_tower"]
+        text_kwargs = dict(text) if isinstance(text, dict) else {"preset": text}
+        self.text_tower = TextTower(
+            pooling="none" if attention else c["text_pooling"],
+            trainable=c["text_trainable"],
+            sequence_length=c["sequence_length"],
+            name="text_tower",
+            **text_kwargs,
+        )
+        self.tokenizer = self.text_tower.tokenizer
+
+        head_kwargs = dict(
+            embed_dim=self.embed_dim,
+            num_layers=c["head_layers"],
+            dropout=c["head_dropout"],
+            num_heads=c["attention_heads"],
+        )
+        self.image_head = build_head(c["head"], name="image_head", **head_kwargs)
+        self.text_head = build_head(c["head"], name="text_head", **head_kwargs)
+        tower_image_shape = (None,) + tuple(
+            self.image_tower.compute_output_shape((None, self.image_size, self.image_size, 3))[1:]
+        )
+        self.image_head.build(tower_image_shape)
+        text_dim = self.text_tower.output_dim
+        if attention:
+            self.text_head.build(
+                {"sequence_output": (None, None, text_dim), "padding_mask": (None, None)}
+            )
+        else:
+            self.text_head.build((None, text_dim))
+
+        self._max_log_scale = math.log(float(c["max_logit_scale"]))
+        self.log_logit_scale = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(math.log(float(c["init_logit_scale"]))),
+            constraint=MaxValue(self._max_log_scale),
+            dtype="float32",
+            name="log_logit_scale",
+        )
+        self.logit_bias = None
+        if self.loss_name == "siglip":
+            self.logit_bias = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(float(c["init_logit_bias"])),
+                dtype="float32",
+                name="logit_bias",
+            )
+        self._loss_fn = losses_lib.get_loss(self.loss_name)
+        self._extra_loss_fn = (
+            losses_lib.get_loss(c["extra_loss"]) if c["extra_loss"] is not None else None
+        )
+        self._extra_loss_weight = float(c["extra_loss_weight"])
+
+        names = ["loss", "temperature", "logit_scale", "i2t_acc", "t2i_acc"]
+        if self.logit_bias is not None:
+            names.append("logit_bias")
+        self._trackers = [keras.metrics.Mean(name=n) for n in names]
+        self._encode_fns = {}
+        self.built = True
+
+    # ------------------------------------------------------------------ config
+
+    @property
+    def model_config(self):
+        """The resolved flat config (a copy)."""
+        return copy.deepcopy(self._model_config)
+
+    def get_config(self):
+        config = self.model_config
+        config["name"] = self.name
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def portable_config(self):
+        """The config that rebuilds this model without presets or weight files.
+
+        `image_weights` becomes "none" and `text_tower` the backbone's own
+        architecture (the weights then come from a checkpoint); the text
+        vocabulary is left as `None` (`save_dir` writes it as vocab.txt).
+        """
+        config = self.model_config
+        config["image_weights"] = "none"
+        tower = self.text_tower.portable_config()
+        config["text_tower"] = {
+            "backbone_config": tower["backbone_config"],
+            "lowercase": tower["lowercase"],
+            "vocabulary": None,
+        }
+        return config
+
+    # ------------------------------------------------------------------ pieces
+
+    @property
+    def logit_scale(self):
+        """The inverse temperature used in the loss, `exp(log_logit_scale)` clamped."""
+        return ops.exp(ops.minimum(self.log_logit_scale, self._max_log_scale))
+
+    @property
+    def temperature(self):
+        return 1.0 / self.logit_scale
+
+    def image_features(self, images, training=False):
+        """Image tower output only (pooled `[B, C]`, or the spatial map for
+        attention heads), for caching features of frozen towers."""
+        return self.image_tower(images, training=training)
+
+    def text_features(self, tokens, training=False):
+        """Text tower output only. `tokens`: a token dict or a list of strings."""
+        if not isinstance(tokens, dict):
+            tokens = self.tokenizer(list(tokens) if not _is_tensor(tokens) else tokens)
+        tokens = {"token_ids": tokens["token_ids"], "padding_mask": tokens["padding_mask"]}
+        return self.text_tower(tokens, training=training)
+
+    def embed_from_features(self, image_features, text_features, training=False):
+        """Heads only: tower features -> L2-normalised float32 embeddings.
+
+        Either argument may be None (its output is then None).
+        """
+        img = txt = None
+        if image_features is not None:
+            img = _l2_normalize(self.image_head(image_features, training=training))
+        if text_features is not None:
+            txt = _l2_normalize(self.text_head(text_features, training=training))
+        return img, txt
+
+    def call(self, batch, training=None):
+        img_feats = self.image_tower(batch["images"], training=training)
+        txt_feats = self.text_tower(
+            {"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
+            training=training,
+        )
+        return self.embed_from_features(img_feats, txt_feats, training=training)
+
+    def compute_contrastive_loss(self, image_emb, text_emb, image_index=None):
+        """The configured loss (plus the weighted extra loss) and batch metrics.
+
+        Args:
+            image_emb: `[B, D]` normalised image embeddings.
+            text_emb: `[B, D]` normalised text embeddings.
+            image_index: `[B]` image ids (same id = positives), or None.
+
+        Returns:
+            `(loss, {"loss", "temperature", "logit_scale", "i2t_acc",
+            "t2i_acc"[, "logit_bias"]})`; the accuracies are in-batch top-1
+            retrieval accuracies counting any caption/image of the same image
+            as a hit.
+        """
+        scale = self.logit_scale
+        loss = self._loss_fn(
+            image_emb, text_emb, scale, image_index=image_index, bias=self.logit_bias
+        )
+        if self._extra_loss_fn is not None and self._extra_loss_weight:
+            loss = loss + self._extra_loss_weight * self._extra_loss_fn(
+                image_emb, text_emb, scale, image_index=image_index, bias=self.logit_bias
+            )
+        similarity = ops.matmul(
+            ops.cast(image_emb, "float32"), ops.transpose(ops.cast(text_emb, "float32"))
+        )
+        metrics = {
+            "loss": loss,
+            "temperature": 1.0 / scale,
+            "logit_scale": scale,
+            "i2t_acc": _top1_accuracy(similarity, image_index),
+            "t2i_acc": _top1_accuracy(ops.transpose(similarity), image_index),
+        }
+        if self.logit_bias is not None:
+            metrics["logit_bias"] = ops.convert_to_tensor(self.logit_bias)
+        return loss, metrics
+
+    # ------------------------------------------------------------------ fit
+
+    @property
+    def metrics(self):
+        return list(self._trackers)
+
+    def _update_trackers(self, logs):
+        for tracker in self._trackers:
+            tracker.update_state(logs[tracker.name])
+        return {t.name: t.result() for t in self._trackers}
+
+    @staticmethod
+    def _unpack(data):
+        if isinstance(data, (tuple, list)):
+            data = data[0]
+        return data
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        batch = self._unpack(data)
+        with tf.GradientTape() as tape:
+            img, txt = self(batch, training=True)
+            loss, logs = self.compute_contrastive_loss(img, txt, batch.get("image_index"))
+            if self.losses:
+                loss = loss + ops.sum([ops.cast(x, "float32") for x in self.losses])
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        return self._update_trackers(logs)
+
+    def test_step(self, data):
+        batch = self._unpack(data)
+        img, txt = self(batch, training=False)
+        _, logs = self.compute_contrastive_loss(img, txt, batch.get("image_index"))
+        return self._update_trackers(logs)
+
+    # ------------------------------------------------------------------ encoding
+
+    def _encode_fn(self, kind):
+        if kind not in self._encode_fns:
+            import tensorflow as tf
+
+            if kind == "image":
+
+                def fn(images):
+                    return self.embed_from_features(self.image_features(images), None)[0]
+
+            else:
+
+                def fn(token_ids, padding_mask):
+                    feats = self.text_tower(
+                        {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
+                    )
+                    return self.embed_from_features(None, feats)[1]
+
+            self._encode_fns[kind] = tf.function(fn, reduce_retracing=True)
+        return self._encode_fns[kind]
+
+    def encode_images(self, images, batch_size=64):
+        """L2-normalised image embeddings `[B, embed_dim]`.
+
+        Args:
+            images: `[B, S, S, 3]` raw pixels (uint8 or float 0..255; `S` is
+                `self.image_size`): a NumPy array, a list, or a tensor.
+            batch_size: images per forward pass.
+
+        Returns:
+            A NumPy float32 array, or a tf.Tensor when `images` is a tensor.
+        """
+        import tensorflow as tf
+
+        as_tensor = _is_tensor(images)
+        if not as_tensor:
+            images = np.asarray(images)
+        if len(images.shape) != 4 or images.shape[-1] != 3:
+            raise ValueError(f"encode_images expects [B, S, S, 3] images, got shape {images.shape}")
+        fn = self._encode_fn("image")
+        n = int(images.shape[0])
+        outputs = [
+            fn(tf.cast(images[i : i + batch_size], tf.float32)) for i in range(0, n, batch_size)
+        ]
+        result = tf.concat(outputs, 0) if outputs else tf.zeros((0, self.embed_dim), tf.float32)
+        return result if as_tensor else result.numpy()
+
+    def encode_texts(self, texts, batch_size=256):
+        """L2-normalised text embeddings `[B, embed_dim]`.
+
+        Args:
+            texts: a list / array of strings, a tf.string tensor `[B]`, or a
+                token dict `{"token_ids", "padding_mask"}` (from
+                `self.tokenizer`).
+            batch_size: texts per forward pass.
+
+        Returns:
+            A NumPy float32 array, or a tf.Tensor when `texts` (or the token
+            dict's values) are tensors.
+        """
+        import tensorflow as tf
+
+        fn = self._encode_fn("text")
+        if isinstance(texts, dict):
+            as_tensor = _is_tensor(texts["token_ids"])
+            ids = tf.convert_to_tensor(texts["token_ids"])
+            mask = tf.convert_to_tensor(texts["padding_mask"])
+            n = int(ids.shape[0])
+            outputs = [
+                fn(tf.cast(ids[i : i + batch_size], tf.int32), tf.cast(mask[i : i + batch_size], tf.bool))
+                for i in range(0, n, batch_size)
+            ]
+        else:
+            as_tensor = _is_tensor(texts)
+            if isinstance(texts, str):
+                raise ValueError("encode_texts expects a list of strings, got a single str")
+            texts = texts if as_tensor else [str(t) for t in texts]
+            n = int(texts.shape[0]) if as_tensor else len(texts)
+            outputs = []
+            for i in range(0, n, batch_size):
+                tokens = self.tokenizer(texts[i : i + batch_size])
+                outputs.append(fn(tokens["token_ids"], tokens["padding_mask"]))
+        result = tf.concat(outputs, 0) if outputs else tf.zeros((0, self.embed_dim), tf.float32)
+        return result if as_tensor else result.numpy()
+
+    # ------------------------------------------------------------------ identity / io
+
+    def fingerprint(self):
+        """Short sha256 hex of the portable config, vocabulary and all weights.
+
+        Equal for a model and its `save_dir`/`load` copy; changes with any
+        weight update.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.portable_config(), sort_keys=True, default=str).encode())
+        digest.update("\n".join(self.tokenizer.get_vocabulary()).encode("utf-8"))
+        for weight in self.weights:
+            value = np.asarray(ops.convert_to_numpy(weight))
+            digest.update(weight.path.encode())
+            digest.update(str(value.dtype).encode() + str(value.shape).encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()[:16]
+
+    def save_dir(self, path):
+        """Save to folder `path` atomically: config.json, model.weights.h5, vocab.txt.
+
+        The folder is written under a temporary name beside `path` and renamed
+        into place (replacing an existing save), so a crash never leaves a
+        half-written model at `path`. It loads with `load(path)` without the
+        original presets or weight files.
+
+        Returns:
+            `path`.
+        """
+        path = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+        try:
+            self.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+            self.tokenizer.save_vocabulary(tmp)
+            config = self.portable_config()
+            config["text_tower"]["vocabulary"] = VOCAB_FILE
+            meta = {
+                "format": SAVE_FORMAT,
+                "format_version": SAVE_FORMAT_VERSION,
+                "config": config,
+                "fingerprint": self.fingerprint(),
+                "files": [CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE],
+                "keras_version": keras.__version__,
+            }
+            with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as fh:
+                json.dump(meta, fh, indent=2, sort_keys=True, default=str)
+                fh.flush()
+                os.fsync(fh.fileno())
+            backup = None
+            if os.path.exists(path):
+                backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+                os.rmdir(backup)
+                os.rename(path, backup)
+            os.rename(tmp, path)
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def _is_tensor(x):
+    import tensorflow as tf
+
+    return tf.is_tensor(x)
+
+
+def build_model(config=None, **overrides):
+    """A `DualEncoder` from a flat config dict (missing keys: `DEFAULT_CONFIG`).
+
+    Args:
+        config: dict of `DEFAULT_CONFIG` keys.
+        **overrides: more keys, applied over `config`.
+
+    Raises:
+        ValueError: unknown keys (listing the valid ones), unknown towers,
+            heads or losses, unloadable weights.
+
+    Example:
+    >>> model = build_model({"image_trainable": "none", "head": "linear"})
+    """
+    config = dict(config or {})
+    config.update(overrides)
+    return DualEncoder(**config)
+
+
+def load(path):
+    """Load a `DualEncoder` saved with `model.save_dir(path)`.
+
+    Raises:
+        ValueError: when `path` is not a complete, consistent save (missing
+            files, unparsable config.json, weights that do not fit, or a
+            fingerprint mismatch), naming the problem.
+    """
+    path = os.fspath(path)
+    expected = f"a folder with {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE} written by DualEncoder.save_dir"
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: no such model folder (expected {expected})")
+    config_path = os.path.join(path, CONFIG_FILE)
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise ValueError(f"{path}: missing {missing} (expected {expected})")
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{config_path}: unreadable or not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{config_path}: not a DualEncoder config (expected {expected})")
+    if meta.get("format_version", 0) > SAVE_FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: format_version {meta['format_version']} is newer than this "
+            f"code supports ({SAVE_FORMAT_VERSION})"
+        )
+    config = meta["config"]
+    text = config.get("text_tower")
+    if isinstance(text, dict) and text.get("vocabulary"):
+        text["vocabulary"] = os.path.join(path, text["vocabulary"])
+    try:
+        model = DualEncoder(**config)
+    except Exception as exc:
+        raise ValueError(f"{config_path}: cannot rebuild the model ({exc.__class__.__name__}: {exc})") from exc
+    weights_path = os.path.join(path, WEIGHTS_FILE)
+    try:
+        model.load_weights(weights_path)
+    except Exception as exc:
+        raise ValueError(
+            f"{weights_path}: the weights do not fit the saved config ({exc.__class__.__name__}: {exc})"
+        ) from exc
+    saved = meta.get("fingerprint")
+    if saved is not None and saved != model.fingerprint():
+        raise ValueError(
+            f"{path}: fingerprint mismatch after loading (saved {saved}, loaded "
+            f"{model.fingerprint()}): the weights or vocabulary were changed or corrupted"
+        )
+    return model
