@@ -87,7 +87,9 @@ def _open_model(index, model_arg):
     path = model_arg or index.model_path
     if not path:
         raise index_lib.RetrievalError(f"index {index.index_dir} records no model path; pass --model")
-    encoder = load_encoder(path)
+    model_dir = index_lib.resolve_model_dir(path)
+    index_lib.check_saved_fingerprint(index.state, model_dir, index.index_dir)  # before TF
+    encoder = load_encoder(model_dir)
     index_lib.check_fingerprint(index.state, encoder, index.index_dir)
     return encoder
 
@@ -99,6 +101,9 @@ def cmd_index(args) -> int:
     for flag, path in (("--images", args.images), ("--records", args.records)):
         if path is not None and not os.path.isdir(path):
             raise index_lib.RetrievalError(f"{flag} {path} is not a folder")
+    state = index_lib.read_state(args.out) if os.path.isdir(args.out) else None
+    if state is not None:
+        index_lib.check_saved_fingerprint(state, model_dir, args.out)
     encoder = load_encoder(model_dir)
     report = index_lib.build_index(
         encoder, args.out, images=args.images, records=args.records, model_path=model_dir,

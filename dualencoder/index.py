@@ -790,6 +790,26 @@ def resolve_model_dir(path) -> str:
                          "model.weights.h5) nor a training workdir containing model/")
 
 
+def saved_fingerprint(model_dir) -> str | None:
+    """The fingerprint recorded in a saved model's config.json (no TensorFlow), if any."""
+    try:
+        with open(os.path.join(os.fspath(model_dir), "config.json"), encoding="utf-8") as fh:
+            fp = json.load(fh).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fp if isinstance(fp, str) and fp else None
+
+
+def check_saved_fingerprint(state: dict, model_dir, index_dir) -> None:
+    """Fail fast (before loading the model) when a saved model's recorded fingerprint differs."""
+    fp = saved_fingerprint(model_dir)
+    if fp is not None and fp != state["fingerprint"]:
+        raise RetrievalError(
+            f"index {index_dir} was built by a different model (fingerprint "
+            f"{state['fingerprint'][:16]} from {state.get('model_path')}, {model_dir} is "
+            f"{fp[:16]}); re-index with this model or pass the matching --model")
+
+
 def load_encoder(path):
     """Load the Encoder-protocol model saved at `path` (a workdir or a saved model folder)."""
     model_dir = resolve_model_dir(path)

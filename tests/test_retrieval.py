@@ -1,0 +1,219 @@
+"""retrieval.py: the CLI end to end with a fake encoder, exit codes, and one real tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import retrieval
+from dualencoder import index as index_lib
+from test_index import FakeEncoder, make_images, write_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fake_model_dir(path, fingerprint=None):
+    os.makedirs(path, exist_ok=True)
+    meta = {"format": "fake"}
+    if fingerprint:
+        meta["fingerprint"] = fingerprint
+    with open(os.path.join(path, "config.json"), "w") as fh:
+        json.dump(meta, fh)
+    open(os.path.join(path, "model.weights.h5"), "wb").close()
+    return str(path)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A workdir with model/, an image folder and a built index; load_encoder gives fakes."""
+    encoders = {"seed": 0, "loaded": []}
+
+    def load(path):
+        enc = FakeEncoder(seed=encoders["seed"])
+        encoders["loaded"].append(path)
+        return enc
+
+    monkeypatch.setattr(retrieval, "load_encoder", load)
+    work = tmp_path / "work"
+    fake_model_dir(work / "model")
+    images = tmp_path / "images"
+    make_images(images, 9)
+    out = tmp_path / "index"
+    rc = retrieval.main(["index", "--model", str(work), "--images", str(images),
+                         "--out", str(out), "--no-progress", "--chunk-size", "4"])
+    assert rc == 0
+    return {"tmp": tmp_path, "work": work, "images": images, "index": out, "enc": encoders}
+
+
+def run(argv, capsys):
+    rc = retrieval.main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_index_and_search_commands(env, capsys):
+    idx = str(env["index"])
+    state = json.loads((env["index"] / "state.json").read_text())
+    assert state["model_path"] == str(env["work"] / "model") and state["count"] == 9
+
+    rc, out, err = run(["search", "--index", idx, "--query", "red car", "-k", "3", "--json"],
+                       capsys)
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["query"] == "red car" and len(data["results"]) == 3
+    enc = FakeEncoder()
+    index = index_lib.EmbeddingIndex.open(idx)
+    ref = index.search(enc.encode_texts(["red car"]), 3)[0]
+    assert [r["path"] for r in data["results"]] == [h.path for h in ref]
+    # The model came from the path recorded in the index.
+    assert env["enc"]["loaded"][-1] == str(env["work"] / "model")
+
+    rc, out, err = run(["search", "--index", idx, "--query", "red car", "-k", "2"], capsys)
+    assert rc == 0 and out.splitlines()[1].split()[2] == ref[0].path
+
+    query_image = env["images"] / index.paths[4]
+    rc, out, err = run(["search", "--index", idx, "--image", str(query_image), "--json",
+                        "--grid", str(env["tmp"] / "grid.png")], capsys)
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["results"][0]["path"] == index.paths[4] and len(data["results"]) == 9
+    from PIL import Image
+    with Image.open(env["tmp"] / "grid.png") as grid:
+        assert grid.size[0] > 300
+
+    queries = env["tmp"] / "queries.txt"
+    queries.write_text("red car\n\n  blue sky  \nnight street\n")
+    rc, out, err = run(["search", "--index", idx, "--queries", str(queries), "-k", "2"], capsys)
+    assert rc == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [x["query"] for x in lines] == ["red car", "blue sky", "night street"]
+    assert lines[0]["results"] == data_results(ref[:2])
+
+
+def data_results(hits):
+    return [{"rank": r + 1, **h.to_dict()} for r, h in enumerate(hits)]
+
+
+def test_update_command(env, capsys):
+    make_images(env["images"], 2, start=20)
+    os.remove(env["images"] / "img001.jpg")
+    rc, out, err = run(["index", "--model", str(env["work"]), "--images", str(env["images"]),
+                        "--out", str(env["index"]), "--update", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "10 images in the index (2 embedded now" in out and "1 removed" in out
+    rc, out, err = run(["index", "--model", str(env["work"]), "--images", str(env["images"]),
+                        "--out", str(env["index"]), "--no-progress"], capsys)
+    assert rc == 2 and "--update" in err
+
+
+def test_faiss_backend_command(env, capsys):
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+    rc, out, err = run(["search", "--index", str(env["index"]), "--query", "red car", "-k", "3",
+                        "--backend", "faiss", "--json"], capsys)
+    assert rc == 0, err
+    assert "recall@10 vs exact" in err
+    assert (env["index"] / "faiss.json").exists()
+    exact = json.loads(run(["search", "--index", str(env["index"]), "--query", "red car",
+                            "-k", "3", "--json"], capsys)[1])
+    assert [r["id"] for r in json.loads(out)["results"]] == [r["id"] for r in exact["results"]]
+
+
+def one_line_error(rc, err, needle):
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_bad_input_exit_codes(env, capsys):
+    idx = str(env["index"])
+    loaded = env["enc"]["loaded"]
+    n_loaded = len(loaded)
+    cases = [
+        (["search", "--index", idx, "--query", "   "], "empty query"),
+        (["search", "--index", idx, "--query", "car", "-k", "0"], "k must be"),
+        (["search", "--index", idx, "--query", "car", "-k", "x"], "k must be"),
+        (["search", "--index", str(env["tmp"] / "nope"), "--query", "car"], "does not exist"),
+        (["search", "--index", idx, "--image", str(env["tmp"] / "missing.jpg")], "cannot read"),
+        (["search", "--index", idx], "one of the arguments"),
+        (["search", "--index", idx, "--query", "car", "--model", str(env["tmp"])], "--model"),
+        (["index", "--model", str(env["tmp"] / "nomodel"), "--images", str(env["images"]),
+          "--out", str(env["tmp"] / "i2")], "--model"),
+        (["index", "--model", str(env["work"]), "--images", str(env["tmp"] / "noimages"),
+          "--out", str(env["tmp"] / "i2")], "not a folder"),
+        (["frobnicate"], "invalid choice"),
+    ]
+    bad_image = env["tmp"] / "bad.jpg"
+    bad_image.write_bytes(b"definitely not a jpeg")
+    cases.append((["search", "--index", idx, "--image", str(bad_image)], "unreadable image"))
+    empty = env["tmp"] / "empty.txt"
+    empty.write_text("\n \n")
+    cases.append((["search", "--index", idx, "--queries", str(empty)], "holds no query"))
+    for argv, needle in cases:
+        rc, out, err = run(argv, capsys)
+        one_line_error(rc, err, needle)
+    # None of these got as far as loading a model.
+    assert len(loaded) == n_loaded
+
+
+def test_fingerprint_mismatch_and_missing_chunk(env, capsys):
+    idx = str(env["index"])
+    # A saved model whose config.json records another fingerprint: refused before loading.
+    other = fake_model_dir(env["tmp"] / "other", fingerprint="0123456789abcdef")
+    n_loaded = len(env["enc"]["loaded"])
+    rc, out, err = run(["search", "--index", idx, "--query", "car", "--model", other], capsys)
+    one_line_error(rc, err, "different model")
+    assert len(env["enc"]["loaded"]) == n_loaded
+    # A model without a recorded fingerprint is checked once loaded.
+    env["enc"]["seed"] = 3
+    rc, out, err = run(["search", "--index", idx, "--query", "car"], capsys)
+    one_line_error(rc, err, "different model")
+    env["enc"]["seed"] = 0
+    os.remove(env["index"] / "chunk-00001.npz")
+    rc, out, err = run(["search", "--index", idx, "--query", "car"], capsys)
+    one_line_error(rc, err, "missing 1 chunk file")
+
+
+def test_cli_process_exit_code_without_tensorflow(tmp_path):
+    code = ("import sys, retrieval; rc = retrieval.main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "search", "--index", str(tmp_path / "x"),
+                           "--query", "car"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: index folder"), proc.stderr
+
+
+def test_real_tiny_model_index_and_search(tmp_path, capsys):
+    """The real `DualEncoder` (tiny towers) through save_dir, index, search and its fingerprint."""
+    testing = pytest.importorskip("dualencoder.testing")
+    model = testing.tiny_model()
+    work = tmp_path / "work"
+    model.save_dir(str(work / "model"))
+    images = tmp_path / "images"
+    make_images(images, 5)
+    write_image(str(images / "big.png"), seed=1, size=90)  # resized to the model's image size
+    out = tmp_path / "index"
+    rc = retrieval.main(["index", "--model", str(work), "--images", str(images), "--out",
+                         str(out), "--no-progress", "--faiss", "hnsw"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    state = json.loads((out / "state.json").read_text())
+    assert state["fingerprint"] == model.fingerprint() and state["count"] == 6
+    rc = retrieval.main(["search", "--index", str(out), "--query", "a red circle", "-k", "2",
+                         "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    data = json.loads(cap.out)
+    index = index_lib.EmbeddingIndex.open(out)
+    ref = index.search(model.encode_texts(["a red circle"]), 2)[0]
+    assert [r["id"] for r in data["results"]] == [h.id for h in ref]
+    px = index_lib.decode_image((images / index.paths[0]).read_bytes(), model.image_size)
+    np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
+    # Another model (different weights) is refused for this index.
+    other = testing.tiny_model(embed_dim=16)
+    other_dir = other.save_dir(str(tmp_path / "other"))
+    if other.fingerprint() != model.fingerprint():
+        rc = retrieval.main(["search", "--index", str(out), "--query", "x", "--model", other_dir])
+        cap = capsys.readouterr()
+        one_line_error(rc, cap.err, "different model")
