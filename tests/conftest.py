@@ -24,3 +24,42 @@ def shared_path(*parts) -> pathlib.Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+@pytest.fixture(scope="session")
+def synthetic_records(tmp_path_factory):
+    """Small synthetic records built once per session: {"train", "val", "zeroshot"} -> dir.
+
+    train: 128 captioned scenes, val: 64, zeroshot: 72 class-folder images (2 per class),
+    all 64 px, seed 0.
+    """
+    from records.build import build_records
+
+    root = tmp_path_factory.mktemp("synthetic_records")
+    sizes = {"train": 128, "val": 64, "zeroshot": 72}
+    dirs = {}
+    for split, count in sizes.items():
+        out = str(root / split)
+        build_records("synthetic", out, num_images=count, image_size=64, seed=0, split=split,
+                      shard_size=64)
+        dirs[split] = out
+    return dirs
+
+
+@pytest.fixture
+def make_image():
+    """`make_image(path, size=(24, 16), color=(200, 30, 30), fmt="JPEG") -> bytes`: write a
+    small solid-colour image file (creating parent folders) and return its bytes."""
+    import io
+
+    from PIL import Image
+
+    def make(path, size=(24, 16), color=(200, 30, 30), fmt="JPEG"):
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = io.BytesIO()
+        Image.new("RGB", size, color).save(out, format=fmt)
+        path.write_bytes(out.getvalue())
+        return out.getvalue()
+
+    return make

@@ -108,22 +108,33 @@ class SyntheticSource(Source):
 
     def make_item(self, i: int) -> SourceItem:
         """The `i`-th item of this split (a pure function of seed, split, size and `i`)."""
+        scene = self.scene(i)
+        return SourceItem(scene["image_id"], scene["image"], scene["captions"], scene["label"])
+
+    def scene(self, i: int) -> dict:
+        """The `i`-th scene: `image_id`, `image` (JPEG bytes), `captions`, `label`, `objects`
+        (each `{"color", "shape", "size", "r", "cx", "cy"}`) and `background`."""
         import numpy as np
 
         rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
         if self.split == "zeroshot":
             label = self._zeroshot_label(i)
-            color, shape = CLASS_NAMES[label].split(" ")
-            objects = _place(rng, self.image_size, [(color, shape)])
-            background = _background(rng, self.image_size)
-            return SourceItem(f"zeroshot-{i:06d}", _render(rng, background, objects), [], label)
-        count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
-        picks = rng.choice(len(self.allowed), size=min(count, len(self.allowed)), replace=False)
-        objects = _place(rng, self.image_size, [self.allowed[k] for k in picks])
+            pairs = [tuple(CLASS_NAMES[label].split(" "))]
+            image_id, captions = f"zeroshot-{i:06d}", []
+        else:
+            label, image_id = -1, f"{self.split}-{i:06d}"
+            count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+            picks = rng.choice(len(self.allowed), size=min(count, len(self.allowed)),
+                               replace=False)
+            pairs = [self.allowed[k] for k in picks]
+        objects = _place(rng, self.image_size, pairs)
         background = _background(rng, self.image_size)
         image = _render(rng, background, objects)
-        captions = _captions(rng, objects, background["tone"], self.image_size)
-        return SourceItem(f"{self.split}-{i:06d}", image, captions, -1)
+        if self.split != "zeroshot":
+            captions = _captions(rng, objects, background["tone"], self.image_size)
+        return {"image_id": image_id, "image": image, "captions": captions, "label": label,
+                "objects": objects, "background": {k: v for k, v in background.items()
+                                                   if k != "pixels"}}
 
     def _zeroshot_label(self, i: int) -> int:
         """Balanced labels: each block of 36 images is a seeded permutation of the classes."""

@@ -30,15 +30,17 @@ def _flatten(features, prefix=""):
     items = features.items() if isinstance(features, tfds.features.FeaturesDict) else []
     for key, feat in items:
         path = f"{prefix}{key}"
-        yield path, feat
         if isinstance(feat, tfds.features.Sequence):
             inner = feat.feature
             if isinstance(inner, tfds.features.FeaturesDict):
+                yield path, feat
                 yield from _flatten(inner, path + "/")
             else:
-                yield path + "/", inner  # a sequence of plain features
-        elif isinstance(feat, tfds.features.FeaturesDict):
-            yield from _flatten(feat, path + "/")
+                yield path, inner  # a sequence of plain features reads as a list of them
+        else:
+            yield path, feat
+            if isinstance(feat, tfds.features.FeaturesDict):
+                yield from _flatten(feat, path + "/")
 
 
 def _get(example, path):
@@ -88,7 +90,7 @@ class TfdsSource(Source):
         if self.image_key not in flat or not isinstance(flat[self.image_key], tfds.features.Image):
             raise RecordsError(f"tfds dataset {dataset!r}: no image feature {self.image_key!r}; "
                                f"features: {sorted(flat)}")
-        texts = [k for k, f in flat.items() if isinstance(f, tfds.features.Text)
+        texts = [k for k, f in flat.items() if _is_text(f)
                  and not any(k.endswith(i) for i in _ID_KEYS)]
         texts.sort(key=lambda k: ("caption" not in k, k.count("/"), k))
         self.caption_key = caption_key or (texts[0] if texts else None)
@@ -145,6 +147,19 @@ class TfdsSource(Source):
             label = int(_get(example, self.label_key)) if self.label_key else -1
             yield SourceItem(image_id, _image_bytes(_get(example, self.image_key)), captions,
                              label)
+
+
+def _is_text(feature) -> bool:
+    """A `Text` feature or a scalar string `Tensor` feature (as in `coco_captions`)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    if isinstance(feature, tfds.features.Text):
+        return True
+    if isinstance(feature, (tfds.features.Image, tfds.features.ClassLabel)):
+        return False
+    return (isinstance(feature, tfds.features.Tensor) and feature.tf_dtype == tf.string
+            and tuple(feature.shape) == ())
 
 
 def _text(value) -> str:
