@@ -482,7 +482,7 @@ class DualEncoder(keras.Model):
         digest.update(json.dumps(self.portable_config(), sort_keys=True, default=str).encode())
         digest.update("\n".join(self.tokenizer.get_vocabulary()).encode("utf-8"))
         for weight in self.weights:
-            value = np.asarray(ops.convert_to_numpy(weight))
+            value = np.asarray(weight.numpy())
             digest.update(weight.path.encode())
             digest.update(str(value.dtype).encode() + str(value.shape).encode())
             digest.update(np.ascontiguousarray(value).tobytes())
