@@ -26,10 +26,24 @@ FAISS_META_NAME = "faiss.json"
 
 
 def _top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column ids of the k largest entries of each row (unordered)."""
-    if scores.shape[1] <= k:
-        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    return np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    """Column ids of the k largest entries of each row (unordered).
+
+    Long rows (single queries over many embeddings) first take the k-th largest score of a
+    prefix as a threshold: it is a lower bound of the row's k-th largest, so the entries at or
+    above it contain the exact top-k, and only those few are partitioned.
+    """
+    rows, n = scores.shape
+    if n <= k:
+        return np.broadcast_to(np.arange(n), scores.shape).copy()
+    prefix = max(65536, 8 * k)
+    if n >= 4 * prefix and rows <= 16:
+        out = np.empty((rows, k), np.int64)
+        for r, row in enumerate(scores):
+            threshold = np.partition(row[:prefix], prefix - k)[prefix - k]
+            candidates = np.flatnonzero(row >= threshold)
+            out[r] = candidates[np.argpartition(row[candidates], len(candidates) - k)[-k:]]
+        return out
+    return np.argpartition(scores, n - k, axis=1)[:, -k:]
 
 
 def _sort_desc(scores: np.ndarray, ids: np.ndarray):

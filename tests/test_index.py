@@ -242,7 +242,8 @@ def test_check_k_and_query():
 
 
 @pytest.mark.parametrize("n,q,k,max_scores", [(1000, 1, 10, 1 << 24), (1000, 7, 5, 300),
-                                              (50, 3, 80, 1 << 24), (997, 33, 1, 4096)])
+                                              (50, 3, 80, 1 << 24), (997, 33, 1, 4096),
+                                              (300_000, 2, 10, 1 << 24)])
 def test_exact_search_matches_brute_force(n, q, k, max_scores):
     rng = np.random.default_rng(n + q)
     emb = rng.standard_normal((n, 24)).astype(np.float32)
