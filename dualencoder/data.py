@@ -167,7 +167,7 @@ def _resize(img, size, method):
     def resize():
         out = tf.image.resize(img, [size, size], method=method,
                               antialias=method in ("bicubic", "bilinear"))
-        return tf.clip_by_value(out, 0.0, 255.0)
+        return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
 
     out = tf.cond((shape[0] == size) & (shape[1] == size), same, resize)
     return tf.ensure_shape(out, [size, size, 3])

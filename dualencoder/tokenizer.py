@@ -133,6 +133,7 @@ class Tokenizer:
         self._packer = keras_hub.layers.StartEndPacker(
             sequence_length=self.sequence_length, start_value=self.cls_id,
             end_value=self.sep_id, pad_value=self.pad_id, return_padding_mask=True)
+        self._traced = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -243,14 +244,20 @@ class Tokenizer:
             scalar = texts.shape.rank == 0
             if scalar:
                 texts = tf.reshape(texts, [1])
-        token_ids, mask = self._packer(self.tokenize(texts))
-        token_ids = tf.cast(token_ids, tf.int32)
-        mask = tf.cast(mask, tf.bool)
-        token_ids = tf.ensure_shape(token_ids, [None, self.sequence_length])
-        mask = tf.ensure_shape(mask, [None, self.sequence_length])
+        if self._traced is None:
+            # Traced once per tokenizer: every tf.data pipeline / caller reuses the graph.
+            self._traced = tf.function(self._pack_batch, autograph=False, reduce_retracing=True,
+                                       input_signature=[tf.TensorSpec([None], tf.string)])
+        token_ids, mask = self._traced(texts)
         if scalar:
             token_ids, mask = token_ids[0], mask[0]
         return {"token_ids": token_ids, "padding_mask": mask}
+
+    def _pack_batch(self, texts):
+        token_ids, mask = self._packer(self.tokenize(texts))
+        token_ids = tf.ensure_shape(tf.cast(token_ids, tf.int32), [None, self.sequence_length])
+        mask = tf.ensure_shape(tf.cast(mask, tf.bool), [None, self.sequence_length])
+        return token_ids, mask
 
     def detokenize(self, token_ids) -> list[str]:
         """Ids back to text (special tokens dropped; WordPiece pieces re-joined)."""
