@@ -68,7 +68,8 @@ def test_captions_describe_the_scene():
                 assert o["color"] in caption and o["shape"] in caption, caption
             for a, rel, b in relation.findall(caption):
                 oa, ob = objs[a], objs[b]
-                key = {"to the left of": ob["cx"] - oa["cx"], "to the right of": oa["cx"] - ob["cx"],
+                key = {"to the left of": ob["cx"] - oa["cx"],
+                       "to the right of": oa["cx"] - ob["cx"],
                        "above": ob["cy"] - oa["cy"], "below": oa["cy"] - ob["cy"]}[rel]
                 assert key > 0, (caption, oa, ob)
                 checked += 1
