@@ -1,0 +1,199 @@
+"""Image and text embeddings, cached on disk.
+
+Encoding a data set is the expensive part of every evaluation; the result
+only depends on the model, the data and the preprocessing, so it is cached
+under a key made of:
+
+    - the model's `fingerprint()` (models without one are never cached),
+    - the records' manifest checksum (`manifest_checksum`: shard contents,
+      record counts and class names, not the build time),
+    - the image size and resize method (images) or the texts' checksum (texts).
+
+Each entry is one `.npz` file written to a temporary name in the cache
+directory and renamed into place (`os.replace`), so a crash or a concurrent
+writer never leaves a half-written entry behind; a stale or unreadable entry
+is recomputed.
+
+The default cache directory is `$DUALENCODER_CACHE`, else
+`~/.cache/dualencoder`; pass `cache_dir=False` to disable caching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ["default_cache_dir", "manifest_checksum", "texts_checksum", "embed_images",
+           "embed_texts", "encoder_fingerprint"]
+
+
+def default_cache_dir() -> str:
+    """`$DUALENCODER_CACHE` or `~/.cache/dualencoder`."""
+    return os.environ.get("DUALENCODER_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "dualencoder")
+
+
+def _resolve_cache_dir(cache_dir):
+    if cache_dir is False:
+        return None
+    return os.path.join(cache_dir or default_cache_dir(), "embeddings")
+
+
+def manifest_checksum(records_dir: str) -> str:
+    """A content checksum of a records directory, from its manifest (shard hashes, counts)."""
+    from records import schema
+
+    manifest = schema.read_manifest(records_dir)
+    content = {
+        "schema_version": manifest.get("schema_version"),
+        "source": manifest.get("source"),
+        "num_records": manifest.get("num_records"),
+        "num_captions": manifest.get("num_captions"),
+        "class_names": manifest.get("class_names"),
+        "shards": [(s.get("name"), s.get("sha256"), s.get("records"), s.get("bytes"))
+                   for s in manifest.get("shards", [])],
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def texts_checksum(texts) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def encoder_fingerprint(encoder):
+    """`encoder.fingerprint()` or None when the encoder has none (no caching then)."""
+    fp = getattr(encoder, "fingerprint", None)
+    if fp is None:
+        return None
+    return str(fp() if callable(fp) else fp)
+
+
+def _entry_path(cache_dir, key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:40]
+    return os.path.join(cache_dir, f"{key['kind']}-{digest}.npz")
+
+
+def _load(path, key):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(str(data["key"])) != key:
+                return None
+            return {k: data[k] for k in data.files if k != "key"}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def _save(path, key, arrays: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)), **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
+                 batch_size: int = 64, cache_dir=None, skip_bad: bool = False,
+                 progress: bool = True) -> dict:
+    """Embed every image of a records directory (record order), with caching.
+
+    Args:
+        encoder: an Encoder (`encode_images`, `image_size`, optional `fingerprint()`).
+        records_dir: a records directory.
+        resize_method: how images are resized to `encoder.image_size`.
+        batch_size: images per encoder call.
+        cache_dir: cache root (default `default_cache_dir()`), or False for no cache.
+        skip_bad: drop undecodable records instead of failing.
+        progress: show a progress bar.
+
+    Returns:
+        dict with `embeddings` float32 `[N, D]`, `image_index` int64 `[N]`,
+        `labels` int64 `[N]`, `cached` (bool), `seconds` (encoding time, 0 when cached)
+        and `images_per_second`.
+    """
+    from records import schema
+
+    cache_root = _resolve_cache_dir(cache_dir)
+    fingerprint = encoder_fingerprint(encoder)
+    image_size = int(encoder.image_size)
+    key = {"kind": "images", "model": fingerprint, "data": manifest_checksum(records_dir),
+           "image_size": image_size, "resize": resize_method, "skip_bad": bool(skip_bad)}
+    path = _entry_path(cache_root, key) if (cache_root and fingerprint) else None
+    if path and os.path.isfile(path):
+        hit = _load(path, key)
+        if hit is not None:
+            return {**hit, "cached": True, "seconds": 0.0, "images_per_second": None}
+
+    from dualencoder import data
+
+    total = schema.read_manifest(records_dir).get("num_records")
+    ds = data.image_dataset(records_dir, image_size=image_size, batch_size=batch_size,
+                            resize_method=resize_method, skip_bad=skip_bad)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="encoding images", unit="img", leave=False)
+    embs, idx, labels = [], [], []
+    start = time.perf_counter()
+    for batch in ds:
+        embs.append(np.asarray(encoder.encode_images(batch["images"].numpy()), np.float32))
+        idx.append(batch["image_index"].numpy())
+        labels.append(batch["label"].numpy())
+        if bar is not None:
+            bar.update(len(idx[-1]))
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    if not embs:
+        raise ValueError(f"{records_dir}: no decodable images")
+    result = {"embeddings": np.concatenate(embs), "image_index": np.concatenate(idx).astype(
+        np.int64), "labels": np.concatenate(labels).astype(np.int64)}
+    if path:
+        _save(path, key, result)
+    n = len(result["image_index"])
+    return {**result, "cached": False, "seconds": seconds,
+            "images_per_second": n / seconds if seconds > 0 else None}
+
+
+def embed_texts(encoder, texts, *, batch_size: int = 256, cache_dir=None,
+                progress: bool = True, desc: str = "encoding texts") -> np.ndarray:
+    """Embed a list of strings with `encoder.encode_texts`, with caching.
+
+    Returns:
+        float32 array `[len(texts), D]`.
+    """
+    texts = list(texts)
+    cache_root = _resolve_cache_dir(cache_dir)
+    fingerprint = encoder_fingerprint(encoder)
+    key = {"kind": "texts", "model": fingerprint, "texts": texts_checksum(texts),
+           "count": len(texts)}
+    path = _entry_path(cache_root, key) if (cache_root and fingerprint) else None
+    if path and os.path.isfile(path):
+        hit = _load(path, key)
+        if hit is not None:
+            return hit["embeddings"]
+    starts = range(0, len(texts), batch_size)
+    if progress and len(starts) > 1:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+    out = [np.asarray(encoder.encode_texts(texts[i:i + batch_size]), np.float32)
+           for i in starts]
+    emb = np.concatenate(out) if out else np.zeros([0, 0], np.float32)
+    if path:
+        _save(path, key, {"embeddings": emb})
+    return emb

@@ -1,0 +1,195 @@
+"""evaluate.py: CLI errors exit 2 with one line; main([...]) end to end on tiny data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import evaluate
+from dualencoder import evaluation as E
+
+from fake_encoders import ColorEncoder, make_color_folders
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUALENCODER_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    """A training workdir holding a saved tiny model in model/."""
+    from dualencoder.testing import tiny_model
+
+    work = tmp_path_factory.mktemp("work")
+    tiny_model().save_dir(str(work / "model"))
+    return str(work)
+
+
+def _error(capsys, argv):
+    code = evaluate.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_usage_errors(capsys, tmp_path):
+    _error(capsys, [])
+    _error(capsys, ["zeroshot", "--data", "x", "--out", "o"])  # no --model
+    _error(capsys, ["kshot", "--model", "m", "--train", "a", "--test", "b", "--out", "o",
+                    "--shots", "0,2"])
+
+
+def test_input_errors_before_model_load(capsys, tmp_path, tiny_workdir):
+    out = str(tmp_path / "out")
+    colors = make_color_folders(str(tmp_path / "colors"), per_class=3)
+    assert "no such model" in _error(capsys, ["zeroshot", "--model", str(tmp_path / "nope"),
+                                              "--data", colors, "--out", out])
+    assert "no such" in _error(capsys, ["zeroshot", "--model", tiny_workdir, "--data",
+                                        str(tmp_path / "missing"), "--out", out])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no class folders" in _error(capsys, ["zeroshot", "--model", tiny_workdir, "--data",
+                                                 str(empty), "--out", out])
+    one = make_color_folders(str(tmp_path / "one"), per_class=2, classes=("red",))
+    assert "only one class" in _error(capsys, ["zeroshot", "--model", tiny_workdir, "--data",
+                                               one, "--out", out])
+    (tmp_path / "emptyclass" / "a").mkdir(parents=True)
+    make_color_folders(str(tmp_path / "emptyclass"), per_class=2, classes=("red",))
+    assert "has no images" in _error(capsys, ["zeroshot", "--model", tiny_workdir, "--data",
+                                              str(tmp_path / "emptyclass"), "--out", out])
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps({"red": "warm", "green": "warm"}))
+    assert "duplicate class name" in _error(capsys, ["zeroshot", "--model", tiny_workdir,
+                                                     "--data", colors, "--class-map", str(cmap),
+                                                     "--out", out])
+    assert "templates" in _error(capsys, ["zeroshot", "--model", tiny_workdir, "--data", colors,
+                                          "--templates", "nonsense", "--out", out])
+    assert "smallest" in _error(capsys, ["kshot", "--model", tiny_workdir, "--train", colors,
+                                         "--test", colors, "--shots", "1,4", "--out", out])
+    assert "smallest" in _error(capsys, ["prompt-tune", "--model", tiny_workdir, "--train",
+                                         colors, "--test", colors, "--shots", "9", "--out", out])
+    other = make_color_folders(str(tmp_path / "other"), per_class=2,
+                               classes=("red", "blue"))
+    assert "classes differ" in _error(capsys, ["linear-probe", "--model", tiny_workdir,
+                                               "--train", colors, "--test", other, "--out", out])
+    assert not os.path.exists(out)
+
+
+def test_unreadable_images_error_or_skip(capsys, tmp_path, tiny_workdir):
+    colors = make_color_folders(str(tmp_path / "bad"), per_class=3, bad=1)
+    err = _error(capsys, ["zeroshot", "--model", tiny_workdir, "--data", colors,
+                          "--out", str(tmp_path / "o1"), "--quiet"])
+    assert "--skip-bad" in err
+    # with skip_bad the image is skipped and counted (library call: no slow model load)
+    data = E.prepare_class_data(colors, skip_bad=True)
+    rep = E.run_zeroshot(E.FrozenEncoder(ColorEncoder(), "c"), data, str(tmp_path / "o2"),
+                         model_info={"spec": "fake", "name": "fake"}, progress=False)
+    rep = json.load(open(tmp_path / "o2" / "report.json"))
+    assert rep["dataset"]["skipped_images"] == 1
+    assert rep["metrics"]["num_examples"] == 9
+
+
+def test_retrieval_k_larger_than_gallery(capsys, tmp_path, tiny_workdir):
+    from records.build import build_records
+
+    rec = str(tmp_path / "rec")
+    build_records("synthetic", rec, num_images=6, image_size=32, seed=0)
+    err = _error(capsys, ["retrieval", "--model", tiny_workdir, "--data", rec, "--ks", "1,10",
+                          "--out", str(tmp_path / "o")])
+    assert "larger than the gallery" in err
+
+
+def test_main_end_to_end_on_tiny_data(capsys, tmp_path, tiny_workdir):
+    from records.build import build_records
+
+    colors = make_color_folders(str(tmp_path / "colors"), per_class=4)
+    out = tmp_path / "reports"
+    q = ["--quiet"]
+    assert evaluate.main(["zeroshot", "--model", tiny_workdir, "--data", colors,
+                          "--templates", "clip80", "--out", str(out / "zs")] + q) == 0
+    rep = json.load(open(out / "zs" / "report.json"))
+    assert rep["kind"] == "zeroshot" and rep["model"]["family"] == "ours"
+    assert 0.0 <= rep["metrics"]["accuracy"] <= 1.0
+    assert len(rep["confusion_matrix"]) == 3
+    assert (out / "zs" / "predictions.png").stat().st_size > 0
+    rec = str(tmp_path / "rec")
+    build_records("synthetic", rec, num_images=12, image_size=32, seed=0)
+    # --model accepts the saved model directory itself, not only the workdir
+    assert evaluate.main(["retrieval", "--model", os.path.join(tiny_workdir, "model"),
+                          "--data", rec, "--ks", "1,5",
+                          "--out", str(out / "ret")] + q) == 0
+    rep = json.load(open(out / "ret" / "report.json"))
+    assert rep["metrics"]["text_to_image"]["num_queries"] == rep["dataset"]["num_captions"]
+    assert 1 <= rep["metrics"]["image_to_text"]["median_rank"]
+    assert (out / "ret" / "retrieval_examples.png").stat().st_size > 0
+
+    assert evaluate.main(["kshot", "--model", tiny_workdir, "--train", colors, "--test", colors,
+                          "--shots", "1,2", "--seeds", "2", "--out", str(out / "ks")] + q) == 0
+    rep = json.load(open(out / "ks" / "report.json"))
+    assert [r["shots"] for r in rep["curve"]] == [0, 1, 2]
+    assert (out / "ks" / "kshot_curve.png").stat().st_size > 0
+    # linear-probe and prompt-tune through the library with a fast fake encoder
+    data = E.prepare_class_data(colors)
+    enc = E.FrozenEncoder(ColorEncoder(), "color-v1")
+    info = {"spec": "fake", "family": "ours", "name": "Our model (fake)"}
+    rep = E.run_linear_probe(enc, data, data, str(out / "lp"), model_info=info, progress=False)
+    assert rep["metrics"]["accuracy"] == 1.0
+    rep = E.run_prompt_tune(enc, data, data, str(out / "pt"), model_info=info, shots=2,
+                            steps=20, progress=False)
+    assert len(rep["template_weights"]) == 80
+    assert set(rep["comparison"]) == {"zero_shot", "prompt_tuned", "linear_probe_same_shots"}
+
+    assert evaluate.main(["compare", str(out / "zs"), str(out / "lp"), str(out / "ks"),
+                          str(out / "pt"), "--out", str(out / "cmp")]) == 0
+    md = (out / "cmp" / "report.md").read_text()
+    assert "| Target Dataset | Statistics |" in md and "Linear-probe accuracy" in md
+    assert (out / "cmp" / "comparison.png").stat().st_size > 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_compare_layout_like_table2(tmp_path):
+    def rep(d, kind, family, name, dataset, acc, **extra):
+        os.makedirs(d, exist_ok=True)
+        model = {"family": family, "name": name, **extra}
+        body = {"kind": kind, "model": model, "dataset": {"name": dataset},
+                "metrics": {"accuracy": acc, "precision": acc, "recall": acc, "f1": acc},
+                "settings": {}}
+        json.dump(body, open(os.path.join(d, "report.json"), "w"))
+        return d
+
+    dirs = [rep(tmp_path / "a", "zeroshot", "clip", "Pre-trained CLIP (b32)", "animals10", .98),
+            rep(tmp_path / "b", "zeroshot", "ours", "Our model (run1)", "animals10", .59),
+            rep(tmp_path / "c", "baseline", "baseline", "EfficientNetB7", "animals10", .97,
+                arch="efficientnetb7", display="EfficientNetB7"),
+            rep(tmp_path / "d", "baseline", "baseline", "Xception", "animals10", .44,
+                arch="xception", display="Xception"),
+            rep(tmp_path / "e", "zeroshot", "ours", "Our model (run1)", "custom", .86)]
+    r = E.run_compare([str(d) for d in dirs], str(tmp_path / "cmp"))
+    assert r["columns"] == ["Xception", "EfficientNetB7", "Our model (run1)",
+                            "Pre-trained CLIP (b32)"]
+    md = (tmp_path / "cmp" / "report.md").read_text().splitlines()
+    header = [ln for ln in md if ln.startswith("| Target")][0]
+    assert header.split("|")[3].strip() == "Xception"
+    row = [ln for ln in md if "| animals10 | Test Accuracy (%)" in ln][0]
+    assert [c.strip() for c in row.split("|")[3:7]] == ["44.00", "97.00", "59.00", "98.00"]
+    custom = [ln for ln in md if "| custom | Test Accuracy (%)" in ln][0]
+    assert [c.strip() for c in custom.split("|")[3:7]] == ["-", "-", "86.00", "-"]
+
+
+def test_probe_recovers_separable_classes():
+    from dualencoder import probe as P
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16))
+    y = np.repeat(np.arange(4), 30)
+    x = centers[y] + 0.3 * rng.normal(size=(120, 16))
+    clf, info = P.fit_probe(x, y, 4)
+    assert np.mean(clf.predict(x) == y) > 0.95
+    assert info["search"] and info["l2"] in P.L2_GRID
+    idx = P.balanced_sample(y, 3, seed=1, num_classes=4)
+    assert np.bincount(y[idx]).tolist() == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match="fewer than"):
+        P.balanced_sample(y, 31, seed=0)
