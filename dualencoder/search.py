@@ -159,7 +159,7 @@ class FaissSearcher:
         return scores, ids.astype(np.int64)
 
     @classmethod
-    def build(cls, embeddings, *, kind: str = "hnsw", m: int = 32, ef_construction: int = 64,
+    def build(cls, embeddings, *, kind: str = "hnsw", m: int = 32, ef_construction: int = 40,
               nlist: int | None = None, target_recall: float = 0.95, num_queries: int = 200,
               exact=None, verbose: bool = False) -> "FaissSearcher":
         """Build from `[N, D]` embeddings and tune the search breadth for `target_recall`.
@@ -186,8 +186,10 @@ class FaissSearcher:
             nlist = int(nlist or max(1, min(n // 39, int(4 * np.sqrt(n)))))
             quantizer = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.niter = 10
             rng = np.random.default_rng(0)
-            train = x[rng.choice(n, size=min(n, nlist * 64), replace=False)] if n > nlist * 64 else x
+            sample = min(n, nlist * 40)
+            train = x[np.sort(rng.choice(n, size=sample, replace=False))] if sample < n else x
             index.train(train)
             index.add(x)
             settings = {"nlist": nlist}

@@ -210,3 +210,50 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys):
     assert [r["id"] for r in data["results"]] == [h.id for h in ref]
     px = index_lib.decode_image((images / index.paths[0]).read_bytes(), model.image_size)
     np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
+
+
+def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
+    """`--records DIR`: every record is embedded, named "<shard>#<index>", and served by id."""
+    build = pytest.importorskip("records.build")
+    from records.reader import iter_records
+
+    records = tmp_path / "records"
+    build.build_records("synthetic", str(records), num_images=7, image_size=40, seed=0,
+                        shard_size=3)
+    monkeypatch.setattr(retrieval, "load_encoder", lambda path: FakeEncoder())
+    work = tmp_path / "work"
+    fake_model_dir(work / "model")
+    out = tmp_path / "index"
+    argv = ["index", "--model", str(work), "--records", str(records), "--out", str(out),
+            "--no-progress", "--chunk-size", "2"]
+    assert retrieval.main(argv) == 0
+    index = index_lib.EmbeddingIndex.open(out)
+    assert len(index) == 7 and all("#" in p for p in index.paths)
+    by_index = {r["index"]: r["image_bytes"] for r in iter_records(str(records))}
+    for i, path in enumerate(index.paths):
+        data, name = index.image_bytes(i)
+        assert name == path and data == by_index[int(path.rsplit("#", 1)[1])]
+    enc = FakeEncoder()
+    first = index_lib.decode_image(by_index[0], enc.image_size)
+    row = index.paths.index(next(p for p in index.paths if p.endswith("#0")))
+    np.testing.assert_allclose(index.embeddings[row], enc.encode_images(first[None])[0], atol=2e-3)
+    # Nothing to do on update; refused entry names never touch the file system.
+    assert retrieval.main(argv + ["--update"]) == 0
+    assert "0 embedded now" in capsys.readouterr().out
+    for bad in ["../manifest.json#0", "shard#x", "nope.tfrecord#1",
+                index.paths[0].rsplit("#", 1)[0] + "#99"]:
+        with pytest.raises(index_lib.ImageAccessError):
+            index.source.read_bytes(bad)
+
+
+def test_serve_command_wires_the_server(env, capsys, monkeypatch):
+    from dualencoder import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda service, host, port: seen.update(
+        service=service, host=host, port=port) or 0)
+    rc, out, err = run(["serve", "--index", str(env["index"]), "--port", "0"], capsys)
+    assert rc == 0 and seen["host"] == "127.0.0.1" and seen["port"] == 0
+    assert len(seen["service"].index) == 9
+    rc, out, err = run(["serve", "--index", str(env["index"]), "--port", "70000"], capsys)
+    one_line_error(rc, err, "not a port number")
