@@ -193,3 +193,66 @@ def test_probe_recovers_separable_classes():
     assert np.bincount(y[idx]).tolist() == [3, 3, 3, 3]
     with pytest.raises(ValueError, match="fewer than"):
         P.balanced_sample(y, 31, seed=0)
+
+
+def test_baseline_errors(capsys, tmp_path):
+    colors = make_color_folders(str(tmp_path / "colors"), per_class=5)
+    out = tmp_path / "base"
+    assert "not a keras.applications model" in _error(
+        capsys, ["baseline", "--arch", "notanet", "--weights", "none", "--train", colors,
+                 "--test", colors, "--out", str(out)])
+    assert "weights" in _error(
+        capsys, ["baseline", "--arch", "xception", "--weights", str(tmp_path / "no.h5"),
+                 "--train", colors, "--test", colors, "--out", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_baseline_linear_cli(tmp_path):
+    colors = make_color_folders(str(tmp_path / "colors"), per_class=5)
+    out = tmp_path / "base"
+    assert evaluate.main(["baseline", "--arch", "mobilenetv3small", "--weights", "none",
+                          "--train", colors, "--test", colors, "--image-size", "32",
+                          "--epochs", "3", "--mode", "linear", "--quiet",
+                          "--out", str(out)]) == 0
+    rep = json.load(open(out / "report.json"))
+    assert rep["kind"] == "baseline" and rep["model"]["arch"] == "mobilenetv3small"
+    assert rep["metrics"]["num_examples"] == 15 and len(rep["history"]["linear_loss"]) <= 3
+    assert (out / "history.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_baseline_finetune(tmp_path):
+    from dualencoder import baselines
+
+    colors = make_color_folders(str(tmp_path / "colors"), per_class=5)
+    data = E.prepare_class_data(colors)
+    rep = baselines.run_baseline(data, data, str(tmp_path / "ft"), arch="MobileNetV3Small",
+                                 weights="none", mode="finetune", image_size=32, epochs=1,
+                                 progress=False)
+    assert "finetune_loss" in rep["history"] and rep["metrics"]["num_examples"] == 15
+
+
+@pytest.mark.slow
+def test_real_data_zeroshot_retrieval_and_xception_baseline(shared, tmp_path, tiny_workdir,
+                                                            monkeypatch):
+    """Real images from ../shared: cifar10_dev zero-shot, coco_mini retrieval, Xception
+    linear baseline with the shared ImageNet weights (small input size to stay quick)."""
+    monkeypatch.setenv("DUALENCODER_CACHE", str(tmp_path / "cache"))
+    cifar = str(shared("data", "cifar10_dev"))
+    coco = str(shared("data", "coco_mini"))
+    weights = str(shared("weights", "xception_imagenet_notop.weights.h5"))
+    out = tmp_path / "out"
+    assert evaluate.main(["zeroshot", "--model", tiny_workdir, "--data", cifar, "--templates",
+                          "clip80", "--out", str(out / "zs"), "--quiet"]) == 0
+    rep = json.load(open(out / "zs" / "report.json"))
+    assert rep["metrics"]["num_examples"] == 1000 and len(rep["most_confused"]) <= 10
+    assert evaluate.main(["retrieval", "--model", tiny_workdir, "--data",
+                          f"coco:{coco}:val2017", "--out", str(out / "ret"), "--quiet"]) == 0
+    rep = json.load(open(out / "ret" / "report.json"))
+    assert rep["dataset"]["num_images"] == 159
+    assert evaluate.main(["baseline", "--arch", "xception", "--weights", weights, "--train",
+                          cifar, "--test", cifar, "--image-size", "71", "--epochs", "2",
+                          "--out", str(out / "base"), "--quiet"]) == 0
+    rep = json.load(open(out / "base" / "report.json"))
+    assert rep["metrics"]["accuracy"] > 0.2  # ImageNet features beat chance (0.1) easily
