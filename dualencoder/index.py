@@ -476,6 +476,7 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
         }
     if model_path:
         state["model_path"] = os.path.abspath(model_path)
+    before = json.dumps(state, sort_keys=True) if report.resumed or state["complete"] else None
 
     listing = source.list(exclude=index_dir)
     current = {it.path: (it.size, it.mtime_ns) for it in listing}
@@ -514,7 +515,8 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
     state["chunks"], state["skipped"] = new_chunks, skipped
     report.kept = sum(c["count"] for c in new_chunks)
     todo = [it for it in listing if it.path not in done]
-    _commit(index_dir, state, complete=not todo)
+    if todo or before is None or json.dumps(state, sort_keys=True) != before:
+        _commit(index_dir, state, complete=not todo)  # an unchanged index keeps its generation
     _remove_unlisted(index_dir, state)
 
     bar = None

@@ -111,6 +111,7 @@ def test_build_update_remove_round_trip(tmp_path):
     enc2 = FakeEncoder()
     report = index_lib.build_index(enc2, out, images=images, update=True, progress=False)
     assert report.embedded == 0 and enc2.image_calls == 0 and report.total == 10
+    assert json.loads((out / "state.json").read_text())["generation"] == state["generation"]
 
     # Add 2, change 1 (content and mtime), delete 2.
     make_images(images, 2, start=10)
