@@ -164,12 +164,19 @@ def _resize(img, size, method):
     def same():
         return tf.cast(img, tf.float32)
 
-    def resize():
-        out = tf.image.resize(img, [size, size], method=method,
-                              antialias=method in ("bicubic", "bilinear"))
-        return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
+    def resize(antialias):
+        def fn():
+            out = tf.image.resize(img, [size, size], method=method, antialias=antialias)
+            return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
+        return fn
 
-    out = tf.cond((shape[0] == size) & (shape[1] == size), same, resize)
+    if method in ("bicubic", "bilinear"):
+        # the antialiasing kernel only matters (and only costs) when shrinking
+        shrink = (shape[0] > size) | (shape[1] > size)
+        resized = lambda: tf.cond(shrink, resize(True), resize(False))  # noqa: E731
+    else:
+        resized = resize(False)
+    out = tf.cond((shape[0] == size) & (shape[1] == size), same, resized)
     return tf.ensure_shape(out, [size, size, 3])
 
 
@@ -184,7 +191,7 @@ def _options(deterministic=True):
 def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoch=0,
                  skip_batches=0, shuffle=True, augment=False, all_captions=False,
                  resize_method="bicubic", skip_bad=False, num_shards=1, shard_index=0,
-                 shuffle_buffer=2048, fast_jpeg=True):
+                 shuffle_buffer=1024, fast_jpeg=True):
     """Image-caption pair batches for contrastive training (one epoch).
 
     Each image appears once per epoch with one of its captions drawn at random
@@ -214,7 +221,8 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         num_shards: int, number of input workers; each takes every `num_shards`-th
             element (after shuffling).
         shard_index: int, this worker's index in `[0, num_shards)`.
-        shuffle_buffer: int, elements per shuffle window.
+        shuffle_buffer: int, elements per shuffle window (two windows of encoded records
+            are held in memory).
         fast_jpeg: bool, decode large JPEGs at a reduced DCT scale (see module doc).
 
     Returns:
@@ -292,7 +300,9 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
             order = tf.argsort(window.pop("key"), stable=True)
             return {k: tf.gather(v, order) for k, v in window.items()}
 
-        ds = ds.batch(int(shuffle_buffer)).map(permute).unbatch()
+        # prefetch(1) on whole windows: the next window is read and parsed in the background
+        # while this one is decoded (double buffering), so window boundaries do not stall.
+        ds = ds.batch(int(shuffle_buffer)).map(permute).prefetch(1).unbatch()
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
     if skip_batches:
