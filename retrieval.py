@@ -181,6 +181,7 @@ def cmd_serve(args) -> int:
     index.searcher(args.backend)
     encoder = _open_model(index, args.model)
     service = server.RetrievalService(index, encoder, backend=args.backend)
+    service.warmup()
     return server.serve(service, host=args.host, port=args.port)
 
 

@@ -250,7 +250,7 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     Raises:
         ValueError: the bytes are not a decodable image.
     """
-    from PIL import Image, ImageOps  # noqa: PLC0415
+    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
 
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -259,6 +259,8 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(img, dtype=np.float32)
+    except UnidentifiedImageError as exc:
+        raise ValueError("unreadable image (not a recognised image format)") from exc
     except Exception as exc:  # PIL raises many types for bad files
         raise ValueError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
 

@@ -60,6 +60,11 @@ class RetrievalService:
         self._encode_lock = threading.Lock()
         self.index.searcher(backend)
 
+    def warmup(self) -> None:
+        """Run one text query so that the first real request does not pay for tracing."""
+        with self._encode_lock:
+            self.encoder.encode_texts(["warm up"])
+
     def search(self, *, q=None, image_id=None, k=9) -> dict:
         k = check_k(k)
         if k > MAX_K:
