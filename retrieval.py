@@ -101,9 +101,14 @@ def cmd_index(args) -> int:
     for flag, path in (("--images", args.images), ("--records", args.records)):
         if path is not None and not os.path.isdir(path):
             raise index_lib.RetrievalError(f"{flag} {path} is not a folder")
+    index_lib.open_source("images" if args.images else "records", args.images or args.records)
     state = index_lib.read_state(args.out) if os.path.isdir(args.out) else None
     if state is not None:
         index_lib.check_saved_fingerprint(state, model_dir, args.out)
+        if state["complete"] and not args.update:
+            raise index_lib.RetrievalError(
+                f"index {args.out} already exists and is complete; pass --update to add "
+                "new/changed images and drop deleted ones")
     encoder = load_encoder(model_dir)
     report = index_lib.build_index(
         encoder, args.out, images=args.images, records=args.records, model_path=model_dir,

@@ -104,9 +104,14 @@ def test_update_command(env, capsys):
                         "--out", str(env["index"]), "--update", "--no-progress"], capsys)
     assert rc == 0, err
     assert "10 images in the index (2 embedded now" in out and "1 removed" in out
+    n_loaded = len(env["enc"]["loaded"])
     rc, out, err = run(["index", "--model", str(env["work"]), "--images", str(env["images"]),
                         "--out", str(env["index"]), "--no-progress"], capsys)
-    assert rc == 2 and "--update" in err
+    one_line_error(rc, err, "--update")
+    assert len(env["enc"]["loaded"]) == n_loaded  # refused before loading the model
+    rc, out, err = run(["index", "--model", str(env["work"]), "--records", str(env["images"]),
+                        "--out", str(env["tmp"] / "r"), "--no-progress"], capsys)
+    one_line_error(rc, err, "no manifest.json")
 
 
 def test_faiss_backend_command(env, capsys):
