@@ -158,7 +158,9 @@ class DualEncoder(keras.Model):
         dtype = config.pop("dtype", None)
         trainable = config.pop("trainable", True)
         super().__init__(name=name, dtype=dtype, trainable=trainable)
-        self._model_config = _resolve_config(config)
+        # Bypass Keras attribute tracking: a tracked dict would deep-copy the
+        # model itself with every `copy.deepcopy(config)`.
+        object.__setattr__(self, "_model_config", _resolve_config(config))
         c = self._model_config
         attention = c["head"] == "attention"
         self.image_size = int(c["image_size"])
@@ -230,7 +232,7 @@ class DualEncoder(keras.Model):
         if self.logit_bias is not None:
             names.append("logit_bias")
         self._trackers = [keras.metrics.Mean(name=n) for n in names]
-        self._encode_fns = {}
+        object.__setattr__(self, "_encode_fns", {})
         self.built = True
 
     # ------------------------------------------------------------------ config

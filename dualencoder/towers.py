@@ -435,9 +435,12 @@ class TextTower(keras.layers.Layer):
         self.pooling = pooling
         self.trainable_spec = _parse_trainable(trainable)
         self.sequence_length = int(sequence_length)
-        self.vocabulary = vocabulary
+        # Plain (untracked) attributes: Keras would wrap lists/dicts.
+        object.__setattr__(self, "vocabulary", vocabulary)
+        object.__setattr__(
+            self, "backbone_config", None if backbone_config is None else dict(backbone_config)
+        )
         self.lowercase = lowercase
-        self.backbone_config = None if backbone_config is None else dict(backbone_config)
 
         if backbone_config is not None:
             if vocabulary is None:
@@ -548,7 +551,12 @@ class TextTower(keras.layers.Layer):
         """
         config = self.get_config()
         config["preset"] = None
-        config["backbone_config"] = self.backbone.get_config()
+        backbone_config = self.backbone.get_config()
+        # name/dtype/trainable are not architecture: the dtype follows the
+        # global policy when rebuilt and trainability comes from `trainable`.
+        for key in ("name", "dtype", "trainable"):
+            backbone_config.pop(key, None)
+        config["backbone_config"] = backbone_config
         config["lowercase"] = self.tokenizer.lowercase
         config["vocabulary"] = None
         return config
