@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+# Idle OpenMP threads sleep instead of spinning (the 2 cores are shared): set before faiss loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
