@@ -166,7 +166,7 @@ def _run(args) -> None:
     if args.command == "zeroshot":
         from dualencoder.zeroshot import load_templates
         try:
-            templates = load_templates(args.templates)
+            load_templates(args.templates)  # validate before any heavy work
         except ValueError as exc:
             raise E.EvaluationError(str(exc)) from exc
         data = E.prepare_class_data(args.data, class_map=args.class_map, cache_dir=records_cache,
@@ -175,7 +175,6 @@ def _run(args) -> None:
         E.run_zeroshot(encoder, data, args.out, model_info=info, templates=args.templates,
                        resize=args.resize, batch_size=args.batch_size, cache_dir=cache,
                        progress=progress)
-        del templates
         return
 
     if args.command == "retrieval":
