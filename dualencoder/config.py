@@ -37,16 +37,17 @@ class ModelConfig:
         blocks). text_tower: a keras-hub preset name, a local folder, "tiny", or "" for the
         installed MiniLM package. text_pooling: "mean" or "cls". text_trainable: like
         image_trainable, in transformer layers. sequence_length: tokens per caption.
-    embed_dim: shared space size. head: "mlp" (seed design) or "linear"; head_layers,
-        head_dropout. loss: "clip", "soft" or "siglip"; extra_loss: None or "max_violation"
-        with extra_loss_weight. init_logit_scale / max_logit_scale: temperature init and clamp.
+    embed_dim: shared space size. head: "mlp" (seed design), "linear" or "attention" (learned
+        query pooling over spatial/token outputs); head_layers, head_dropout, attention_heads. loss: "clip", "soft" or "siglip"; extra_loss: None or "max_violation"
+        with extra_loss_weight. init_logit_scale / max_logit_scale: temperature init and clamp;
+        init_logit_bias: SigLIP's bias init.
     """
 
     image_tower: str = "xception"
     image_weights: str = "imagenet"
     image_size: int = 299
     image_trainable: Any = "all"
-    text_tower: str = ""
+    text_tower: str = "all-minilm-l6-v2"
     text_pooling: str = "mean"
     text_trainable: Any = "all"
     sequence_length: int = 64
@@ -54,11 +55,13 @@ class ModelConfig:
     head: str = "mlp"
     head_layers: int = 1
     head_dropout: float = 0.1
+    attention_heads: int = 8
     loss: str = "clip"
     extra_loss: Any = None
     extra_loss_weight: float = 0.0
     init_logit_scale: float = 1 / 0.07
     max_logit_scale: float = 100.0
+    init_logit_bias: float = -10.0
 
 
 @dataclasses.dataclass
@@ -120,6 +123,7 @@ class RunConfig:
     keep_checkpoints: how many to keep. cache_features: "auto" (when both towers are locked
     and there is no augmentation), "on" or "off". val_subset: images of val used per epoch
     (0 = all). eval_after: run the held-out evaluation after training (synthetic default).
+    ledger: append each step's image ids and loss to WORKDIR/ledger.jsonl (audits resume).
     """
 
     seed: int = 0
@@ -131,6 +135,7 @@ class RunConfig:
     cache_features: str = "auto"
     val_subset: int = 1000
     eval_after: bool = True
+    ledger: bool = False
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}

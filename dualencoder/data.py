@@ -191,7 +191,7 @@ def _options(deterministic=True):
 def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoch=0,
                  skip_batches=0, shuffle=True, augment=False, all_captions=False,
                  resize_method="bicubic", skip_bad=False, num_shards=1, shard_index=0,
-                 shuffle_buffer=1024, fast_jpeg=True):
+                 shuffle_buffer=1024, fast_jpeg=True, decode=True):
     """Image-caption pair batches for contrastive training (one epoch).
 
     Each image appears once per epoch with one of its captions drawn at random
@@ -224,11 +224,14 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         shuffle_buffer: int, elements per shuffle window (two windows of encoded records
             are held in memory).
         fast_jpeg: bool, decode large JPEGs at a reduced DCT scale (see module doc).
+        decode: bool. False yields only `{"image_index", "caption_index"}` batches in the
+            same order, without decoding or tokenizing (see `pair_order`).
 
     Returns:
         A `tf.data.Dataset` of dicts: `images` float32 `[B, S, S, 3]` (0..255),
         `token_ids` int32 `[B, L]`, `padding_mask` bool `[B, L]`, `image_index` int64 `[B]`,
-        `caption` string `[B]`.
+        `caption` string `[B]`, `caption_index` int64 `[B]` (position of the caption within
+        its image's caption list).
 
     Example:
     >>> tok = Tokenizer(tiny_vocabulary(), sequence_length=16)
@@ -275,7 +278,8 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         def expand(e):
             n = e["num_captions"]
             out = {"encoded": tf.fill([n], e["encoded"]), "image_id": tf.fill([n], e["image_id"]),
-                   "image_index": tf.fill([n], e["image_index"]), "caption": e["captions"]}
+                   "image_index": tf.fill([n], e["image_index"]), "caption": e["captions"],
+                   "caption_index": tf.range(n, dtype=tf.int64)}
             if shuffle:
                 out["key"] = tf.map_fn(lambda j: shuffle_key(e["image_index"], j),
                                        tf.range(n, dtype=tf.int64))
@@ -288,7 +292,8 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
             j = tf.random.stateless_uniform([], key, minval=0, maxval=e["num_captions"],
                                             dtype=tf.int64, alg=_RNG_ALG)
             out = {"encoded": e["encoded"], "image_id": e["image_id"],
-                   "image_index": e["image_index"], "caption": e["captions"][j]}
+                   "image_index": e["image_index"], "caption": e["captions"][j],
+                   "caption_index": j}
             if shuffle:
                 out["key"] = shuffle_key(e["image_index"])
             return out
@@ -308,6 +313,12 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
     if skip_batches:
         ds = ds.skip(int(skip_batches) * int(batch_size))
 
+    if not decode:
+        ds = ds.map(lambda e: {"image_index": e["image_index"],
+                               "caption_index": e["caption_index"]})
+        return ds.batch(int(batch_size), drop_remainder=True).with_options(
+            _options(deterministic=True))
+
     size = int(image_size)
 
     def load(e):
@@ -321,7 +332,8 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
                 flip_key = _element_key(seed, epoch, e["image_index"], _FLIP)
                 flip = tf.random.stateless_uniform([], flip_key, alg=_RNG_ALG) < 0.5
                 img = tf.cond(flip, lambda: tf.reverse(img, axis=[1]), lambda: img)
-        return {"images": img, "image_index": e["image_index"], "caption": e["caption"]}
+        return {"images": img, "image_index": e["image_index"], "caption": e["caption"],
+                "caption_index": e["caption_index"]}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if skip_bad:
@@ -337,6 +349,21 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
 
     ds = ds.map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
+
+
+def pair_order(records_dir, *, batch_size, seed=0, epoch=0, skip_batches=0, shuffle=True,
+               all_captions=False, skip_bad=False, num_shards=1, shard_index=0):
+    """The `(image_index, caption_index)` batches `pair_dataset` would yield with the same
+    arguments, without decoding images: the cached-feature path trains in exactly this order.
+
+    Example:
+    >>> order = pair_order("records/train", batch_size=32, seed=0, epoch=1)
+    >>> next(iter(order))["caption_index"]  # which caption of each image
+    """
+    return pair_dataset(records_dir, image_size=1, tokenizer=None, batch_size=batch_size,
+                        seed=seed, epoch=epoch, skip_batches=skip_batches, shuffle=shuffle,
+                        all_captions=all_captions, skip_bad=skip_bad, num_shards=num_shards,
+                        shard_index=shard_index, decode=False)
 
 
 def steps_per_epoch(records_dir, batch_size, all_captions=False, num_shards=1) -> int:

@@ -260,3 +260,24 @@ def test_multi_worker_shards_partition(runs, records_dir):
              for k in (0, 1)]
     assert parts[0] == whole[0::2] and parts[1] == whole[1::2]
     assert data.steps_per_epoch(records_dir, 4, num_shards=2) == 4
+
+
+@pytest.mark.parametrize("all_captions", [False, True])
+def test_pair_order_matches_pair_dataset(records_dir, tok, all_captions):
+    """The cached-feature path trains in `pair_order`'s order: it must be pair_dataset's."""
+    kw = dict(batch_size=4, seed=5, epoch=2, skip_batches=1, all_captions=all_captions)
+    order = list(data.pair_order(records_dir, **kw))
+    full = list(data.pair_dataset(records_dir, image_size=16, tokenizer=tok, **kw))
+    assert len(order) == len(full) > 0
+    for a, b in zip(order, full):
+        np.testing.assert_array_equal(a["image_index"].numpy(), b["image_index"].numpy())
+        np.testing.assert_array_equal(a["caption_index"].numpy(), b["caption_index"].numpy())
+    # caption_index points at the caption that was chosen
+    texts, owner = data.read_captions(records_dir)
+    first = {}
+    for row, ix in enumerate(owner):
+        first.setdefault(int(ix), row)
+    for b in full:
+        for ix, j, cap in zip(b["image_index"].numpy(), b["caption_index"].numpy(),
+                              b["caption"].numpy()):
+            assert texts[first[int(ix)] + int(j)] == cap.decode()

@@ -1,0 +1,238 @@
+"""The pieces `trainer.train` assembles: records, strategy, precision, model, optimizer,
+input pipeline, per-epoch validation and the curves plot. Each is small and testable alone."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from dualencoder.config import Config, ConfigError
+
+SYNTHETIC_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+def synthetic_default(cache_dir: str, num_images: int, image_size: int = 64, seed: int = 0,
+                      *, log=print) -> dict:
+    """Build (once) and return the synthetic default splits: {"train", "val", "zeroshot"}.
+
+    A split is rebuilt when its manifest is missing or `records verify` fails on it.
+    """
+    from records.build import build_records
+    from records.schema import RecordsError
+    from records.verify import verify_records
+
+    root = os.path.join(cache_dir, f"synthetic-v{SYNTHETIC_VERSION}-n{num_images}-"
+                                   f"s{image_size}-seed{seed}")
+    sizes = {"train": num_images, "val": max(200, num_images // 8),
+             "zeroshot": max(200, num_images // 8)}
+    dirs = {}
+    for offset, (split, count) in enumerate(sizes.items()):
+        out = os.path.join(root, split)
+        try:
+            verify_records(out)
+        except (RecordsError, OSError):
+            log(f"building the synthetic default ({split}: {count} images) in {out}")
+            build_records("synthetic", out, num_images=count, image_size=image_size,
+                          seed=seed + 1000 * offset, split=split)
+        dirs[split] = out
+    return dirs
+
+
+def resolve_records(cfg: Config, *, log=print) -> tuple[str, str]:
+    """The (train, val) records dirs, checked (and verified unless `data.verify=false`)."""
+    from records.schema import read_manifest
+    from records.verify import verify_records
+
+    if not cfg.data.records:
+        dirs = synthetic_default(cfg.data.cache_dir, cfg.data.synthetic_images,
+                                 seed=cfg.run.seed, log=log)
+        return dirs["train"], cfg.data.val_records or dirs["val"]
+    train_dir, val_dir = cfg.data.records, cfg.data.val_records
+    for where in (train_dir, val_dir):
+        if where:
+            read_manifest(where)  # content checks; raises RecordsError naming the problem
+            if cfg.data.verify:
+                verify_records(where)
+    return train_dir, val_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, precision, model, optimizer
+# --------------------------------------------------------------------------------------------
+def make_strategy(name: str):
+    """`auto`: MirroredStrategy over all GPUs when there are several, else the default."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("run.strategy=multi_worker needs the TF_CONFIG environment "
+                              "variable (cluster and task); see README 'Multi-device'")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"run.strategy={name!r}: unknown")
+
+
+def set_precision(precision: str) -> None:
+    import keras
+
+    keras.mixed_precision.set_dtype_policy(precision)
+
+
+def model_config(cfg: Config) -> dict:
+    """The `build_model` dict for this config."""
+    return dict(vars(cfg.model))
+
+
+def build(cfg: Config):
+    """The model; a bad tower name, weights file or preset becomes a `ConfigError`."""
+    from dualencoder.model import build_model
+
+    try:
+        return build_model(model_config(cfg))
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise ConfigError(f"model: {exc}") from exc
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int):
+    """AdamW with warmup + cosine (or a plain rate for ReduceLROnPlateau); no weight decay on
+    biases, normalisation gains and the logit scale; loss scaling under mixed_float16."""
+    import keras
+
+    o = cfg.optim
+    if o.schedule == "cosine":
+        total = max(1, (o.max_steps or o.epochs * steps_per_epoch))
+        warmup = min(o.warmup_steps, total - 1) if total > 1 else 0
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=o.lr / max(warmup, 1) if warmup else o.lr,
+            decay_steps=max(total - warmup, 1), warmup_target=o.lr if warmup else None,
+            warmup_steps=warmup)
+    else:
+        lr = o.lr
+    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=o.weight_decay)
+    opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "logit_scale",
+                                             "logit_bias", "embeddings"])
+    if cfg.run.precision == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+def train_dataset(cfg: Config, records: str, tokenizer, *, epoch: int, skip_batches: int = 0,
+                  num_shards: int = 1, shard_index: int = 0):
+    from dualencoder import data
+
+    return data.pair_dataset(
+        records, image_size=cfg.model.image_size, tokenizer=tokenizer,
+        batch_size=cfg.data.batch_size, seed=cfg.run.seed, epoch=epoch,
+        skip_batches=skip_batches, shuffle=True, augment=cfg.data.augment,
+        all_captions=cfg.data.all_captions, resize_method=cfg.data.resize_method,
+        skip_bad=cfg.data.skip_bad, num_shards=num_shards, shard_index=shard_index)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+def embed_records(model, records: str, *, image_size: int, resize_method: str,
+                  limit: int = 0, batch_size: int = 64):
+    """L2-normalised embeddings of the images (first `limit`, 0 = all) and of their captions:
+    (image_emb [N, D], text_emb [M, D], caption_image_row [M]) with rows into image_emb."""
+    from dualencoder import data
+
+    images, index = [], []
+    for batch in data.image_dataset(records, image_size=image_size, batch_size=batch_size,
+                                    resize_method=resize_method):
+        images.append(np.asarray(model.encode_images(batch["images"])))
+        index.append(batch["image_index"].numpy())
+        if limit and sum(len(i) for i in index) >= limit:
+            break
+    image_emb = np.concatenate(images)
+    image_index = np.concatenate(index)
+    if limit:
+        image_emb, image_index = image_emb[:limit], image_index[:limit]
+    texts, owner = data.read_captions(records)
+    row_of = {int(ix): row for row, ix in enumerate(image_index)}
+    keep = [i for i, ix in enumerate(owner) if int(ix) in row_of]
+    texts = [texts[i] for i in keep]
+    caption_rows = np.array([row_of[int(owner[i])] for i in keep], dtype=np.int64)
+    text_emb = np.concatenate([np.asarray(model.encode_texts(texts[i:i + 256]))
+                               for i in range(0, len(texts), 256)])
+    return image_emb, text_emb, caption_rows
+
+
+def validate(model, cfg: Config, val_records: str) -> dict:
+    """Validation loss (same loss as training, fixed order) and Recall@1/5/10 both ways on the
+    first `run.val_subset` images of the validation records."""
+    from dualencoder import data, metrics
+
+    limit = cfg.run.val_subset
+    losses = []
+    batch = min(cfg.data.batch_size, max(2, limit or cfg.data.batch_size))
+    seen = 0
+    for b in data.pair_dataset(val_records, image_size=cfg.model.image_size,
+                               tokenizer=model.tokenizer, batch_size=batch, seed=cfg.run.seed,
+                               shuffle=False, resize_method=cfg.data.resize_method):
+        img = model.encode_images(b["images"])
+        txt = model.encode_texts({"token_ids": b["token_ids"], "padding_mask": b["padding_mask"]})
+        loss, _ = model.compute_contrastive_loss(img, txt, b["image_index"])
+        losses.append(float(loss))
+        seen += batch
+        if limit and seen >= limit:
+            break
+    image_emb, text_emb, rows = embed_records(model, val_records, image_size=cfg.model.image_size,
+                                              resize_method=cfg.data.resize_method, limit=limit)
+    recall = metrics.retrieval_metrics(image_emb, text_emb, rows, ks=(1, 5, 10))
+    out = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
+    for direction, name in (("i2t", "image_to_text"), ("t2i", "text_to_image")):
+        for k in (1, 5, 10):
+            out[f"val_{direction}_r{k}"] = 100.0 * float(recall[name][f"R@{k}"])
+    out["val_rsum"] = sum(out[f"val_{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------------------------
+def plot_curves(history: list[dict], path: str) -> None:
+    """Train/val loss, temperature, in-batch retrieval accuracy and val Recall@K per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    panels = [
+        ("loss", ["train_loss", "val_loss"]),
+        ("temperature (1 / logit scale)", ["train_temperature"]),
+        ("in-batch top-1 accuracy", ["train_i2t_acc", "train_t2i_acc"]),
+        ("validation Recall@K (%)", [f"val_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 10)]),
+    ]
+    for ax, (title, keys) in zip(axes.ravel(), panels):
+        for key in keys:
+            values = [r.get(key) for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o",
+                        label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,261 @@
+"""The training loop: one function, `train(config, workdir)`, readable in one screen.
+
+The workdir implies resume: rerunning the same command continues from the newest intact
+checkpoint, with the model, optimizer (incl. its step and learning-rate schedule), RNG states,
+history and the data position (epoch, batch within the epoch) restored, so no example is seen
+twice or skipped. Layout of a workdir:
+
+    config.json        the resolved configuration (resume refuses an incompatible model section)
+    checkpoints/       see `dualencoder.checkpoint`
+    model/             the best model so far (selected on validation), `dualencoder.load`-able
+    history.json       one row per epoch; curves.png beside it
+    tensorboard/       TensorBoard logs
+    features/          cached tower features (locked towers only)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+
+from dualencoder.checkpoint import CheckpointManager, write_json_atomic
+from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step range."""
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
+    """Train (or resume) in `workdir`; returns the final summary dict (also `summary.json`).
+
+    Args:
+        cfg: the resolved `Config`.
+        workdir: the run folder; an existing run there is resumed.
+        log: where progress lines go.
+        on_step: optional `fn(state)` called after every step (tests inject faults with it).
+    """
+    import keras
+    import tensorflow as tf
+
+    from dualencoder import data, features, runtime
+
+    os.makedirs(workdir, exist_ok=True)
+    check_workdir_config(cfg, workdir)
+    records, val_records = runtime.resolve_records(cfg, log=log)
+    strategy = runtime.make_strategy(cfg.run.strategy)
+    runtime.set_precision(cfg.run.precision)
+    keras.utils.set_random_seed(cfg.run.seed)
+    with strategy.scope():
+        model = runtime.build(cfg)
+        optimizer = runtime.make_optimizer(cfg, data.steps_per_epoch(
+            records, cfg.data.batch_size, all_captions=cfg.data.all_captions))
+        optimizer.build(model.trainable_variables)
+    write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
+
+    ckpts = CheckpointManager(os.path.join(workdir, "checkpoints"), cfg.run.keep_checkpoints)
+    groups = {"model": model.variables, "optimizer": optimizer.variables}
+    state = ckpts.restore(groups) or {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": [],
+                                      "best": None, "bad_epochs": 0, "plateau_wait": 0}
+    if state["step"]:
+        log(f"resuming {workdir} from {state['checkpoint']}: epoch {state['epoch'] + 1}, "
+            f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
+
+    cached = features.use_cache(cfg)  # "both", "text" or None
+    source = (features.CachedPairs(model, cfg, records, os.path.join(workdir, "features"),
+                                   mode=cached, log=log) if cached else None)
+    step_fn = make_train_step(model, optimizer, strategy, cfg)
+    steps_per_epoch = data.steps_per_epoch(records, cfg.data.batch_size,
+                                           all_captions=cfg.data.all_captions)
+    max_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
+    tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    ledger = open(os.path.join(workdir, "ledger.jsonl"), "a") if cfg.run.ledger else None
+
+    def save(**extra):
+        state.update(extra)
+        ckpts.save(groups, state)
+
+    stop = state.get("stopped", False)
+    while not stop and state["epoch"] < cfg.optim.epochs and state["step"] < max_steps:
+        epoch, start = state["epoch"], state["step_in_epoch"]
+        batches = None if cached == "both" else runtime.train_dataset(
+            cfg, records, model.tokenizer, epoch=epoch, skip_batches=start)
+        if cached:
+            batches = source.epoch(epoch, skip_batches=start, images=batches)
+        batches = strategy.experimental_distribute_dataset(batches)
+        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"])
+        bar.update(start)
+        t0, sums, last_good = time.time(), {}, state["step"]
+        for batch in batches:
+            metrics = {k: float(v) for k, v in step_fn(batch).items()}
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            if ledger:
+                ids = [int(i) for part in strategy.experimental_local_results(batch["image_index"])
+                       for i in part.numpy()]
+                ledger.write(json.dumps({"step": state["step"], "epoch": epoch + 1, "ids": ids,
+                                         "loss": metrics["loss"]}) + "\n")
+                ledger.flush()
+            if not math.isfinite(metrics["loss"]):
+                raise TrainingDiverged(
+                    f"loss became {metrics['loss']} between step {last_good + 1} and step "
+                    f"{state['step']} (epoch {epoch + 1}); the last good checkpoint "
+                    f"{ckpts.checkpoints()[-1] if ckpts.checkpoints() else '(none)'} is kept. "
+                    "Lower optim.lr, use precision float32, or set optim.clipnorm.")
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            bar.update(state["step_in_epoch"], [("loss", metrics["loss"]),
+                                                ("temp", metrics["temperature"]), ("lr", lr)])
+            if state["step"] % 10 == 0:
+                with tb.as_default(step=state["step"]):
+                    for k, v in metrics.items():
+                        tf.summary.scalar(f"train/{k}", v)
+                    tf.summary.scalar("train/lr", lr)
+            if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
+                save()
+                last_good = state["step"]
+            if on_step is not None:
+                on_step(state)
+            if state["step"] >= max_steps:
+                break
+        done = state["step_in_epoch"] - start
+        row = {"epoch": epoch + 1, "step": state["step"],
+               "seconds": round(time.time() - t0, 2), "lr": lr,
+               **{f"train_{k}": v / max(done, 1) for k, v in sums.items()}}
+        if val_records:
+            row.update(runtime.validate(model, cfg, val_records))
+        state["history"].append(row)
+        stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log)
+        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        with tb.as_default(step=state["step"]):
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    tf.summary.scalar(f"epoch/{k}", v)
+        save(stopped=stop)
+        write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
+        runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
+    if ledger:
+        ledger.close()
+    if not os.path.exists(os.path.join(workdir, "model", "config.json")):
+        model.save_dir(os.path.join(workdir, "model"))  # no validation: keep the last model
+    summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
+               "best": state["best"], "history": state["history"],
+               "cached_features": cached}
+    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def end_of_epoch(cfg, state, row, model, optimizer, workdir, log) -> bool:
+    """Model selection, ReduceLROnPlateau and early stopping; returns True to stop."""
+    score = row.get("val_rsum", -row.get("val_loss", row.get("train_loss", 0.0)))
+    row["selection_score"] = score
+    improved = state["best"] is None or score > state["best"]["score"]
+    if improved:
+        state["best"] = {"epoch": row["epoch"], "score": score,
+                         **{k: v for k, v in row.items() if k.startswith("val_")}}
+        state["bad_epochs"] = state["plateau_wait"] = 0
+        model.save_dir(os.path.join(workdir, "model"))
+    else:
+        state["bad_epochs"] += 1
+        state["plateau_wait"] += 1
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                        if isinstance(v, float) and k != "lr")
+    log(f"epoch {row['epoch']}: {summary}{'  (best so far)' if improved else ''}")
+    if cfg.optim.schedule == "plateau" and state["plateau_wait"] >= cfg.optim.plateau_patience:
+        new_lr = float(optimizer.learning_rate.numpy()) * cfg.optim.plateau_factor
+        optimizer.learning_rate.assign(new_lr)
+        state["plateau_wait"] = 0
+        log(f"validation did not improve for {cfg.optim.plateau_patience} epochs: lr -> {new_lr:.3g}")
+    if cfg.optim.early_stopping and state["bad_epochs"] >= cfg.optim.early_stopping:
+        log(f"early stopping: no improvement for {state['bad_epochs']} epochs")
+        return True
+    return False
+
+
+def make_train_step(model, optimizer, strategy, cfg: Config):
+    """A compiled distributed step: forward, multi-positive contrastive loss on the *global*
+    batch (embeddings all-gathered across replicas), gradients (accumulated over
+    `optim.grad_accum` micro-batches), clipping, AdamW update."""
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    accum = cfg.optim.grad_accum
+    train_image = cfg.model.image_trainable != "none"
+    train_text = cfg.model.text_trainable != "none"
+
+    def forward(batch):
+        # Cached features (locked towers) arrive in the batch; otherwise run the towers.
+        img_f = batch.get("image_features")
+        if img_f is None:
+            img_f = model.image_features(batch["images"], training=train_image)
+        txt_f = batch.get("text_features")
+        if txt_f is None:
+            txt_f = model.text_features({"token_ids": batch["token_ids"],
+                                         "padding_mask": batch["padding_mask"]},
+                                        training=train_text)
+        img, txt = model.embed_from_features(img_f, txt_f, training=True)
+        index = batch["image_index"]
+        if replicas > 1:
+            ctx = tf.distribute.get_replica_context()
+            img, txt, index = (ctx.all_gather(t, axis=0) for t in (img, txt, index))
+        return model.compute_contrastive_loss(img, txt, index)
+
+    def replica_step(batch):
+        variables = model.trainable_variables
+        grads, metrics = None, None
+        for micro in range(accum):
+            part = batch if accum == 1 else {
+                k: tf.split(v, accum, axis=0)[micro] for k, v in batch.items()}
+            with tf.GradientTape() as tape:
+                loss, metrics = forward(part)
+                scaled = optimizer.scale_loss(loss / (replicas * accum))
+            g = tape.gradient(scaled, variables)
+            grads = g if grads is None else [a + b for a, b in zip(grads, g)]
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        if cfg.optim.clipnorm:
+            grads, _ = tf.clip_by_global_norm(grads, cfg.optim.clipnorm)
+        optimizer.apply_gradients(zip(grads, variables))
+        return metrics
+
+    @tf.function(jit_compile=False, reduce_retracing=True)
+    def step(batch):
+        per_replica = strategy.run(
+            tf.function(replica_step, jit_compile=cfg.run.jit_compile) if cfg.run.jit_compile
+            else replica_step, args=(batch,))
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
+
+    return step
+
+
+# --------------------------------------------------------------------------------------------
+# Workdir compatibility
+# --------------------------------------------------------------------------------------------
+def check_workdir_config(cfg: Config, workdir: str) -> None:
+    """Refuse to resume a workdir whose run used another model configuration."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc}); use a new --workdir or delete it") from exc
+    new = cfg.to_dict()
+    diffs = [f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
+             for section in ARCHITECTURE_KEYS for key, value in new[section].items()
+             if old.get(section, {}).get(key) != value]
+    if diffs:
+        raise ConfigError(f"{workdir} holds a run with an incompatible config ("
+                          + "; ".join(diffs) + "). Use a new --workdir, or the old settings.")
+    for section in ("data", "optim", "run"):
+        changed = [k for k, v in new[section].items() if old.get(section, {}).get(k) != v]
+        if changed:
+            warnings.warn(f"resuming {workdir} with changed {section} settings: {changed}")

@@ -1,0 +1,172 @@
+"""train.py and the training loop: CLI validation, exact resume, cached-feature equivalence,
+learning on the synthetic scenes. Tiny towers throughout (dualencoder.testing)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import train as train_cli
+from dualencoder.config import Config
+
+TINY = ["model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",
+        "model.text_tower=tiny", "model.embed_dim=16", "model.sequence_length=16",
+        "data.batch_size=16", "run.checkpoint_every=2", "run.val_subset=64",
+        "optim.warmup_steps=2", "run.ledger=true"]
+
+
+def tiny_cfg(records, val=None, extra=()):
+    sets = TINY + [f"data.records={records}"] + ([f"data.val_records={val}"] if val else [])
+    return Config.from_sources(None, sets + list(extra))
+
+
+def ledger(workdir):
+    """Each step's ids and loss; a step redone after a resume keeps its last record."""
+    steps = {}
+    with open(os.path.join(workdir, "ledger.jsonl")) as fh:
+        for line in fh:
+            row = json.loads(line)
+            steps[row["step"]] = row
+    return [steps[s] for s in sorted(steps)]
+
+
+def final_weights(workdir):
+    import dualencoder
+
+    model = dualencoder.load(os.path.join(workdir, "model"))
+    return [np.asarray(v) for v in model.weights]
+
+
+# ----------------------------------------------------------------------------------------
+# CLI validation: exit code 2 with a message naming the bad value, before training starts
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["--set", "data.batch_size=0"], "data.batch_size=0"),
+    (["--batch-size", "-4"], "data.batch_size=-4"),
+    (["--set", "optim.nope=1"], "unknown key 'optim.nope'"),
+    (["--records", "/nonexistent/records", "--workdir", "w"], "/nonexistent/records"),
+    (["--records", "x"], "--workdir is required"),
+    (["--config", "/nonexistent.json"], "/nonexistent.json"),
+])
+def test_cli_rejects_bad_input(argv, needle, capsys):
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err
+    assert len(err.splitlines()) == 1
+
+
+def test_cli_rejects_unknown_tower_and_bad_records(synthetic_records, tmp_path, capsys):
+    argv = ["--records", synthetic_records["train"], "--workdir", str(tmp_path / "w")]
+    sets = [a for s in TINY for a in ("--set", s)]
+    assert train_cli.main(argv + sets + ["--set", "model.image_tower=notanet"]) == 2
+    assert "notanet" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train_cli.main(["--records", str(empty), "--workdir", str(tmp_path / "w2")] + sets) == 2
+    assert "manifest" in capsys.readouterr().err
+
+
+def test_help_config_lists_every_key(capsys):
+    assert train_cli.main(["--help-config"]) == 0
+    out = capsys.readouterr().out
+    for key in ("model.image_tower", "optim.lr", "data.batch_size", "run.precision"):
+        assert key in out
+
+
+# ----------------------------------------------------------------------------------------
+# Exact resume
+# ----------------------------------------------------------------------------------------
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_is_exact(synthetic_records, tmp_path):
+    from dualencoder.trainer import train
+
+    records = synthetic_records["train"]
+    extra = ["optim.epochs=2", "model.head_dropout=0.1"]
+    straight = str(tmp_path / "straight")
+    train(tiny_cfg(records, extra=extra), straight, log=lambda *_: None)
+
+    resumed = str(tmp_path / "resumed")
+
+    def crash_at_step_11(state):
+        if state["step"] == 11:  # mid-epoch 2 (8 steps per epoch); last checkpoint at step 10
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        train(tiny_cfg(records, extra=extra), resumed, log=lambda *_: None,
+              on_step=crash_at_step_11)
+    lines = []
+    train(tiny_cfg(records, extra=extra), resumed, log=lines.append)
+    assert any("resuming" in str(line) and "step 10" in str(line) for line in lines)
+
+    a, b = ledger(straight), ledger(resumed)
+    assert [r["ids"] for r in a] == [r["ids"] for r in b]
+    ids_epoch1 = [i for r in a if r["epoch"] == 1 for i in r["ids"]]
+    assert len(ids_epoch1) == len(set(ids_epoch1))  # each image at most once per epoch
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+    for x, y in zip(final_weights(straight), final_weights(resumed)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_incompatible_workdir_is_refused(synthetic_records, tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    base = ["--records", synthetic_records["train"], "--workdir", workdir, "--set",
+            "optim.max_steps=1"] + [a for s in TINY for a in ("--set", s)]
+    assert train_cli.main(base) == 0
+    assert train_cli.main(base + ["--set", "model.embed_dim=32"]) == 2
+    err = capsys.readouterr().err
+    assert "incompatible config" in err and "model.embed_dim" in err
+
+
+# ----------------------------------------------------------------------------------------
+# Cached-feature fast path
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("locked, mode", [
+    (["model.image_trainable=none", "model.text_trainable=none"], "both"),
+    (["model.text_trainable=none"], "text"),
+])
+def test_cached_features_match_uncached(synthetic_records, tmp_path, locked, mode):
+    from dualencoder.trainer import train
+
+    records = synthetic_records["train"]
+    extra = locked + ["optim.max_steps=6", "model.head_dropout=0.0"]
+    runs = {}
+    for cache in ("auto", "off"):
+        workdir = str(tmp_path / cache)
+        summary = train(tiny_cfg(records, extra=extra + [f"run.cache_features={cache}"]),
+                        workdir, log=lambda *_: None)
+        assert summary["cached_features"] == (mode if cache == "auto" else None)
+        runs[cache] = ledger(workdir)
+    assert [r["ids"] for r in runs["auto"]] == [r["ids"] for r in runs["off"]]
+    np.testing.assert_allclose([r["loss"] for r in runs["auto"]],
+                               [r["loss"] for r in runs["off"]], rtol=1e-4, atol=1e-5)
+    assert os.listdir(tmp_path / "auto" / "features")
+
+
+# ----------------------------------------------------------------------------------------
+# It learns
+# ----------------------------------------------------------------------------------------
+def test_synthetic_training_beats_chance(tmp_path_factory):
+    from dualencoder.trainer import train
+    from records.build import build_records
+
+    root = tmp_path_factory.mktemp("learn")
+    build_records("synthetic", str(root / "train"), num_images=512, image_size=64, seed=0)
+    build_records("synthetic", str(root / "val"), num_images=128, image_size=64, seed=1,
+                  split="val")
+    cfg = tiny_cfg(str(root / "train"), str(root / "val"),
+                   extra=["optim.epochs=5", "optim.lr=3e-3", "run.checkpoint_every=0",
+                          "run.ledger=false", "data.batch_size=32", "model.embed_dim=32",
+                          "run.val_subset=128", "optim.warmup_steps=5"])
+    summary = train(cfg, str(root / "w"), log=lambda *_: None)
+    history = summary["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.5
+    assert history[-1]["train_i2t_acc"] > 3 * history[0]["train_i2t_acc"]
+    # Held-out images: chance Recall@1+5+10 summed over both directions is 2 * 16/128 = 25%.
+    assert summary["best"]["val_rsum"] > 45.0
+    assert os.path.exists(root / "w" / "curves.png")
+    with open(root / "w" / "history.json") as fh:
+        assert len(json.load(fh)) == 5
