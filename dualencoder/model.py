@@ -142,8 +142,9 @@ class DualEncoder(keras.Model):
     "mixed_float16"); heads, embeddings and losses are float32.
 
     Args:
-        **config: keys of `DEFAULT_CONFIG`; missing keys take the defaults.
+        config: dict of `DEFAULT_CONFIG` keys; missing keys take the defaults.
         name: the Keras model name.
+        **overrides: more config keys, applied over `config`.
 
     Example:
     >>> model = build_model({"image_tower": "tiny", "image_weights": "none",
@@ -154,7 +155,8 @@ class DualEncoder(keras.Model):
     >>> model.fit(pair_dataset(...), epochs=1)
     """
 
-    def __init__(self, name="dual_encoder", **config):
+    def __init__(self, config=None, name="dual_encoder", **overrides):
+        config = {**dict(config or {}), **overrides}
         dtype = config.pop("dtype", None)
         trainable = config.pop("trainable", True)
         super().__init__(name=name, dtype=dtype, trainable=trainable)
@@ -463,7 +465,8 @@ class DualEncoder(keras.Model):
             as_tensor = _is_tensor(texts)
             if isinstance(texts, str):
                 raise ValueError("encode_texts expects a list of strings, got a single str")
-            texts = texts if as_tensor else [str(t) for t in texts]
+            if not as_tensor:
+                texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
             n = int(texts.shape[0]) if as_tensor else len(texts)
             outputs = []
             for i in range(0, n, batch_size):

@@ -58,6 +58,7 @@ def test_encoders_numpy_in_numpy_out_and_batching(model):
     np.testing.assert_allclose(t, txt, rtol=1e-5, atol=1e-6)
     assert tf.is_tensor(model.encode_images(tf.constant(batch["images"])))
     assert model.encode_texts([]).shape == (0, 16)
+    np.testing.assert_allclose(model.encode_texts([c.encode() for c in batch["caption"]]), e_txt, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"\[B, S, S, 3\]"):
         model.encode_images(np.zeros((32, 32, 3)))
 
@@ -145,6 +146,7 @@ def test_get_config_from_config_round_trip(model):
     config = model.get_config()
     clone = DualEncoder.from_config(config)
     assert clone.get_config() == config
+    assert DualEncoder(tiny_config(), embed_dim=8).embed_dim == 8  # positional config dict
     clone2 = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert clone2.get_config() == config
     clone.set_weights(model.get_weights())
