@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk")
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder call")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
-    p.add_argument("--faiss", choices=["hnsw", "ivf"], default=None,
-                   help="also build the faiss index (and report its recall@10 vs exact)")
+    p.add_argument("--faiss", choices=["ivf", "hnsw"], default=None,
+                   help="also build the faiss index (ivf recommended) and report its recall@10")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("search", help="top-k images for a text or image query")

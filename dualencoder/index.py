@@ -7,7 +7,7 @@ INDEX/
   state.json          # written atomically, last: what is committed (see `STATE_KEYS`)
   chunk-00000.npz     # embeddings (float16 by default), paths, sizes, mtimes of <= chunk_size images
   chunk-00001.npz
-  faiss-hnsw.index    # optional, built by the faiss backend from the stored embeddings
+  faiss-ivf.index     # optional, built by the faiss backend from the stored embeddings
   faiss.json          # its settings, measured recall@10 and the index generation it matches
 ```
 
