@@ -4,7 +4,7 @@ Example:
 ```python
 import dualencoder
 model = dualencoder.load("runs/synthetic-default/model")
-scores = model.encode_images(images) @ model.encode_texts(["a red circle"]).numpy().T
+scores = model.encode_images(images) @ model.encode_texts(["a red circle"]).T  # NumPy in, NumPy out
 ```
 `build_model` and `load` are imported lazily so that `dualencoder.config` (pure Python) can be
 used without starting TensorFlow.

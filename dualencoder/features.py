@@ -37,6 +37,12 @@ def use_cache(cfg: Config) -> str | None:
     if cfg.run.cache_features == "on" and not locked:
         raise ConfigError("run.cache_features=on needs model.image_trainable=none and "
                           "model.text_trainable=none (features of a trained tower change)")
+    if cfg.model.head == "attention":
+        if cfg.run.cache_features == "on":
+            raise ConfigError("run.cache_features=on with model.head=attention: the attention "
+                              "head reads whole spatial/token maps, which are not cached; set "
+                              "run.cache_features=off")
+        return None
     if cfg.run.cache_features == "on" and cfg.data.augment:
         raise ConfigError("run.cache_features=on with data.augment=true: cached features are "
                           "of the un-augmented images; set data.augment=false")
@@ -95,12 +101,16 @@ def compute_features(model, cfg: Config, records: str, *, mode: str = "both",
         out["image_features"] = np.concatenate(image_feats)
         out["image_index"] = np.concatenate(image_index).astype(np.int64)
     texts, owner = data.read_captions(records)
+    # Each distinct caption goes through the tower once (templated captions repeat a lot).
+    unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    unique = [str(t) for t in unique]
     text_feats = []
-    for i in tqdm(range(0, len(texts), 256), desc="text features", unit="batch"):
-        tokens = model.tokenizer(texts[i:i + 256])
+    for i in tqdm(range(0, len(unique), 256), desc=f"text features ({len(unique)} distinct)",
+                  unit="batch"):
+        tokens = model.tokenizer(unique[i:i + 256])
         text_feats.append(np.asarray(model.text_features(tokens, training=False),
                                      dtype=np.float32))
-    out["text_features"] = np.concatenate(text_feats)
+    out["text_features"] = np.concatenate(text_feats)[inverse.ravel()]
     out["caption_image_index"] = np.asarray(owner, dtype=np.int64)
     return out
 
@@ -151,7 +161,8 @@ class CachedPairs:
         except (OSError, ValueError):
             return None
 
-    def epoch(self, epoch: int, *, skip_batches: int = 0, images=None):
+    def epoch(self, epoch: int, *, skip_batches: int = 0, images=None, num_shards: int = 1,
+              shard_index: int = 0):
         """A `tf.data.Dataset` of batches with `text_features` (and `image_features` in mode
         "both") in `pair_dataset`'s order. In mode "text", `images` is that pair dataset and its
         batches gain `text_features`."""
@@ -172,9 +183,10 @@ class CachedPairs:
                         "text_features": tf.gather(txt, text_rows(batch))}
 
             return images.map(add_text, num_parallel_calls=tf.data.AUTOTUNE)
-        order = data.pair_order(self.records, batch_size=cfg.data.batch_size, seed=cfg.run.seed,
-                                epoch=epoch, skip_batches=skip_batches,
-                                all_captions=cfg.data.all_captions, skip_bad=cfg.data.skip_bad)
+        order = data.pair_order(self.records, batch_size=cfg.data.batch_size // num_shards,
+                                seed=cfg.run.seed, epoch=epoch, skip_batches=skip_batches,
+                                all_captions=cfg.data.all_captions, skip_bad=cfg.data.skip_bad,
+                                num_shards=num_shards, shard_index=shard_index)
         img = tf.constant(self.arrays["image_features"])
         image_rows = self.image_rows
 

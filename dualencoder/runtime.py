@@ -28,7 +28,7 @@ def synthetic_default(cache_dir: str, num_images: int, image_size: int = 64, see
     root = os.path.join(cache_dir, f"synthetic-v{SYNTHETIC_VERSION}-n{num_images}-"
                                    f"s{image_size}-seed{seed}")
     sizes = {"train": num_images, "val": max(200, num_images // 8),
-             "zeroshot": max(200, num_images // 8)}
+             "zeroshot": 720}  # 20 images for each of the 36 colour-shape classes
     dirs = {}
     for offset, (split, count) in enumerate(sizes.items()):
         out = os.path.join(root, split)
@@ -129,13 +129,45 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
+def distribute(strategy, make_dataset):
+    """A distributed dataset from `make_dataset(num_shards, shard_index)`.
+
+    One input pipeline (one machine, any number of devices): the global batch is split across
+    the replicas in order. Several workers (MultiWorkerMirroredStrategy): worker i reads every
+    n-th element (`shard_index=i`) in per-worker batches, so the all-gathered global batch is
+    the same set of pairs whatever the number of workers.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return strategy.experimental_distribute_dataset(make_dataset(1, 0))
+
+    def fn(ctx):
+        return make_dataset(ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+    return strategy.distribute_datasets_from_function(fn)
+
+
+def input_shards(strategy) -> int:
+    """Input pipelines of the strategy (workers of a multi-worker run, else 1)."""
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return strategy.cluster_resolver.cluster_spec().num_tasks("worker") or 1
+    return 1
+
+
 def train_dataset(cfg: Config, records: str, tokenizer, *, epoch: int, skip_batches: int = 0,
                   num_shards: int = 1, shard_index: int = 0):
+    """One epoch of training pairs for input worker `shard_index` of `num_shards`."""
     from dualencoder import data
 
+    if cfg.data.batch_size % num_shards:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
+                          f"{num_shards} workers")
     return data.pair_dataset(
         records, image_size=cfg.model.image_size, tokenizer=tokenizer,
-        batch_size=cfg.data.batch_size, seed=cfg.run.seed, epoch=epoch,
+        batch_size=cfg.data.batch_size // num_shards, seed=cfg.run.seed, epoch=epoch,
         skip_batches=skip_batches, shuffle=True, augment=cfg.data.augment,
         all_captions=cfg.data.all_captions, resize_method=cfg.data.resize_method,
         skip_bad=cfg.data.skip_bad, num_shards=num_shards, shard_index=shard_index)

@@ -71,8 +71,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     source = (features.CachedPairs(model, cfg, records, os.path.join(workdir, "features"),
                                    mode=cached, log=log) if cached else None)
     step_fn = make_train_step(model, optimizer, strategy, cfg)
-    steps_per_epoch = data.steps_per_epoch(records, cfg.data.batch_size,
-                                           all_captions=cfg.data.all_captions)
+    shards = runtime.input_shards(strategy)
+    steps_per_epoch = data.steps_per_epoch(records, cfg.data.batch_size // shards,
+                                           all_captions=cfg.data.all_captions, num_shards=shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
@@ -85,11 +86,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     stop = state.get("stopped", False)
     while not stop and state["epoch"] < cfg.optim.epochs and state["step"] < max_steps:
         epoch, start = state["epoch"], state["step_in_epoch"]
-        batches = None if cached == "both" else runtime.train_dataset(
-            cfg, records, model.tokenizer, epoch=epoch, skip_batches=start)
-        if cached:
-            batches = source.epoch(epoch, skip_batches=start, images=batches)
-        batches = strategy.experimental_distribute_dataset(batches)
+        batches = runtime.distribute(strategy, lambda shards, index: epoch_batches(
+            cfg, records, model, source, cached, epoch=epoch, skip_batches=start,
+            num_shards=shards, shard_index=index))
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"])
         bar.update(start)
         t0, sums, last_good = time.time(), {}, state["step"]
@@ -153,6 +152,18 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     return summary
 
 
+def epoch_batches(cfg, records, model, source, cached, *, epoch, skip_batches, num_shards=1,
+                  shard_index=0):
+    """One epoch's batches for this input worker: decoded pairs, or cached features."""
+    from dualencoder import runtime
+
+    kwargs = dict(epoch=epoch, skip_batches=skip_batches, num_shards=num_shards,
+                  shard_index=shard_index)
+    images = None if cached == "both" else runtime.train_dataset(
+        cfg, records, model.tokenizer, **kwargs)
+    return source.epoch(images=images, **kwargs) if cached else images
+
+
 def end_of_epoch(cfg, state, row, model, optimizer, workdir, log) -> bool:
     """Model selection, ReduceLROnPlateau and early stopping; returns True to stop."""
     score = row.get("val_rsum", -row.get("val_loss", row.get("train_loss", 0.0)))
@@ -204,8 +215,8 @@ def make_train_step(model, optimizer, strategy, cfg: Config):
         img, txt = model.embed_from_features(img_f, txt_f, training=True)
         index = batch["image_index"]
         if replicas > 1:
-            ctx = tf.distribute.get_replica_context()
-            img, txt, index = (ctx.all_gather(t, axis=0) for t in (img, txt, index))
+            img, txt = gather_replicas(img), gather_replicas(txt)
+            index = tf.cast(gather_replicas(tf.cast(index, tf.float64)), tf.int64)
         return model.compute_contrastive_loss(img, txt, index)
 
     def replica_step(batch):
@@ -230,9 +241,28 @@ def make_train_step(model, optimizer, strategy, cfg: Config):
         per_replica = strategy.run(
             tf.function(replica_step, jit_compile=cfg.run.jit_compile) if cfg.run.jit_compile
             else replica_step, args=(batch,))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in per_replica.items()}
+        # Every replica computed the loss on the same all-gathered global batch: its metrics
+        # are identical everywhere, so the first local replica's are the global ones.
+        return {k: strategy.experimental_local_results(v)[0] for k, v in per_replica.items()}
 
     return step
+
+
+def gather_replicas(t):
+    """Concatenate every replica's `t` along axis 0, in replica order, with gradients.
+
+    Written as an all-reduce of zero-padded blocks: `ReplicaContext.all_gather` fails under
+    MultiWorkerMirroredStrategy on CPU ("destinations can not be empty", TF 2.21), and the
+    all-reduce's gradient is the same (upstream gradients summed over replicas, then the
+    local block). Local batches must have equal sizes (the pipeline drops remainders).
+    """
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    n, i = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
+    local = tf.shape(t)[0]
+    pad = [[i * local, (n - 1 - i) * local]] + [[0, 0]] * (len(t.shape) - 1)
+    return ctx.all_reduce("SUM", tf.pad(t, pad))
 
 
 # --------------------------------------------------------------------------------------------
