@@ -30,3 +30,8 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The Flickr8k LiT recipe (docs/flickr8k.md): records -> train -> evaluate -> runs/flickr8k/REPORT.md
+.PHONY: flickr8k
+flickr8k: $(STAMP)
+	PY=$(PY) bash scripts/flickr8k.sh
