@@ -124,6 +124,8 @@ class RunConfig:
     and there is no augmentation), "on" or "off". val_subset: images of val used per epoch
     (0 = all). eval_after: run the held-out evaluation after training (synthetic default).
     ledger: append each step's image ids and loss to WORKDIR/ledger.jsonl (audits resume).
+    features_dir: where cached tower features live ("" = WORKDIR/features); share one folder
+    between runs of an ablation (keys hash data, towers, size, resize, sequence length).
     """
 
     seed: int = 0
@@ -136,6 +138,7 @@ class RunConfig:
     val_subset: int = 1000
     eval_after: bool = True
     ledger: bool = False
+    features_dir: str = ""
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}

@@ -177,20 +177,33 @@ def train_dataset(cfg: Config, records: str, tokenizer, *, epoch: int, skip_batc
 # Validation
 # --------------------------------------------------------------------------------------------
 def embed_records(model, records: str, *, image_size: int, resize_method: str,
-                  limit: int = 0, batch_size: int = 64):
+                  limit: int = 0, batch_size: int = 64, tower_cache: dict | None = None):
     """L2-normalised embeddings of the images (first `limit`, 0 = all) and of their captions:
-    (image_emb [N, D], text_emb [M, D], caption_image_row [M]) with rows into image_emb."""
+    (image_emb [N, D], text_emb [M, D], caption_image_row [M]) with rows into image_emb.
+
+    `tower_cache`: a dict kept by the caller across calls (e.g. one per training run); the
+    outputs of a frozen tower are stored there on the first call and only the heads run
+    afterwards, so per-epoch validation with locked towers costs almost nothing.
+    """
     from dualencoder import data
 
-    images, index = [], []
-    for batch in data.image_dataset(records, image_size=image_size, batch_size=batch_size,
-                                    resize_method=resize_method):
-        images.append(np.asarray(model.encode_images(batch["images"])))
-        index.append(batch["image_index"].numpy())
-        if limit and sum(len(i) for i in index) >= limit:
-            break
-    image_emb = np.concatenate(images)
-    image_index = np.concatenate(index)
+    cache = tower_cache if tower_cache is not None else {}
+    image_key = ("images", records, limit, image_size, resize_method)
+    if model.image_tower.frozen and image_key in cache:
+        feats, image_index = cache[image_key]
+    else:
+        feats, index = [], []
+        for batch in data.image_dataset(records, image_size=image_size, batch_size=batch_size,
+                                        resize_method=resize_method):
+            feats.append(model.image_features(batch["images"], training=False))
+            index.append(batch["image_index"].numpy())
+            if limit and sum(len(i) for i in index) >= limit:
+                break
+        image_index = np.concatenate(index)
+        if model.image_tower.frozen and tower_cache is not None:
+            cache[image_key] = (feats, image_index)
+    image_emb = np.concatenate([np.asarray(model.embed_from_features(f, None)[0])
+                                for f in feats])
     if limit:
         image_emb, image_index = image_emb[:limit], image_index[:limit]
     texts, owner = data.read_captions(records)
@@ -198,32 +211,40 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     keep = [i for i, ix in enumerate(owner) if int(ix) in row_of]
     texts = [texts[i] for i in keep]
     caption_rows = np.array([row_of[int(owner[i])] for i in keep], dtype=np.int64)
-    text_emb = np.concatenate([np.asarray(model.encode_texts(texts[i:i + 256]))
-                               for i in range(0, len(texts), 256)])
+    chunks = range(0, len(texts), 256)
+    text_key = ("texts", records, limit)
+    if model.text_tower.frozen and text_key in cache:
+        feats = cache[text_key]
+    else:
+        feats = [model.text_features(texts[i:i + 256], training=False) for i in chunks]
+        if model.text_tower.frozen and tower_cache is not None:
+            cache[text_key] = feats
+    text_emb = np.concatenate([np.asarray(model.embed_from_features(None, f)[1])
+                               for f in feats])
     return image_emb, text_emb, caption_rows
 
 
-def validate(model, cfg: Config, val_records: str) -> dict:
-    """Validation loss (same loss as training, fixed order) and Recall@1/5/10 both ways on the
-    first `run.val_subset` images of the validation records."""
-    from dualencoder import data, metrics
+def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = None) -> dict:
+    """Recall@1/5/10 both ways, and the training loss on (image, first caption) pairs in
+    record order, over the first `run.val_subset` images of the validation records."""
+    from dualencoder import metrics
 
-    limit = cfg.run.val_subset
+    image_emb, text_emb, rows = embed_records(
+        model, val_records, image_size=cfg.model.image_size,
+        resize_method=cfg.data.resize_method, limit=cfg.run.val_subset, tower_cache=tower_cache)
+    first = np.full(len(image_emb), -1)
+    for caption, row in reversed(list(enumerate(rows))):
+        first[row] = caption
+    has = np.flatnonzero(first >= 0)
+    batch = cfg.data.batch_size
     losses = []
-    batch = min(cfg.data.batch_size, max(2, limit or cfg.data.batch_size))
-    seen = 0
-    for b in data.pair_dataset(val_records, image_size=cfg.model.image_size,
-                               tokenizer=model.tokenizer, batch_size=batch, seed=cfg.run.seed,
-                               shuffle=False, resize_method=cfg.data.resize_method):
-        img = model.encode_images(b["images"])
-        txt = model.encode_texts({"token_ids": b["token_ids"], "padding_mask": b["padding_mask"]})
-        loss, _ = model.compute_contrastive_loss(img, txt, b["image_index"])
-        losses.append(float(loss))
-        seen += batch
-        if limit and seen >= limit:
+    for i in range(0, max(len(has) - batch + 1, 1), batch):
+        part = has[i:i + batch]
+        if len(part) < 2:
             break
-    image_emb, text_emb, rows = embed_records(model, val_records, image_size=cfg.model.image_size,
-                                              resize_method=cfg.data.resize_method, limit=limit)
+        loss, _ = model.compute_contrastive_loss(image_emb[part], text_emb[first[part]],
+                                                 part.astype(np.int64))
+        losses.append(float(loss))
     recall = metrics.retrieval_metrics(image_emb, text_emb, rows, ks=(1, 5, 10))
     out = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
     for direction, name in (("i2t", "image_to_text"), ("t2i", "text_to_image")):

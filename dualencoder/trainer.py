@@ -68,7 +68,8 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
 
     cached = features.use_cache(cfg)  # "both", "text" or None
-    source = (features.CachedPairs(model, cfg, records, os.path.join(workdir, "features"),
+    source = (features.CachedPairs(model, cfg, records,
+                                   cfg.run.features_dir or os.path.join(workdir, "features"),
                                    mode=cached, log=log) if cached else None)
     step_fn = make_train_step(model, optimizer, strategy, cfg)
     shards = runtime.input_shards(strategy)
@@ -83,6 +84,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
         state.update(extra)
         ckpts.save(groups, state)
 
+    val_cache: dict = {}  # frozen towers: validation features computed once per run
     stop = state.get("stopped", False)
     while not stop and state["epoch"] < cfg.optim.epochs and state["step"] < max_steps:
         epoch, start = state["epoch"], state["step_in_epoch"]
@@ -130,7 +132,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
                "seconds": round(time.time() - t0, 2), "lr": lr,
                **{f"train_{k}": v / max(done, 1) for k, v in sums.items()}}
         if val_records:
-            row.update(runtime.validate(model, cfg, val_records))
+            row.update(runtime.validate(model, cfg, val_records, tower_cache=val_cache))
         state["history"].append(row)
         stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
