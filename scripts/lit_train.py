@@ -1,12 +1,13 @@
 """`train.py` for locked towers, with dev validation read from cached tower features.
 
 WORKAROUND (product gap, see docs/flickr8k.md "What the product lacks"): with both towers
-locked, `train.py` caches the *training* tower features, but `runtime.validate` still runs
-Xception and MiniLM over the whole validation set twice every epoch (a loss pass and an
-embedding pass: 2,000 Xception forwards per epoch on the 1,000 Flickr8k dev images), which
-dominates the run on the 2-core CPU. This wrapper changes only that: when both towers are
-locked it computes the validation features once (`features.CachedPairs` on the val records,
-keyed like the training cache) and validates on them with the same metric code
+locked, `train.py` caches the *training* tower features on disk, but the validation tower
+outputs are kept only in memory for one run (`runtime.validate(tower_cache=...)`, since
+2f48e23; before it, both towers ran over the whole dev set twice every epoch). Every new run
+therefore pays 1,000 Xception forwards for the Flickr8k dev set again (minutes on the shared
+2-core CPU). This wrapper changes only that: when both towers are locked it computes the
+validation features once *on disk* (`features.CachedPairs` on the val records, keyed like the
+training cache) and validates on them with the same metric code
 (`metrics.retrieval_metrics` over all `run.val_subset` images, same loss function). Everything
 else (config, training loop, selection of the best epoch on dev val_rsum, checkpoints,
 `WORKDIR/model`) is `train.py` unchanged.
@@ -35,14 +36,14 @@ if ROOT not in sys.path:
 def _cached_validate(feature_dir, original):
     cache = {}
 
-    def validate(model, cfg, val_records):
+    def validate(model, cfg, val_records, tower_cache=None, **kwargs):
         import numpy as np
         import tensorflow as tf
 
         from dualencoder import features, metrics
 
         if features.use_cache(cfg) != "both":
-            return original(model, cfg, val_records)
+            return original(model, cfg, val_records, tower_cache=tower_cache, **kwargs)
         key = (val_records, features.cache_key(model, cfg, val_records, "both"))
         if key not in cache:
             arrays = features.CachedPairs(model, cfg, val_records, feature_dir, mode="both").arrays
