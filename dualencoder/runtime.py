@@ -186,8 +186,12 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     afterwards, so per-epoch validation with locked towers costs almost nothing.
     """
     from dualencoder import data
+    from dualencoder.features import tower_functions
 
     cache = tower_cache if tower_cache is not None else {}
+    if "functions" not in cache:
+        cache["functions"] = tower_functions(model)
+    image_fn, text_fn = cache["functions"]
     image_key = ("images", records, limit, image_size, resize_method)
     if model.image_tower.frozen and image_key in cache:
         feats, image_index = cache[image_key]
@@ -195,7 +199,7 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
         feats, index = [], []
         for batch in data.image_dataset(records, image_size=image_size, batch_size=batch_size,
                                         resize_method=resize_method):
-            feats.append(model.image_features(batch["images"], training=False))
+            feats.append(image_fn(batch["images"]))
             index.append(batch["image_index"].numpy())
             if limit and sum(len(i) for i in index) >= limit:
                 break
@@ -216,7 +220,7 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     if model.text_tower.frozen and text_key in cache:
         feats = cache[text_key]
     else:
-        feats = [model.text_features(texts[i:i + 256], training=False) for i in chunks]
+        feats = [text_fn(texts[i:i + 256]) for i in chunks]
         if model.text_tower.frozen and tower_cache is not None:
             cache[text_key] = feats
     text_emb = np.concatenate([np.asarray(model.embed_from_features(None, f)[1])
