@@ -79,6 +79,12 @@ def build_records(source, out_dir, *, shard_size=1000, max_side=None, skip_bad=F
             what = f"{source_name} image {image_id!r}"
             if image_id in seen_ids:
                 raise RecordsError(f"{what}: duplicate image id (ids must be unique per build)")
+            if any(not c.strip() for c in captions):  # sources clean theirs; objects may not
+                if not skip_bad:
+                    raise RecordsError(f"{what}: empty caption")
+                skipped.append({"where": what, "reason": "empty caption"})
+                progress.update(1)
+                continue
             try:
                 prepared = images_lib.prepare_image(
                     images_lib.read_image_bytes(image, what=what), what=what, max_side=max_side)
