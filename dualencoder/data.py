@@ -59,15 +59,77 @@ def _element_key(seed, epoch, image_index, purpose, extra=None):
     return key
 
 
-def _record_stream(paths, *, interleave: int):
-    """Serialized records of `paths`, interleaved record by record, deterministic."""
+def _record_stream(paths, *, interleave: int, tolerant: bool = False):
+    """Serialized records of `paths`, interleaved record by record, deterministic.
+
+    `tolerant`: a shard's framing error ends that shard instead of the whole stream (each
+    shard stops at its first damaged record; `_checked_paths` salvages the rest)."""
     files = tf.data.Dataset.from_tensor_slices(paths)
     cycle = max(1, min(interleave, len(paths)))
+
+    def read(f):
+        ds = tf.data.TFRecordDataset(f)
+        return ds.ignore_errors() if tolerant else ds
+
     if cycle == 1:
-        return files.flat_map(lambda f: tf.data.TFRecordDataset(f))
+        return files.flat_map(read)
     return files.interleave(
-        lambda f: tf.data.TFRecordDataset(f), cycle_length=cycle,
+        read, cycle_length=cycle,
         block_length=1, num_parallel_calls=min(cycle, 4), deterministic=True)
+
+
+_SALVAGED: dict = {}  # (path, size, mtime_ns, sha256) -> path of the shard's intact records
+
+
+def _checked_paths(records_dir, manifest, *, skip_bad):
+    """Shard paths in manifest order, each checked against its manifest entry first.
+
+    Strict (`skip_bad=False`): a shard whose size differs from the manifest (truncated, or
+    bytes appended) raises `RecordsError` naming it; a same-size corruption is what
+    `records verify` (run before training unless `data.verify=false`) catches.
+    `skip_bad=True`: each shard is hashed once per process; a damaged one is replaced by a
+    salvaged copy holding exactly its intact records (see `records.reader.salvage_shard`).
+    """
+    from records.reader import salvage_shard, shard_problem
+
+    paths = []
+    for entry in manifest["shards"]:
+        path = os.path.join(records_dir, entry["name"])
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise schema.RecordsError(f"{records_dir}: shard {entry['name']} is unreadable "
+                                      f"({exc.strerror or exc})") from exc
+        expected = entry.get("bytes") or None  # 0/absent: not recorded
+        if not skip_bad:
+            if expected is not None and st.st_size != expected:
+                kind = "truncated" if st.st_size < expected else "longer than built"
+                raise schema.RecordsError(
+                    f"{records_dir}: shard {entry['name']} is damaged ({kind}: {st.st_size} "
+                    f"bytes, the manifest says {expected}). Run `python -m records verify` and "
+                    "rebuild, or set skip_bad to read its intact records.")
+            paths.append(path)
+            continue
+        key = (path, st.st_size, st.st_mtime_ns, entry.get("sha256"))
+        if key not in _SALVAGED:
+            blob, problem = shard_problem(records_dir, entry)
+            if problem is None:
+                _SALVAGED[key] = path
+            else:
+                import tempfile
+
+                good = salvage_shard(records_dir, entry, blob)
+                folder = tempfile.mkdtemp(prefix="dualencoder-salvaged-")
+                out = os.path.join(folder, entry["name"])
+                with tf.io.TFRecordWriter(out) as writer:
+                    for data in good:
+                        writer.write(data)
+                tf.get_logger().warning(
+                    "%s: shard %s is damaged (%s); reading its %d intact records of %d",
+                    records_dir, entry["name"], problem, len(good), entry["records"])
+                _SALVAGED[key] = out
+        paths.append(_SALVAGED[key])
+    return paths
 
 
 def _image_kind_ok(encoded):
@@ -250,24 +312,34 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         raise schema.RecordsError(
             f"{records_dir}: the records hold no captions (class-folder data, source "
             f"{manifest.get('source')!r}); use image_dataset() for them.")
-    paths = schema.shard_paths(records_dir, manifest)
+    paths = _checked_paths(records_dir, manifest, skip_bad=skip_bad)
     seed, epoch = int(seed), int(epoch)
     if shuffle:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0x5EED])
         paths = [paths[i] for i in rng.permutation(len(paths))]
-    ds = _record_stream(paths, interleave=8 if shuffle else 1)
+    ds = _record_stream(paths, interleave=8 if shuffle else 1, tolerant=skip_bad)
 
     def parse(serialized):
         f = schema.parse_example(serialized)
         captions = f["captions"]
+        empty = tf.reduce_any(tf.equal(tf.strings.strip(captions), ""))
+        if not skip_bad:  # strict: a blank caption is a corrupt record, named
+            with tf.control_dependencies([tf.debugging.Assert(
+                    tf.logical_not(empty),
+                    ["dualencoder.data: record image/id=", f["image/id"], "image/index=",
+                     f["image/index"], "has an empty caption (corrupt record). Rebuild the "
+                     "records, or pass skip_bad=True to drop it."], summarize=3)]):
+                captions = tf.identity(captions)
         return {"encoded": f["image/encoded"], "image_id": f["image/id"],
                 "image_index": f["image/index"], "captions": captions,
-                "num_captions": tf.shape(captions, out_type=tf.int64)[0]}
+                "num_captions": tf.shape(captions, out_type=tf.int64)[0],
+                "empty_caption": empty}
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.filter(lambda e: e["num_captions"] > 0)
-    if skip_bad:
-        ds = ds.filter(lambda e: _image_kind_ok(e["encoded"]))
+    if skip_bad:  # before skipping batches, so resuming stays exact
+        ds = ds.filter(lambda e: _image_kind_ok(e["encoded"])
+                       & tf.logical_not(e["empty_caption"]))
 
     def shuffle_key(index, extra=None):
         key = _element_key(seed, epoch, index, _SHUFFLE, extra)
@@ -397,7 +469,9 @@ def steps_per_epoch(records_dir, batch_size, all_captions=False, num_shards=1) -
 def _count_captioned(records_dir, manifest) -> int:
     if manifest.get("num_captions", None) == 0:
         return 0
-    ds = _record_stream(schema.shard_paths(records_dir, manifest), interleave=1)
+    # tolerant: a damaged shard counts its readable records (the pipeline then either names
+    # the shard, or with skip_bad reads exactly the intact ones)
+    ds = _record_stream(schema.shard_paths(records_dir, manifest), interleave=1, tolerant=True)
     ds = ds.batch(1024).map(lambda s: tf.io.parse_example(
         s, {"captions": tf.io.RaggedFeature(tf.string)})["captions"].row_lengths())
     return int(sum(int(np.count_nonzero(x.numpy())) for x in ds))
@@ -425,7 +499,8 @@ def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic
     """
     _check_args(image_size, batch_size, resize_method)
     manifest = schema.read_manifest(records_dir)
-    ds = _record_stream(schema.shard_paths(records_dir, manifest), interleave=1)
+    ds = _record_stream(_checked_paths(records_dir, manifest, skip_bad=skip_bad), interleave=1,
+                        tolerant=skip_bad)
     size = int(image_size)
 
     def load(serialized):

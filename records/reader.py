@@ -72,6 +72,29 @@ def split_records(blob: bytes) -> list[bytes]:
     return out
 
 
+def salvage_shard(records_dir: str, entry: dict, blob: bytes | None = None) -> list[bytes]:
+    """The serialized records of a damaged shard that are still intact, in order: each passes
+    its CRC, parses as an example and carries the `image/index` its position implies. The
+    rest of the manifest's `entry["records"]` are lost (count them as skipped)."""
+    if blob is None:
+        try:
+            with open(os.path.join(records_dir, entry["name"]), "rb") as fh:
+                blob = fh.read()
+        except OSError:
+            return []
+    good = []
+    for rec in scan_records(blob):
+        if rec.data is None or rec.position >= entry["records"]:
+            continue
+        try:
+            record = decode_example_py(rec.data)
+        except Exception:  # noqa: BLE001 - any parse failure means a lost record
+            continue
+        if record["index"] == entry["first_index"] + rec.position:
+            good.append(rec.data)
+    return good
+
+
 class RecordIterator:
     """Iterator over decoded records; see `iter_records`. `.stats` and `.manifest` are public."""
 
