@@ -65,8 +65,12 @@ def split_records(blob: bytes) -> list[bytes]:
     """Split trusted (checksum-verified) TFRecord bytes into records, without CRC checks."""
     out, offset, size = [], 0, len(blob)
     while offset < size:
+        if offset + 12 > size:
+            raise ValueError(f"malformed framing: a record header at byte {offset} is cut off")
         (length,) = struct.unpack_from("<Q", blob, offset)
         start = offset + 12
+        if start + length + 4 > size:
+            raise ValueError(f"malformed framing: the record at byte {offset} runs past the end")
         out.append(blob[start:start + length])
         offset = start + length + 4
     return out
@@ -115,13 +119,20 @@ class RecordIterator:
         for entry in self.manifest["shards"]:
             name = entry["name"]
             blob, problem = shard_problem(self.records_dir, entry)
-            if problem is None:
-                datas = split_records(blob)
-                if len(datas) != entry["records"]:
-                    problem = f"holds {len(datas)} records, the manifest says {entry['records']}"
+            if problem is None:  # bytes as built; still, what was built may not parse
+                try:
+                    datas = split_records(blob)
+                    if len(datas) != entry["records"]:
+                        raise RecordsError(f"holds {len(datas)} records, the manifest says "
+                                           f"{entry['records']}")
+                    records = [self._decode(data, entry, position)
+                               for position, data in enumerate(datas)]
+                except (ValueError, RecordsError) as exc:  # RecordsError is a ValueError
+                    problem = str(exc)
                 else:
-                    for position, data in enumerate(datas):
-                        yield self._decode(data, entry, position)
+                    for record in records:
+                        self.stats.records += 1
+                        yield record
                     continue
             detail = first_record_problem(blob) if blob is not None else None
             message = (f"{self.records_dir}: shard {name} is damaged: {problem}"
@@ -138,6 +149,7 @@ class RecordIterator:
                 except RecordsError:
                     continue
                 good += 1
+                self.stats.records += 1
                 yield record
             skipped = max(entry["records"] - good, 0)
             self.stats.skipped_records += skipped
@@ -153,7 +165,6 @@ class RecordIterator:
         if record["index"] != expected:
             raise RecordsError(f"{self.records_dir}: shard {entry['name']} record {position} has "
                                f"image/index {record['index']}, expected {expected}")
-        self.stats.records += 1
         return record
 
 

@@ -129,13 +129,28 @@ def read_manifest(records_dir: str) -> dict:
             manifest = json.load(fh)
     except (OSError, json.JSONDecodeError) as exc:
         raise RecordsError(f"{path}: unreadable manifest ({exc}). Rebuild the records.") from exc
+    if not isinstance(manifest, dict):
+        raise RecordsError(f"{path}: not a JSON object. Rebuild the records.")
     missing = [k for k in ("schema_version", "source", "num_records", "shards") if k not in manifest]
     if missing:
         raise RecordsError(f"{path}: manifest lacks field(s) {missing}. Rebuild the records.")
     if manifest["schema_version"] != SCHEMA_VERSION:
         raise RecordsError(f"{path}: schema_version {manifest['schema_version']!r}, this version "
                            f"reads {SCHEMA_VERSION}. Rebuild the records.")
-    for shard in manifest["shards"]:
+    shards = manifest["shards"]
+
+    def well_formed(shard):
+        name = shard.get("name") if isinstance(shard, dict) else None
+        return (isinstance(name, str) and name == os.path.basename(name)
+                and name not in ("", ".", "..")
+                and all(isinstance(shard.get(k, 0), int) and not isinstance(shard.get(k, 0), bool)
+                        and shard.get(k, 0) >= 0 for k in ("records", "captions", "first_index"))
+                and isinstance(shard.get("records"), int))
+
+    if (not isinstance(shards, list) or not all(well_formed(s) for s in shards)
+            or not isinstance(manifest["num_records"], int)):
+        raise RecordsError(f"{path}: malformed shard list or counts. Rebuild the records.")
+    for shard in shards:
         if not os.path.isfile(os.path.join(records_dir, shard["name"])):
             raise RecordsError(f"{records_dir}: shard {shard['name']} listed in the manifest is "
                                "missing. Run `python -m records verify` and rebuild.")
