@@ -94,17 +94,28 @@ _SOURCES = {
 }
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2 (no usage dump)
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m records", description="Build, verify and inspect sharded TFRecords of "
         "images with captions (or class labels).", epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
 
     build = commands.add_parser("build", help="write records from a source",
                                 description="Write a source to sharded TFRecords plus "
                                 "manifest.json (atomically; the manifest last).")
-    sources = build.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    sources = build.add_subparsers(dest="source", required=True, metavar="SOURCE",
+                                   parser_class=_Parser)
     for name, (help_text, options) in _SOURCES.items():
         sub = sources.add_parser(name, help=help_text, description=help_text)
         for flags, kwargs in options:
@@ -148,8 +159,13 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) and usage errors (2)
+    except SystemExit as exc:  # --help (0)
         return int(exc.code or 0)
+    except _UsageError as exc:
+        return _error(exc)
+    path = getattr(args, "dir", None)
+    if path is not None and not os.path.isdir(path):  # bad argument (2), not a failed check (1)
+        return _error(f"{path}: no such records directory")
     from records.schema import RecordsError
 
     try:
