@@ -34,6 +34,16 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def load_encoder(path):
     """Load the model at `path` (tests replace this with a fake encoder)."""
     from dualencoder.index import load_encoder as _load  # noqa: PLC0415
@@ -53,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--update", action="store_true",
                    help="refresh a complete index: embed new/changed images, drop deleted ones")
-    p.add_argument("--chunk-size", type=int, default=512, help="images per committed chunk")
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call")
+    p.add_argument("--chunk-size", type=_positive_int, default=512,
+                   help="images per committed chunk")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per encoder call")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--faiss", choices=["ivf", "hnsw"], default=None,
                    help="also build the faiss index (ivf recommended) and report its recall@10")
@@ -66,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--query", help="text query")
     q.add_argument("--image", help="query image file (image -> image search)")
     q.add_argument("--queries", help="file with one text query per line; JSONL output")
-    p.add_argument("-k", type=str, default="9", help="number of results (>= 1, default 9)")
+    p.add_argument("-k", type=str, default=None,
+                   help="number of results (1 to the index size; default 9, or all if fewer)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--grid", help="also write the results as a PNG grid (single query)")
     p.add_argument("--backend", choices=["exact", "faiss"], default="exact")
@@ -130,7 +142,7 @@ def _results(hits):
 def cmd_search(args) -> int:
     from dualencoder import index as index_lib  # noqa: PLC0415
 
-    k = index_lib.check_k(args.k)
+    k = index_lib.check_k(args.k) if args.k is not None else 9
     if args.query is not None:
         texts = [index_lib.check_query(args.query)]
     elif args.queries is not None:
@@ -147,6 +159,8 @@ def cmd_search(args) -> int:
         texts = None
         index_lib.check_query_image(args.image)
     index = index_lib.EmbeddingIndex.open(args.index)
+    if args.k is not None and k > len(index):
+        raise index_lib.RetrievalError(f"-k {k} is larger than the index ({len(index)} images)")
     if args.backend == "faiss":
         index.searcher("faiss")  # build/load (and report recall) before the model loads
     encoder = _open_model(index, args.model)
@@ -199,7 +213,7 @@ def main(argv=None) -> int:
         command = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve}[args.command]
         return command(args)
     except (_UsageError, RetrievalError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted (rerun the same command to resume)", file=sys.stderr)
