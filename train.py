@@ -18,8 +18,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_CONFIG = os.path.join(HERE, "configs", "synthetic_default.json")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2 (no usage dump)
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", help="training records dir (python -m records build ...); "
                    "default: the synthetic default, built into data.cache_dir")
@@ -88,7 +94,7 @@ def main(argv=None) -> int:
     try:
         cfg = resolve_config(args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     if args.workdir:
         workdir = args.workdir
@@ -103,6 +109,11 @@ def main(argv=None) -> int:
             print(f"error: records dir {path} does not exist; build it with "
                   f"`python -m records build ... --out {path}`", file=sys.stderr)
             return 2
+    weights = cfg.model.image_weights
+    if weights not in ("imagenet", "none") and not os.path.isfile(weights):
+        print(f"error: model.image_weights={weights!r}: no such file (use \"imagenet\", "
+              "\"none\" or a local weights file)", file=sys.stderr)
+        return 2
 
     from dualencoder.checkpoint import CheckpointError
     from dualencoder.trainer import TrainingDiverged, train
@@ -111,10 +122,10 @@ def main(argv=None) -> int:
     try:
         summary = train(cfg, workdir)
     except (ConfigError, RecordsError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
     best = summary.get("best") or {}
     print(f"trained {summary['steps']} steps in {workdir}; best epoch {best.get('epoch')}")
