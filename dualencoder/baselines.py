@@ -82,7 +82,9 @@ def build_backbone(arch: str, weights: str, image_size: int):
     model = ctor(weights=None, **kwargs)
     if weights != "none":
         try:
-            model.load_weights(weights)
+            from dualencoder.towers import _load_weights_quietly
+
+            _load_weights_quietly(model, weights)
         except Exception as exc:
             raise _error(f"{weights}: cannot load into {name} without top "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc

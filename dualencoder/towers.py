@@ -300,7 +300,7 @@ class ImageTower(keras.layers.Layer):
                 f'"imagenet", "none" or a file with {expected}).'
             )
         try:
-            self.backbone.load_weights(path)
+            _load_weights_quietly(self.backbone, path)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
             raise ValueError(
                 f"Image tower weights file {path!r} does not fit architecture "
@@ -560,3 +560,16 @@ class TextTower(keras.layers.Layer):
         config["lowercase"] = self.tokenizer.lowercase
         config["vocabulary"] = None
         return config
+
+
+def _load_weights_quietly(model, path):
+    """`model.load_weights(path)`; Keras' per-layer warnings about a file that does not fit
+    are held back and only shown if the load succeeds (otherwise the error says it all, on
+    one line)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
