@@ -25,6 +25,11 @@ from dualencoder.checkpoint import CheckpointManager, write_json_atomic
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 
 
+# What a training step reads from a batch (captions and ids stay outside the compiled step).
+STEP_INPUTS = ("images", "token_ids", "padding_mask", "image_index", "image_features",
+               "text_features")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step range."""
 
@@ -50,6 +55,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     check_workdir_config(cfg, workdir)
     records, val_records = runtime.resolve_records(cfg, log=log)
     strategy = runtime.make_strategy(cfg.run.strategy)
+    if cfg.run.jit_compile and not tf.config.list_logical_devices("GPU"):
+        warnings.warn("run.jit_compile=true without a GPU: XLA on CPU compiled for minutes and "
+                      "ran ~3x slower per step in bench/train_step.py; consider turning it off")
     runtime.set_precision(cfg.run.precision)
     keras.utils.set_random_seed(cfg.run.seed)
     with strategy.scope():
@@ -78,7 +86,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
-    ledger = open(os.path.join(workdir, "ledger.jsonl"), "a") if cfg.run.ledger else None
+    ledger = os.path.join(workdir, "ledger.jsonl") if cfg.run.ledger else None
 
     def save(**extra):
         state.update(extra)
@@ -101,9 +109,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             if ledger:
                 ids = [int(i) for part in strategy.experimental_local_results(batch["image_index"])
                        for i in part.numpy()]
-                ledger.write(json.dumps({"step": state["step"], "epoch": epoch + 1, "ids": ids,
+                with open(ledger, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state["step"], "epoch": epoch + 1, "ids": ids,
                                          "loss": metrics["loss"]}) + "\n")
-                ledger.flush()
             if not math.isfinite(metrics["loss"]):
                 raise TrainingDiverged(
                     f"loss became {metrics['loss']} between step {last_good + 1} and step "
@@ -143,8 +151,6 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
         save(stopped=stop)
         write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
         runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
-    if ledger:
-        ledger.close()
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
         model.save_dir(os.path.join(workdir, "model"))  # no validation: keep the last model
     summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
@@ -231,18 +237,24 @@ def make_train_step(model, optimizer, strategy, cfg: Config):
                 loss, metrics = forward(part)
                 scaled = optimizer.scale_loss(loss / (replicas * accum))
             g = tape.gradient(scaled, variables)
-            grads = g if grads is None else [a + b for a, b in zip(grads, g)]
+            if accum > 1:  # sums of IndexedSlices (embedding rows) need dense tensors
+                g = [None if x is None else tf.convert_to_tensor(x) for x in g]
+            grads = g if grads is None else [
+                b if a is None else a if b is None else a + b for a, b in zip(grads, g)]
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         if cfg.optim.clipnorm:
             grads, _ = tf.clip_by_global_norm(grads, cfg.optim.clipnorm)
         optimizer.apply_gradients(zip(grads, variables))
         return metrics
 
+    # XLA compiles the per-replica computation; the outer function stays a plain graph.
+    run_replica = (tf.function(tf.autograph.experimental.do_not_convert(replica_step),
+                               jit_compile=True) if cfg.run.jit_compile else replica_step)
+
     @tf.function(jit_compile=False, reduce_retracing=True)
     def step(batch):
-        per_replica = strategy.run(
-            tf.function(replica_step, jit_compile=cfg.run.jit_compile) if cfg.run.jit_compile
-            else replica_step, args=(batch,))
+        batch = {k: v for k, v in batch.items() if k in STEP_INPUTS}  # no strings into XLA
+        per_replica = strategy.run(run_replica, args=(batch,))
         # Every replica computed the loss on the same all-gathered global batch: its metrics
         # are identical everywhere, so the first local replica's are the global ones.
         return {k: strategy.experimental_local_results(v)[0] for k, v in per_replica.items()}

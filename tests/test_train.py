@@ -170,3 +170,22 @@ def test_synthetic_training_beats_chance(tmp_path_factory):
     assert os.path.exists(root / "w" / "curves.png")
     with open(root / "w" / "history.json") as fh:
         assert len(json.load(fh)) == 5
+
+
+@pytest.mark.parametrize("extra", [
+    ["optim.grad_accum=2"],
+    pytest.param(["run.jit_compile=true", "optim.grad_accum=2"], marks=pytest.mark.slow),
+], ids=["grad_accum", "xla+grad_accum"])
+def test_xla_and_gradient_accumulation(synthetic_records, tmp_path, extra):
+    """`--jit-compile` and `optim.grad_accum` run through the same step (strings stay out)."""
+    import warnings
+
+    from dualencoder.trainer import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XLA without a GPU warns
+        summary = train(tiny_cfg(synthetic_records["train"], extra=extra + ["optim.max_steps=2"]),
+                        str(tmp_path / "w"), log=lambda *_: None)
+    rows = ledger(str(tmp_path / "w"))
+    assert summary["steps"] == 2 and len(rows) == 2
+    assert all(np.isfinite(r["loss"]) and len(r["ids"]) == 16 for r in rows)
