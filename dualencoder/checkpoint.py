@@ -53,6 +53,16 @@ def write_json_atomic(path: str, payload) -> None:
     os.replace(tmp, path)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _flatten(groups: dict) -> list[tuple[str, object]]:
     return [(f"{group}/{i:05d}", v) for group in sorted(groups) for i, v in enumerate(groups[group])]
 
@@ -70,6 +80,16 @@ class CheckpointManager:
         self.directory = directory
         self.keep = max(2, int(keep))
         os.makedirs(directory, exist_ok=True)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Delete temporary folders left by a process that died while saving (its pid gone)."""
+        for name in os.listdir(self.directory):
+            if not (name.startswith(".ckpt-") and ".tmp-" in name):
+                continue
+            pid = name.rsplit(".tmp-", 1)[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     # -- pointer ---------------------------------------------------------------------------
     def _read_pointer(self) -> list[str]:

@@ -99,9 +99,13 @@ def test_crash_while_writing_checkpoint(reference_run, tmp_path, monkeypatch, cr
     if crash == "in_savez":
         assert not os.path.exists(os.path.join(workdir, "checkpoints", "ckpt-00000006"))
 
+    # what a process killed mid-save leaves behind (its pid no longer exists)
+    orphan = os.path.join(workdir, "checkpoints", ".ckpt-00000006.tmp-999999999")
+    os.makedirs(orphan)
     lines, log = _lines()
     train(tiny_cfg(reference_run["records"]), workdir, log=log)
     assert "from ckpt-00000004" in _resumed_from(lines)
+    assert not os.path.exists(orphan)
     rows = read_ledger(workdir)
     redone = [r["step"] for r in rows[6:]][:2]
     assert [r["step"] for r in rows[:6]] == [1, 2, 3, 4, 5, 6] and redone == [5, 6]
