@@ -276,10 +276,13 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         all_captions: bool, one element per caption instead of one per image.
         resize_method: "bicubic" (default), "bilinear", "nearest" or "area";
             bicubic/bilinear are antialiased when downscaling.
-        skip_bad: bool. False (strict): a record whose bytes are not an image fails with
-            an error naming its `image/id`; other decode failures raise TensorFlow's
-            error. True: such records are dropped (header check before skipping, so
-            resuming stays exact; later decode failures are dropped too).
+        skip_bad: bool. False (strict): a shard whose size differs from the manifest
+            raises `RecordsError` naming it; a record whose bytes are not an image, or
+            with a blank caption, fails with an error naming its `image/id`; other decode
+            failures raise TensorFlow's error. True: a damaged shard is read record by
+            record (its intact records only, see `_checked_paths`); bad records are
+            dropped (header and caption checks before skipping, so resuming stays exact;
+            later decode failures are dropped too, after the skip).
         num_shards: int, number of input workers; each takes every `num_shards`-th
             element (after shuffling).
         shard_index: int, this worker's index in `[0, num_shards)`.

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import (assert_ledgers_match, assert_same_arrays, checkpoint_arrays,
+from faultkit import (assert_ledgers_match, assert_same_arrays, checkpoint_arrays,
                       checkpoint_names, read_ledger, tiny_cfg)
 
 

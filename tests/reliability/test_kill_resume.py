@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import (ROOT, STEPS_PER_EPOCH, assert_ledgers_match, assert_same_arrays,
+from faultkit import (ROOT, STEPS_PER_EPOCH, assert_ledgers_match, assert_same_arrays,
                       checkpoint_arrays, read_ledger, run_cli, set_args)
 
 

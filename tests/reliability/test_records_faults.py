@@ -107,7 +107,7 @@ def test_damaged_shard_skip_bad_reads_every_intact_record(records, tok, how):
 # One byte flipped, or the manifest missing: verify names it, training refuses to start
 # ------------------------------------------------------------------------------------------
 def test_flipped_byte_verify_names_shard_and_training_refuses(records, capsys, monkeypatch):
-    from conftest import tiny_cfg
+    from faultkit import tiny_cfg
     from dualencoder import runtime
     from dualencoder.trainer import train
 
@@ -132,7 +132,7 @@ def test_flipped_byte_verify_names_shard_and_training_refuses(records, capsys, m
 
 
 def test_missing_manifest_verify_fails_and_training_refuses(records, capsys):
-    from conftest import tiny_cfg
+    from faultkit import tiny_cfg
     from dualencoder.trainer import train
 
     (records / MANIFEST_NAME).unlink()

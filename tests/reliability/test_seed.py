@@ -2,7 +2,7 @@
 another seed, other ones. Checked on the function training uses (runtime.train_dataset) and
 against the ledger of a real run."""
 
-from conftest import last_per_step, tiny_cfg
+from faultkit import last_per_step, tiny_cfg
 from dualencoder import runtime
 from dualencoder.tokenizer import Tokenizer, tiny_vocabulary
 
