@@ -20,7 +20,6 @@ state = manager.restore({"model": model.variables, "optimizer": optimizer.variab
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,19 +27,13 @@ import warnings
 
 import numpy as np
 
+from records.writer import sha256_file
+
 POINTER = "checkpoint.json"
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not fit the model being restored."""
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: str, payload) -> None:
