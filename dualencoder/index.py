@@ -655,7 +655,8 @@ class Hit:
 
 
 class EmbeddingIndex:
-    """A committed index loaded for search: float32 embeddings in memory, paths, metadata.
+    """A committed index loaded for search: the embeddings in memory as stored (float16 by
+    default, so exact search can scan them without a float32 copy), paths, metadata.
 
     Use `EmbeddingIndex.open(path)`; it checks that every listed file is present before
     reading anything heavy, so a broken folder fails fast with a `RetrievalError`.
@@ -691,7 +692,8 @@ class EmbeddingIndex:
                                  "the same `retrieval.py index` command to finish it")
         if state["count"] == 0:
             raise RetrievalError(f"index {index_dir} holds no images")
-        emb = np.empty((state["count"], state["dim"]), dtype=np.float32)
+        stored = np.float16 if state.get("dtype", "float16") == "float16" else np.float32
+        emb = np.empty((state["count"], state["dim"]), dtype=stored)
         paths, row = [], 0
         for chunk in state["chunks"]:
             data = _read_chunk(os.path.join(index_dir, chunk["file"]))

@@ -244,16 +244,31 @@ def test_check_k_and_query():
 
 @pytest.mark.parametrize("n,q,k,max_scores", [(1000, 1, 10, 1 << 24), (1000, 7, 5, 300),
                                               (50, 3, 80, 1 << 24), (997, 33, 1, 4096),
+                                              (5000, 40, 7, 20_000),
                                               (300_000, 2, 10, 1 << 24)])
-def test_exact_search_matches_brute_force(n, q, k, max_scores):
+@pytest.mark.parametrize("engine", ["numpy", "fp16"])
+def test_exact_search_matches_brute_force(n, q, k, max_scores, engine):
+    if engine == "fp16" and not search_lib.faiss_available():
+        pytest.skip("the fp16 exact engine needs faiss-cpu (pip install -e '.[index]')")
     rng = np.random.default_rng(n + q)
-    emb = rng.standard_normal((n, 24)).astype(np.float32)
+    emb = rng.standard_normal((n, 24)).astype(np.float16 if engine == "fp16" else np.float32)
     queries = rng.standard_normal((q, 24)).astype(np.float32)
-    scores, ids = search_lib.ExactSearcher(emb, max_scores=max_scores).search(queries, k)
-    full = queries @ emb.T
+    searcher = search_lib.ExactSearcher(emb, max_scores=max_scores, engine=engine, threads=3)
+    assert searcher.engine == engine and len(searcher) == n
+    scores, ids = searcher.search(queries, k)
+    full = queries @ emb.astype(np.float32).T  # the stored values, as float32
     ref = np.argsort(-full, axis=1, kind="stable")[:, :min(k, n)]
     np.testing.assert_array_equal(ids, ref)
     np.testing.assert_allclose(scores, np.take_along_axis(full, ref, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_exact_engine_auto_choice():
+    emb16 = np.eye(4, dtype=np.float16)
+    expected = "fp16" if search_lib.faiss_available() else "numpy"
+    assert search_lib.ExactSearcher(emb16).engine == expected
+    assert search_lib.ExactSearcher(emb16.astype(np.float32)).engine == "numpy"
+    with pytest.raises(ValueError, match="engine must be"):
+        search_lib.ExactSearcher(emb16, engine="gpu")
 
 
 def test_index_search_returns_the_image_itself(tmp_path):
