@@ -7,9 +7,17 @@ synthetic default: a pretrained MiniLM, a CNN learning from scratch), images sti
 the image tower and the text features come from the cache. Batches follow exactly the order and caption choice of the uncached
 pipeline (`dualencoder.data.pair_order`), so the loss trajectory is the same for the same seed.
 
-The cache lives under `WORKDIR/features/<key>/`, where the key hashes the records' shard
-checksums, the tower weights themselves, the image size, the resize method and the sequence
-length: changing the data or the towers invalidates it, rerunning reuses it.
+Image and text features are cached separately, as `image-<key>.npz` and `text-<key>.npz` in
+`WORKDIR/features/` (or the shared `run.features_dir`). An image key hashes the records' shard
+checksums, the image tower's weights, the image size and the resize method; a text key hashes the
+shard checksums, the text tower's weights, the sequence length and the pooling. Changing the data
+or a tower invalidates only that tower's file (a 299 px run reuses the 224 px run's caption
+features); rerunning reuses both. Validation records get the same files, so per-epoch validation
+of a locked-tower run runs the heads only, from the first epoch of the first run on.
+
+Captions go through the text tower in batches of similar length, each trimmed to its longest
+caption: the padding mask makes the pooled output the same as at full `sequence_length`
+(masked positions never reach the real tokens), at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -59,22 +67,25 @@ def _variables_digest(variables) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model, cfg: Config, records: str, mode: str) -> str:
+def _manifest_digest(records: str) -> dict:
     from records.schema import read_manifest
 
     manifest = read_manifest(records)
-    payload = {
-        "version": FEATURES_VERSION,
-        "mode": mode,
-        "shards": [s.get("sha256") for s in manifest["shards"]],
-        "num_records": manifest["num_records"],
-        "image_tower": _variables_digest(model.image_tower.weights) if mode == "both" else None,
-        "text_tower": _variables_digest(model.text_tower.weights),
-        "image_size": cfg.model.image_size,
-        "resize": cfg.data.resize_method,
-        "sequence_length": cfg.model.sequence_length,
-        "pooling": cfg.model.text_pooling,
-    }
+    return {"shards": [sh.get("sha256") for sh in manifest["shards"]],
+            "num_records": manifest["num_records"]}
+
+
+def image_cache_key(model, cfg: Config, records: str) -> str:
+    payload = {"version": FEATURES_VERSION, "kind": "image", **_manifest_digest(records),
+               "tower": _variables_digest(model.image_tower.weights),
+               "image_size": cfg.model.image_size, "resize": cfg.data.resize_method}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def text_cache_key(model, cfg: Config, records: str) -> str:
+    payload = {"version": FEATURES_VERSION, "kind": "text", **_manifest_digest(records),
+               "tower": _variables_digest(model.text_tower.weights),
+               "sequence_length": cfg.model.sequence_length, "pooling": cfg.model.text_pooling}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -82,7 +93,8 @@ def tower_functions(model):
     """Compiled (graph-mode) tower calls: `image_fn(images)`, `text_fn(tokens)`.
 
     Eager Keras re-allocates every intermediate on each call; on a 2-core CPU that made
-    Xception feature extraction several times slower than the same graph.
+    Xception feature extraction several times slower than the same graph. `text_fn` takes
+    texts or a tokenizer output dict (of any length up to `sequence_length`).
     """
     import tensorflow as tf
 
@@ -103,39 +115,109 @@ def tower_functions(model):
     return image_fn, text
 
 
-def compute_features(model, cfg: Config, records: str, *, mode: str = "both",
-                     batch_size: int = 64, log=print):
-    """Tower outputs for every caption (and with mode "both" every image) of `records`."""
+def compute_image_features(model, cfg: Config, records: str, *, batch_size: int = 32):
+    """Image-tower outputs of every image of `records`: {"image_features", "image_index"}."""
     from tqdm.auto import tqdm
 
     from dualencoder import data
     from records.schema import read_manifest
 
-    image_fn, text_fn = tower_functions(model)
-    out = {}
-    if mode == "both":
-        image_feats, image_index = [], []
-        total = read_manifest(records)["num_records"]
-        with tqdm(total=total, desc="image features", unit="img") as bar:
-            for batch in data.image_dataset(records, image_size=cfg.model.image_size,
-                                            batch_size=batch_size,
-                                            resize_method=cfg.data.resize_method):
-                image_feats.append(np.asarray(image_fn(batch["images"]), dtype=np.float32))
-                image_index.append(batch["image_index"].numpy())
-                bar.update(len(image_index[-1]))
-        out["image_features"] = np.concatenate(image_feats)
-        out["image_index"] = np.concatenate(image_index).astype(np.int64)
+    image_fn, _ = tower_functions(model)
+    feats, index = [], []
+    total = read_manifest(records)["num_records"]
+    with tqdm(total=total, desc="image features", unit="img") as bar:
+        for batch in data.image_dataset(records, image_size=cfg.model.image_size,
+                                        batch_size=batch_size,
+                                        resize_method=cfg.data.resize_method):
+            feats.append(np.asarray(image_fn(batch["images"]), dtype=np.float32))
+            index.append(batch["image_index"].numpy())
+            bar.update(len(index[-1]))
+    return {"image_features": np.concatenate(feats),
+            "image_index": np.concatenate(index).astype(np.int64)}
+
+
+def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None) -> np.ndarray:
+    """Text-tower outputs `[len(texts), F]` (float32), batches grouped by token length.
+
+    Texts are tokenized once, sorted by length and run in batches trimmed to their longest
+    text (rounded up to a multiple of 8, to bound retracing); rows come back in input order.
+    """
+    from tqdm.auto import tqdm
+
+    if text_fn is None:
+        _, text_fn = tower_functions(model)
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, 0), np.float32)
+    tokens = model.tokenizer(texts)
+    ids = np.asarray(tokens["token_ids"])
+    mask = np.asarray(tokens["padding_mask"]).astype(bool)
+    lengths = mask.sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    full = ids.shape[1]
+    out = None
+    for i in tqdm(range(0, len(texts), batch_size), desc=f"text features ({len(texts)})",
+                  unit="batch"):
+        rows = order[i:i + batch_size]
+        width = min(full, max(8, -(-int(lengths[rows].max()) // 8) * 8))
+        feats = np.asarray(text_fn({"token_ids": ids[rows, :width],
+                                    "padding_mask": mask[rows, :width]}), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(texts),) + feats.shape[1:], np.float32)
+        out[rows] = feats
+    return out
+
+
+def compute_text_features(model, cfg: Config, records: str):
+    """Text-tower outputs of every caption of `records` (each distinct caption once):
+    {"text_features" [M, F], "caption_image_index" [M]} with captions grouped by image."""
+    from dualencoder import data
+
     texts, owner = data.read_captions(records)
     # Each distinct caption goes through the tower once (templated captions repeat a lot).
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    unique = [str(t) for t in unique]
-    text_feats = []
-    for i in tqdm(range(0, len(unique), 256), desc=f"text features ({len(unique)} distinct)",
-                  unit="batch"):
-        text_feats.append(np.asarray(text_fn(unique[i:i + 256]), dtype=np.float32))
-    out["text_features"] = np.concatenate(text_feats)[inverse.ravel()]
-    out["caption_image_index"] = np.asarray(owner, dtype=np.int64)
-    return out
+    feats = encode_texts_by_length(model, [str(t) for t in unique])
+    return {"text_features": feats[inverse.ravel()],
+            "caption_image_index": np.asarray(owner, dtype=np.int64)}
+
+
+def _load_npz(path: str):
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError):
+        return None  # a damaged cache file is recomputed
+
+
+def cached(path: str, compute, *, log=print, what: str = "tower features") -> dict:
+    """`compute()`'s arrays, stored at `path` (atomically) on the first call, read afterwards."""
+    arrays = _load_npz(path)
+    if arrays is not None:
+        log(f"reusing cached {what} {path}")
+        return arrays
+    log(f"caching {what} in {path} (once)")
+    arrays = compute()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + f".tmp-{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return arrays
+
+
+def image_features(model, cfg: Config, records: str, directory: str, *, log=print) -> dict:
+    """The cached image-tower outputs of `records` (computed once per key)."""
+    path = os.path.join(directory, f"image-{image_cache_key(model, cfg, records)}.npz")
+    return cached(path, lambda: compute_image_features(model, cfg, records), log=log,
+                  what=f"image features of {records}")
+
+
+def text_features(model, cfg: Config, records: str, directory: str, *, log=print) -> dict:
+    """The cached text-tower outputs of every caption of `records` (computed once per key)."""
+    path = os.path.join(directory, f"text-{text_cache_key(model, cfg, records)}.npz")
+    return cached(path, lambda: compute_text_features(model, cfg, records), log=log,
+                  what=f"caption features of {records}")
 
 
 class CachedPairs:
@@ -152,17 +234,9 @@ class CachedPairs:
     def __init__(self, model, cfg: Config, records: str, directory: str, *, mode: str = "both",
                  log=print):
         self.cfg, self.records, self.mode = cfg, records, mode
-        self.path = os.path.join(directory, cache_key(model, cfg, records, mode), "features.npz")
-        arrays = self._load()
-        if arrays is None:
-            log(f"caching tower features in {os.path.dirname(self.path)} (once)")
-            arrays = compute_features(model, cfg, records, mode=mode, log=log)
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = self.path + f".tmp-{os.getpid()}.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, self.path)
-        else:
-            log(f"reusing cached tower features {self.path}")
+        arrays = dict(text_features(model, cfg, records, directory, log=log))
+        if mode == "both":
+            arrays.update(image_features(model, cfg, records, directory, log=log))
         self.arrays = arrays
         if mode == "both":
             order = np.argsort(arrays["image_index"])
@@ -174,15 +248,6 @@ class CachedPairs:
             starts.setdefault(int(ix), row)
         keys = np.array(sorted(starts), dtype=np.int64)
         self.caption_start = _lookup(keys, np.array([starts[int(k)] for k in keys]))
-
-    def _load(self):
-        if not os.path.exists(self.path):
-            return None
-        try:
-            with np.load(self.path) as f:
-                return {k: f[k] for k in f.files}
-        except (OSError, ValueError):
-            return None
 
     def epoch(self, epoch: int, *, skip_batches: int = 0, images=None, num_shards: int = 1,
               shard_index: int = 0):

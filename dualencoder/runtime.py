@@ -177,13 +177,16 @@ def train_dataset(cfg: Config, records: str, tokenizer, *, epoch: int, skip_batc
 # Validation
 # --------------------------------------------------------------------------------------------
 def embed_records(model, records: str, *, image_size: int, resize_method: str,
-                  limit: int = 0, batch_size: int = 64, tower_cache: dict | None = None):
+                  limit: int = 0, batch_size: int = 64, tower_cache: dict | None = None,
+                  cached_features: dict | None = None):
     """L2-normalised embeddings of the images (first `limit`, 0 = all) and of their captions:
     (image_emb [N, D], text_emb [M, D], caption_image_row [M]) with rows into image_emb.
 
     `tower_cache`: a dict kept by the caller across calls (e.g. one per training run); the
     outputs of a frozen tower are stored there on the first call and only the heads run
     afterwards, so per-epoch validation with locked towers costs almost nothing.
+    `cached_features`: tower outputs of `records` already at hand (`features.image_features`
+    and/or `features.text_features` arrays, from the on-disk cache); those towers do not run.
     """
     from dualencoder import data
     from dualencoder.features import tower_functions
@@ -193,7 +196,12 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
         cache["functions"] = tower_functions(model)
     image_fn, text_fn = cache["functions"]
     image_key = ("images", records, limit, image_size, resize_method)
-    if model.image_tower.frozen and image_key in cache:
+    cached_features = cached_features or {}
+    if "image_features" in cached_features:
+        stored = cached_features["image_features"][:limit or None]
+        feats = [stored[i:i + 4096] for i in range(0, len(stored), 4096)]
+        image_index = cached_features["image_index"][:limit or None]
+    elif model.image_tower.frozen and image_key in cache:
         feats, image_index = cache[image_key]
     else:
         feats, index = [], []
@@ -217,7 +225,10 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     caption_rows = np.array([row_of[int(owner[i])] for i in keep], dtype=np.int64)
     chunks = range(0, len(texts), 256)
     text_key = ("texts", records, limit)
-    if model.text_tower.frozen and text_key in cache:
+    if "text_features" in cached_features:
+        stored = cached_features["text_features"][np.asarray(keep, dtype=np.int64)]
+        feats = [stored[i:i + 4096] for i in range(0, len(stored), 4096)]
+    elif model.text_tower.frozen and text_key in cache:
         feats = cache[text_key]
     else:
         feats = [text_fn(texts[i:i + 256]) for i in chunks]
@@ -228,14 +239,27 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     return image_emb, text_emb, caption_rows
 
 
-def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = None) -> dict:
+def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = None,
+             feature_dir: str | None = None, log=print) -> dict:
     """Recall@1/5/10 both ways, and the training loss on (image, first caption) pairs in
-    record order, over the first `run.val_subset` images of the validation records."""
-    from dualencoder import metrics
+    record order, over the first `run.val_subset` images of the validation records.
 
+    With `feature_dir`, the outputs of locked towers on the validation records come from the
+    same on-disk cache as the training features (computed once, shared by every run)."""
+    from dualencoder import features, metrics
+
+    cached_features = {}
+    if feature_dir:
+        if model.image_tower.frozen:
+            cached_features.update(features.image_features(model, cfg, val_records, feature_dir,
+                                                           log=log))
+        if model.text_tower.frozen:
+            cached_features.update(features.text_features(model, cfg, val_records, feature_dir,
+                                                          log=log))
     image_emb, text_emb, rows = embed_records(
         model, val_records, image_size=cfg.model.image_size,
-        resize_method=cfg.data.resize_method, limit=cfg.run.val_subset, tower_cache=tower_cache)
+        resize_method=cfg.data.resize_method, limit=cfg.run.val_subset, tower_cache=tower_cache,
+        cached_features=cached_features)
     first = np.full(len(image_emb), -1)
     for caption, row in reversed(list(enumerate(rows))):
         first[row] = caption

@@ -76,9 +76,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
 
     cached = features.use_cache(cfg)  # "both", "text" or None
-    source = (features.CachedPairs(model, cfg, records,
-                                   cfg.run.features_dir or os.path.join(workdir, "features"),
-                                   mode=cached, log=log) if cached else None)
+    feature_dir = (cfg.run.features_dir or os.path.join(workdir, "features")) if cached else None
+    source = (features.CachedPairs(model, cfg, records, feature_dir, mode=cached, log=log)
+              if cached else None)
     step_fn = make_train_step(model, optimizer, strategy, cfg)
     shards = runtime.input_shards(strategy)
     steps_per_epoch = data.steps_per_epoch(records, cfg.data.batch_size // shards,
@@ -140,7 +140,8 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
                "seconds": round(time.time() - t0, 2), "lr": lr,
                **{f"train_{k}": v / max(done, 1) for k, v in sums.items()}}
         if val_records:
-            row.update(runtime.validate(model, cfg, val_records, tower_cache=val_cache))
+            row.update(runtime.validate(model, cfg, val_records, tower_cache=val_cache,
+                                        feature_dir=feature_dir, log=log))
         state["history"].append(row)
         stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0

@@ -66,12 +66,12 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. training
-# scripts/lit_train.py = train.py + validation on cached dev features + a shared feature cache
-SETS=()
+# Locked towers: train.py caches the tower features of the train and dev records once under
+# $OUT/features (shared by every run), then trains the heads only.
+SETS=(--set "run.features_dir=$OUT/features")
 for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
-timed "train $RUN" "$PY" scripts/lit_train.py --feature-cache "$OUT/features" -- \
-  --records "$REC/train" --val-records "$REC/dev" --workdir "$OUT/$RUN" \
-  --config "$CONFIG" ${SETS[@]+"${SETS[@]}"}
+timed "train $RUN" "$PY" train.py --records "$REC/train" --val-records "$REC/dev" \
+  --workdir "$OUT/$RUN" --config "$CONFIG" "${SETS[@]}"
 
 # ---------------------------------------------------------------- 3. evaluation
 if [ "${SKIP_EVAL:-0}" != 1 ] && [ ! -f "$OUT/eval/${RUN}_dev/report.json" ]; then

@@ -1,0 +1,74 @@
+"""dualencoder.features: the on-disk cache of locked-tower outputs (split per tower), the
+length-grouped text encoding, and validation from the cache."""
+
+import os
+
+import numpy as np
+import pytest
+
+from dualencoder import features, runtime
+from dualencoder.config import Config
+
+
+def locked_cfg(*extra):
+    return Config.from_sources(None, [
+        "model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",
+        "model.text_tower=tiny", "model.embed_dim=16", "model.sequence_length=24",
+        "model.head=linear", "model.image_trainable=none", "model.text_trainable=none",
+        "data.batch_size=16", "run.val_subset=0", *extra])
+
+
+def test_length_grouped_text_features_equal_full_length(synthetic_records):
+    model = runtime.build(locked_cfg())
+    texts = ["a red circle", "a small blue square to the left of a large green star " * 2,
+             "star", "a yellow triangle above a purple circle", "", "circle circle circle"]
+    _, text_fn = features.tower_functions(model)
+    full = np.asarray(text_fn(texts))
+    grouped = features.encode_texts_by_length(model, texts, batch_size=2)
+    assert grouped.shape == full.shape
+    np.testing.assert_allclose(grouped, full, rtol=1e-4, atol=1e-5)
+
+
+def test_image_and_text_caches_are_separate_files(synthetic_records, tmp_path):
+    model = runtime.build(locked_cfg())
+    train = synthetic_records["train"]
+    logs = []
+    a = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=logs.append)
+    names = sorted(os.listdir(tmp_path))
+    assert [n.split("-")[0] for n in names] == ["image", "text"], names
+    # Another resize method: a new image file, the caption features are reused.
+    features.CachedPairs(model, locked_cfg("data.resize_method=bilinear"), train, str(tmp_path),
+                         log=logs.append)
+    names2 = sorted(os.listdir(tmp_path))
+    assert len(names2) == 3 and sum(n.startswith("text-") for n in names2) == 1
+    assert any("reusing cached caption features" in line for line in logs)
+    # Rerun: both reused, same arrays.
+    b = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=logs.append)
+    for key in a.arrays:
+        np.testing.assert_array_equal(a.arrays[key], b.arrays[key])
+
+
+def test_damaged_cache_file_is_recomputed(synthetic_records, tmp_path):
+    model = runtime.build(locked_cfg())
+    train = synthetic_records["train"]
+    a = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
+    image_file = next(p for p in os.listdir(tmp_path) if p.startswith("image-"))
+    with open(tmp_path / image_file, "wb") as fh:
+        fh.write(b"not a zip file")
+    b = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
+    np.testing.assert_allclose(a.arrays["image_features"], b.arrays["image_features"],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("val_subset", [0, 50])
+def test_validation_from_disk_cache_matches_towers(synthetic_records, tmp_path, val_subset):
+    cfg = locked_cfg(f"run.val_subset={val_subset}")
+    model = runtime.build(cfg)
+    val = synthetic_records["val"]
+    expected = runtime.validate(model, cfg, val)
+    got = runtime.validate(model, cfg, val, feature_dir=str(tmp_path), log=lambda *_: None)
+    assert sorted(os.listdir(tmp_path))  # the validation features were cached
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-3), key
+    again = runtime.validate(model, cfg, val, feature_dir=str(tmp_path), log=lambda *_: None)
+    assert again == pytest.approx(got)
