@@ -40,6 +40,7 @@ class ModelConfig:
     embed_dim: shared space size. head: "mlp" (seed design), "linear" or "attention" (learned
         query pooling over spatial/token outputs); head_layers, head_dropout, attention_heads. loss: "clip", "soft" or "siglip"; extra_loss: None or "max_violation"
         with extra_loss_weight. init_logit_scale / max_logit_scale: temperature init and clamp;
+        logit_scale_lr_mult: the temperature's learning-rate multiplier (short runs: 10-50);
         init_logit_bias: SigLIP's bias init.
     """
 
@@ -61,6 +62,7 @@ class ModelConfig:
     extra_loss_weight: float = 0.0
     init_logit_scale: float = 1 / 0.07
     max_logit_scale: float = 100.0
+    logit_scale_lr_mult: float = 1.0
     init_logit_bias: float = -10.0
 
 

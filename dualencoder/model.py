@@ -56,6 +56,9 @@ DEFAULT_CONFIG = {
     "extra_loss_weight": 0.0,
     "init_logit_scale": 1 / 0.07,
     "max_logit_scale": 100.0,
+    # the temperature's learning-rate multiplier (the variable is log_logit_scale / mult, so an
+    # optimizer step moves the log scale `mult` times further; 1 = plain)
+    "logit_scale_lr_mult": 1.0,
     # initial SigLIP bias (only used with loss="siglip"; the paper uses -10)
     "init_logit_bias": -10.0,
 }
@@ -84,6 +87,8 @@ def _resolve_config(config):
         )
     if resolved["extra_loss"] is not None:
         losses_lib.get_loss(resolved["extra_loss"])
+    if not float(resolved["logit_scale_lr_mult"]) > 0:
+        raise ValueError(f"logit_scale_lr_mult={resolved['logit_scale_lr_mult']} must be > 0")
     if not 0 < float(resolved["init_logit_scale"]) <= float(resolved["max_logit_scale"]):
         raise ValueError(
             f"init_logit_scale={resolved['init_logit_scale']} must be in "
@@ -134,9 +139,11 @@ class DualEncoder(keras.Model):
     `image_index`: captions of the same image are positives).
 
     The temperature is learned as `log_logit_scale` (init
-    `log(init_logit_scale)`); the scale used in the forward pass is
-    `exp(min(log_logit_scale, log(max_logit_scale)))` and the variable is
-    also clipped after every optimizer step.
+    `log(init_logit_scale) / logit_scale_lr_mult`); the scale used in the forward
+    pass is `exp(min(mult * log_logit_scale, log(max_logit_scale)))` and the
+    variable is also clipped after every optimizer step. With Adam a step moves a
+    variable by about the learning rate whatever its gradient's size, so the
+    multiplier is what lets the temperature travel in a short (e.g. 100-step) run.
 
     Mixed precision: the towers follow the global Keras dtype policy (e.g.
     "mixed_float16"); heads, embeddings and losses are float32.
@@ -209,10 +216,12 @@ class DualEncoder(keras.Model):
             self.text_head.build((None, text_dim))
 
         self._max_log_scale = math.log(float(c["max_logit_scale"]))
+        self._scale_mult = float(c["logit_scale_lr_mult"])
         self.log_logit_scale = self.add_weight(
             shape=(),
-            initializer=keras.initializers.Constant(math.log(float(c["init_logit_scale"]))),
-            constraint=MaxValue(self._max_log_scale),
+            initializer=keras.initializers.Constant(
+                math.log(float(c["init_logit_scale"])) / self._scale_mult),
+            constraint=MaxValue(self._max_log_scale / self._scale_mult),
             dtype="float32",
             name="log_logit_scale",
         )
@@ -275,7 +284,7 @@ class DualEncoder(keras.Model):
     @property
     def logit_scale(self):
         """The inverse temperature used in the loss, `exp(log_logit_scale)` clamped."""
-        return ops.exp(ops.minimum(self.log_logit_scale, self._max_log_scale))
+        return ops.exp(ops.minimum(self._scale_mult * self.log_logit_scale, self._max_log_scale))
 
     @property
     def temperature(self):

@@ -98,6 +98,25 @@ def test_logit_scale_clamped_in_forward_and_after_steps():
         tiny_model(init_logit_scale=200.0)
 
 
+def test_logit_scale_lr_mult_moves_the_temperature_faster(tmp_path):
+    moved = {}
+    for mult in (1.0, 20.0):
+        keras.utils.set_random_seed(0)
+        m = tiny_model(logit_scale_lr_mult=mult, init_logit_scale=10.0)
+        assert float(m.logit_scale) == pytest.approx(10.0, rel=1e-5)
+        batch = tiny_batch(m, batch_size=8, images_per_batch=8)
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
+        m.train_on_batch(batch)
+        moved[mult] = abs(math.log(float(m.logit_scale)) - math.log(10.0))
+    # Adam's first step moves a variable by lr whatever its gradient: the log scale, mult x lr
+    assert moved[1.0] == pytest.approx(1e-3, rel=0.05)
+    assert moved[20.0] == pytest.approx(20e-3, rel=0.05)
+    m.save_dir(str(tmp_path / "m"))
+    assert float(load(str(tmp_path / "m")).logit_scale) == pytest.approx(float(m.logit_scale))
+    with pytest.raises(ValueError, match="logit_scale_lr_mult"):
+        tiny_model(logit_scale_lr_mult=0)
+
+
 def test_fit_reduces_loss_and_updates_temperature():
     keras.utils.set_random_seed(0)
     m = tiny_model()
