@@ -8,7 +8,9 @@ machine, on the same images for every pipeline, side by side in one process:
 * `keras_io`: `bench/reference/keras_io_pipeline.py` (one record per pair, decode + resize
   each epoch, tokenization of each batch);
 * `bare`: `tf.data` over the in-memory JPEG bytes, `decode_jpeg` + `tf.image.resize` and
-  batch, nothing else: the physical limit of decoding those images.
+  batch, nothing else: the physical limit of decoding those images;
+* like-for-like resize rows: `ours_bilinear` (ours with the bare loop's bilinear resize) and
+  `bare_bicubic` (the bare loop with our default bicubic), since bicubic costs more per pixel.
 
 pairs/s counts batch elements (each one decoded image with a caption). images/s counts
 distinct images seen per second within an epoch: equal to pairs/s for `ours` and `bare`
@@ -163,10 +165,10 @@ def measure(make_dataset, warmup_batches, timed_batches):
             "elements_per_s": elements / seconds, "batches_per_s": batches / seconds}
 
 
-def bare_dataset(jpegs, image_size, batch_size):
+def bare_dataset(jpegs, image_size, batch_size, method="bilinear"):
     def decode(b):
         return {"images": tf.image.resize(tf.io.decode_jpeg(b, channels=3),
-                                          [image_size, image_size])}
+                                          [image_size, image_size], method=method)}
 
     return (tf.data.Dataset.from_tensor_slices(jpegs).repeat()
             .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
@@ -199,6 +201,10 @@ def run_dataset(name, items, workdir, sizes, args, tokenizer, ref_tokenize, rows
             "keras_io": lambda: ref.get_dataset(os.path.join(pairs_dir, "*.tfrecord"), bs, size,
                                                 ref_tokenize).repeat(),
             "bare": lambda: bare_dataset(jpegs, size, bs),
+            # like-for-like resize: ours with the bare loop's bilinear, the bare loop with our
+            # default bicubic (separates resize quality from pipeline overhead)
+            "ours_bilinear": lambda: ours(size, resize_method="bilinear"),
+            "bare_bicubic": lambda: bare_dataset(jpegs, size, bs, method="bicubic"),
         }
         start = time.perf_counter()  # per-epoch start-up: build + first batch (not in rates)
         next(iter(ours(size)))
@@ -232,6 +238,10 @@ def ratios(rows):
             "ours_all_captions_vs_keras_io_pairs":
                 by["ours_all_captions"]["pairs_per_s"] / by["keras_io"]["pairs_per_s"],
             "ours_vs_bare_images": by["ours"]["images_per_s"] / by["bare"]["images_per_s"],
+            "ours_bilinear_vs_bare_images":
+                by["ours_bilinear"]["images_per_s"] / by["bare"]["images_per_s"],
+            "ours_vs_bare_bicubic_images":
+                by["ours"]["images_per_s"] / by["bare_bicubic"]["images_per_s"],
         })
     return out
 
@@ -283,11 +293,13 @@ def main(argv=None):
         print(f"{r['dataset']:30s} {r['image_size']:4d} {r['pipeline']:18s} "
               f"{r['pairs_per_s']:9.1f} {r['images_per_s']:9.1f}")
     print(f"\n{'dataset':30s} {'px':>4s} {'ours/keras_io images':>21s} {'ours/keras_io pairs':>20s}"
-          f" {'ours_all/keras_io pairs':>24s} {'ours/bare images':>17s}")
+          f" {'ours_all/keras_io pairs':>24s} {'ours/bare images':>17s} {'ours_bilinear/bare':>19s}"
+          f" {'ours/bare_bicubic':>18s}")
     for s in summary:
         print(f"{s['dataset']:30s} {s['image_size']:4d} {s['ours_vs_keras_io_images']:21.2f} "
               f"{s['ours_vs_keras_io_pairs']:20.2f} {s['ours_all_captions_vs_keras_io_pairs']:24.2f}"
-              f" {s['ours_vs_bare_images']:17.2f}")
+              f" {s['ours_vs_bare_images']:17.2f} {s['ours_bilinear_vs_bare_images']:19.2f}"
+              f" {s['ours_vs_bare_bicubic_images']:18.2f}")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command, "cpu_count": os.cpu_count(),
