@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 __all__ = [
-    "CLIP_IMAGENET_TEMPLATES", "SIMPLE_TEMPLATES", "CLASS_MAPS", "load_templates",
+    "CLIP_IMAGENET_TEMPLATES", "SIMPLE_TEMPLATES", "load_templates",
     "load_class_map", "apply_class_map", "prompt_name", "class_text_embeddings",
     "template_text_embeddings", "zero_shot_scores", "evaluate_zero_shot", "PromptTuner",
 ]
@@ -122,16 +122,6 @@ CLIP_IMAGENET_TEMPLATES = (
     "a tattoo of the {}.",
 )
 
-# Animals-10 (Kaggle) ships Italian folder names.
-CLASS_MAPS = {
-    "animals10": {
-        "cane": "dog", "cavallo": "horse", "elefante": "elephant", "farfalla": "butterfly",
-        "gallina": "chicken", "gatto": "cat", "mucca": "cow", "pecora": "sheep",
-        "ragno": "spider", "scoiattolo": "squirrel",
-    },
-}
-
-
 def load_templates(spec: str = "simple") -> list[str]:
     """Templates for `spec`: `"simple"`, `"clip80"` or a path to a template file.
 
@@ -155,39 +145,22 @@ def load_templates(spec: str = "simple") -> list[str]:
     return templates
 
 
-def load_class_map(spec: str | None) -> dict:
-    """A folder-name → class-name map from a built-in name or a file (see module doc)."""
+def load_class_map(spec) -> dict:
+    """A folder-name → class-name map from a shipped name (`"animals10"`), a JSON file or
+    `folder,name` lines (also `=` or tab); the same reader as `records build folders`.
+
+    Raises:
+        ValueError: an unknown name, a missing file or a malformed line (named).
+    """
+    from records.schema import RecordsError
+    from records.sources.folders import load_class_map as read_map
+
     if not spec:
         return {}
-    if spec in CLASS_MAPS:
-        return dict(CLASS_MAPS[spec])
-    if not os.path.isfile(spec):
-        raise ValueError(f"--class-map {spec!r}: not one of {sorted(CLASS_MAPS)} or an "
-                         "existing file")
-    with open(spec, encoding="utf-8") as fh:
-        text = fh.read()
-    if text.lstrip().startswith("{"):
-        try:
-            mapping = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{spec}: invalid JSON class map ({exc})") from exc
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-            raise ValueError(f"{spec}: the JSON class map must map strings to strings")
-        return mapping
-    mapping = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        sep = next((c for c in ("\t", "=", ",") if c in line), None)
-        if sep is None:
-            raise ValueError(f"{spec}:{lineno}: expected 'folder,name', 'folder=name' or "
-                             "'folder<TAB>name'")
-        key, value = (part.strip() for part in line.split(sep, 1))
-        if not key or not value:
-            raise ValueError(f"{spec}:{lineno}: empty folder or class name")
-        mapping[key] = value
-    return mapping
+    try:
+        return read_map(spec)
+    except RecordsError as exc:
+        raise ValueError(f"--class-map: {exc}") from None
 
 
 def apply_class_map(folder_names, mapping: dict) -> list[str]:

@@ -24,7 +24,9 @@ SHIPPED_MAPS = {"animals10": "animals10_map.json"}
 
 
 def load_class_map(spec) -> dict:
-    """Read a class map: a shipped name (`"animals10"`), a JSON file, or `src,dst` lines.
+    """Read a class map: a shipped name (`"animals10"`), a JSON file, or `src,dst` lines
+    (`src=dst` and tab-separated lines too; `#` comments). Used by `records build folders`
+    and by zero-shot evaluation (`dualencoder.zeroshot.load_class_map`).
 
     Example:
     >>> load_class_map("animals10")["cane"]
@@ -54,9 +56,11 @@ def load_class_map(spec) -> dict:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = [p.strip() for p in line.split(",")]
+        sep = next((c for c in ("\t", "=", ",") if c in line), None)
+        parts = [p.strip() for p in line.split(sep, 1)] if sep else []
         if len(parts) != 2 or not all(parts):
-            raise RecordsError(f"{path} line {n}: expected 'src,dst', got {line!r}")
+            raise RecordsError(f"{path} line {n}: expected 'src,dst' (or 'src=dst', "
+                               f"'src<TAB>dst'), got {line!r}")
         mapping[parts[0]] = parts[1]
     return mapping
 
