@@ -76,9 +76,12 @@ def _manifest_digest(records: str) -> dict:
 
 
 def image_cache_key(model, cfg: Config, records: str) -> str:
+    from dualencoder import data
+
     payload = {"version": FEATURES_VERSION, "kind": "image", **_manifest_digest(records),
                "tower": _variables_digest(model.image_tower.weights),
-               "image_size": cfg.model.image_size, "resize": cfg.data.resize_method}
+               "image_size": cfg.model.image_size, "resize": cfg.data.resize_method,
+               "antialias_min_shrink": data.ANTIALIAS_MIN_SHRINK}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
