@@ -76,7 +76,10 @@ class DataConfig:
     all_captions: every caption its own pair per epoch (else one random caption per image).
     resize_method: bicubic, bilinear, nearest or area. skip_bad: drop corrupt records.
     verify: check shard checksums before training. cache_dir: where the synthetic default
-    records are built. synthetic_images: its training-set size.
+    records are built. synthetic_images: its training-set size. cached_views: with both towers
+    locked (cached features), image views cached per training image: view 0 is the plain image,
+    views 1.. are seeded random resized crops + flips; epoch e uses view (index + e + seed) mod
+    N of each image (N=1: no augmentation).
     """
 
     records: str = ""
@@ -89,6 +92,7 @@ class DataConfig:
     verify: bool = True
     cache_dir: str = ".cache/dualencoder"
     synthetic_images: int = 4000
+    cached_views: int = 1
 
 
 @dataclasses.dataclass
@@ -159,7 +163,8 @@ _CHOICES = {
 
 _POSITIVE = {("data", "batch_size"), ("model", "image_size"), ("model", "sequence_length"),
              ("model", "embed_dim"), ("optim", "grad_accum"), ("model", "head_layers"),
-             ("run", "keep_checkpoints"), ("data", "synthetic_images")}
+             ("run", "keep_checkpoints"), ("data", "synthetic_images"),
+             ("data", "cached_views")}
 _NON_NEGATIVE = {("optim", "epochs"), ("optim", "max_steps"), ("optim", "warmup_steps"),
                  ("optim", "early_stopping"), ("run", "checkpoint_every"), ("run", "val_subset"),
                  ("optim", "weight_decay"), ("optim", "clipnorm"), ("model", "extra_loss_weight")}

@@ -488,7 +488,7 @@ def _count_captioned(records_dir, manifest) -> int:
 
 
 def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic",
-                  skip_bad=False, fast_jpeg=True):
+                  skip_bad=False, fast_jpeg=True, view=0, seed=0):
     """Every record's image in record order, for evaluation and embedding caches.
 
     Args:
@@ -498,6 +498,10 @@ def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic
         resize_method: as in `pair_dataset`.
         skip_bad: bool, drop undecodable records instead of failing.
         fast_jpeg: bool, as in `pair_dataset`.
+        view: int; 0 is the plain image, `v >= 1` a random resized crop + horizontal flip
+            keyed by `(seed, v, image_index)` (the cached augmented views of
+            `data.cached_views`): the same view every time.
+        seed: int, the run's seed (views >= 1 only).
 
     Returns:
         A `tf.data.Dataset` of dicts `images` float32 `[B, S, S, 3]` (0..255),
@@ -518,8 +522,14 @@ def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic
         checks = [] if skip_bad else [_assert_decodable(f["image/encoded"], f["image/id"],
                                                          f["image/index"])]
         with tf.control_dependencies(checks):
-            img = _decode(f["image/encoded"], size, fast_jpeg=fast_jpeg)
+            index = f["image/index"]
+            crop_key = _element_key(seed, -int(view), index, _CROP) if view else None
+            img = _decode(f["image/encoded"], size, crop_key=crop_key, fast_jpeg=fast_jpeg)
             img = _resize(img, size, resize_method)
+            if view:
+                flip_key = _element_key(seed, -int(view), index, _FLIP)
+                flip = tf.random.stateless_uniform([], flip_key, alg=_RNG_ALG) < 0.5
+                img = tf.cond(flip, lambda: tf.reverse(img, axis=[1]), lambda: img)
         return {"images": img, "image_index": f["image/index"], "label": f["label"]}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)

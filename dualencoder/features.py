@@ -34,6 +34,18 @@ FEATURES_VERSION = 1
 
 
 def use_cache(cfg: Config) -> str | None:
+    """Which features training reads from the cache: "both", "text" or None (see
+    `_cache_mode`); `data.cached_views > 1` requires "both"."""
+    mode = _cache_mode(cfg)
+    if cfg.data.cached_views > 1 and mode != "both":
+        raise ConfigError(f"data.cached_views={cfg.data.cached_views} caches augmented image "
+                          "features: it needs both towers locked (model.image_trainable=none, "
+                          "model.text_trainable=none), a pooled head (not attention), "
+                          "data.augment=false and run.cache_features auto or on")
+    return mode
+
+
+def _cache_mode(cfg: Config) -> str | None:
     """Which features training reads from the cache: "both", "text" or None.
 
     "both" when both towers are locked and there is no augmentation (or `run.cache_features=on`),
@@ -75,13 +87,15 @@ def _manifest_digest(records: str) -> dict:
             "num_records": manifest["num_records"]}
 
 
-def image_cache_key(model, cfg: Config, records: str) -> str:
+def image_cache_key(model, cfg: Config, records: str, view: int = 0) -> str:
     from dualencoder import data
 
     payload = {"version": FEATURES_VERSION, "kind": "image", **_manifest_digest(records),
                "tower": _variables_digest(model.image_tower.weights),
                "image_size": cfg.model.image_size, "resize": cfg.data.resize_method,
                "antialias_min_shrink": data.ANTIALIAS_MIN_SHRINK}
+    if view:  # augmented views depend on the seed; view 0 (the plain image) does not
+        payload.update(view=int(view), seed=int(cfg.run.seed))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,8 +132,10 @@ def tower_functions(model):
     return image_fn, text
 
 
-def compute_image_features(model, cfg: Config, records: str, *, batch_size: int = 32):
-    """Image-tower outputs of every image of `records`: {"image_features", "image_index"}."""
+def compute_image_features(model, cfg: Config, records: str, *, batch_size: int = 32,
+                           view: int = 0):
+    """Image-tower outputs of every image of `records` (augmented view `view`, see
+    `data.image_dataset`): {"image_features", "image_index"}."""
     from tqdm.auto import tqdm
 
     from dualencoder import data
@@ -128,10 +144,12 @@ def compute_image_features(model, cfg: Config, records: str, *, batch_size: int 
     image_fn, _ = tower_functions(model)
     feats, index = [], []
     total = read_manifest(records)["num_records"]
-    with tqdm(total=total, desc="image features", unit="img") as bar:
+    desc = f"image features (view {view})" if view else "image features"
+    with tqdm(total=total, desc=desc, unit="img") as bar:
         for batch in data.image_dataset(records, image_size=cfg.model.image_size,
                                         batch_size=batch_size,
-                                        resize_method=cfg.data.resize_method):
+                                        resize_method=cfg.data.resize_method, view=view,
+                                        seed=cfg.run.seed):
             feats.append(np.asarray(image_fn(batch["images"]), dtype=np.float32))
             index.append(batch["image_index"].numpy())
             bar.update(len(index[-1]))
@@ -209,11 +227,13 @@ def cached(path: str, compute, *, log=print, what: str = "tower features") -> di
     return arrays
 
 
-def image_features(model, cfg: Config, records: str, directory: str, *, log=print) -> dict:
-    """The cached image-tower outputs of `records` (computed once per key)."""
-    path = os.path.join(directory, f"image-{image_cache_key(model, cfg, records)}.npz")
-    return cached(path, lambda: compute_image_features(model, cfg, records), log=log,
-                  what=f"image features of {records}")
+def image_features(model, cfg: Config, records: str, directory: str, *, view: int = 0,
+                   log=print) -> dict:
+    """The cached image-tower outputs of `records` (computed once per key and view)."""
+    path = os.path.join(directory, f"image-{image_cache_key(model, cfg, records, view)}.npz")
+    what = f"image features of {records}" + (f" (augmented view {view})" if view else "")
+    return cached(path, lambda: compute_image_features(model, cfg, records, view=view),
+                  log=log, what=what)
 
 
 def text_features(model, cfg: Config, records: str, directory: str, *, log=print) -> dict:
@@ -238,8 +258,17 @@ class CachedPairs:
                  log=print):
         self.cfg, self.records, self.mode = cfg, records, mode
         arrays = dict(text_features(model, cfg, records, directory, log=log))
+        self.views = cfg.data.cached_views if mode == "both" else 1
         if mode == "both":
-            arrays.update(image_features(model, cfg, records, directory, log=log))
+            views = [image_features(model, cfg, records, directory, view=v, log=log)
+                     for v in range(self.views)]
+            for v in views[1:]:
+                if not np.array_equal(v["image_index"], views[0]["image_index"]):
+                    raise ValueError(f"cached views of {records} list different images; "
+                                     f"delete {directory} and rerun")
+            # rows [v * N, (v + 1) * N) hold view v
+            arrays["image_features"] = np.concatenate([v["image_features"] for v in views])
+            arrays["image_index"] = views[0]["image_index"]
         self.arrays = arrays
         if mode == "both":
             order = np.argsort(arrays["image_index"])
@@ -280,9 +309,16 @@ class CachedPairs:
                                 num_shards=num_shards, shard_index=shard_index)
         img = tf.constant(self.arrays["image_features"])
         image_rows = self.image_rows
+        views, per_view = self.views, len(self.arrays["image_index"])
+
+        def rows(index):
+            # with cached views, image i shows view (i + epoch + seed) mod views in this epoch:
+            # every view equally often, a different mix of views in every batch
+            view = tf.math.floormod(index + epoch + cfg.run.seed, views)
+            return image_rows(index) + view * per_view
 
         def gather(batch):
-            return {"image_features": tf.gather(img, image_rows(batch["image_index"])),
+            return {"image_features": tf.gather(img, rows(batch["image_index"])),
                     "text_features": tf.gather(txt, text_rows(batch)),
                     "image_index": batch["image_index"]}
 

@@ -72,3 +72,35 @@ def test_validation_from_disk_cache_matches_towers(synthetic_records, tmp_path, 
         assert got[key] == pytest.approx(expected[key], abs=1e-3), key
     again = runtime.validate(model, cfg, val, feature_dir=str(tmp_path), log=lambda *_: None)
     assert again == pytest.approx(got)
+
+
+def test_cached_views_rotate_per_epoch(synthetic_records, tmp_path):
+    cfg = locked_cfg("data.cached_views=3", "run.seed=5")
+    model = runtime.build(cfg)
+    train = synthetic_records["train"]
+    src = features.CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
+    assert sum(n.startswith("image-") for n in os.listdir(tmp_path)) == 3
+    n = len(src.arrays["image_index"])
+    feats = src.arrays["image_features"].reshape(3, n, -1)
+    assert not np.allclose(feats[0], feats[1]) and not np.allclose(feats[1], feats[2])
+    # view 0 is the plain image: the same features as without views
+    plain = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
+    np.testing.assert_allclose(feats[0], plain.arrays["image_features"], rtol=1e-6)
+    row_of = {int(ix): r for r, ix in enumerate(src.arrays["image_index"])}
+    for epoch in (0, 1):
+        batch = next(iter(src.epoch(epoch)))
+        for ix, got in zip(batch["image_index"].numpy(), batch["image_features"].numpy()):
+            view = (int(ix) + epoch + 5) % 3
+            np.testing.assert_allclose(got, feats[view, row_of[int(ix)]], rtol=1e-6)
+    # a rerun reads the same views (seeded crops and flips)
+    again = features.CachedPairs(model, cfg, str(train), str(tmp_path / "other"),
+                                 log=lambda *_: None)
+    np.testing.assert_allclose(again.arrays["image_features"], src.arrays["image_features"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cached_views_need_locked_towers():
+    with pytest.raises(Exception, match="data.cached_views=2"):
+        features.use_cache(locked_cfg("data.cached_views=2", "model.image_trainable=all"))
+    with pytest.raises(Exception, match="data.cached_views"):
+        locked_cfg("data.cached_views=0")
