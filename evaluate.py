@@ -13,8 +13,10 @@ Each subcommand writes `report.json`, `report.md` and PNG figures into `--out`.
 --mode linear
     python evaluate.py compare out/zs out/lp out/base --out out/table
 
-`--model` is a training workdir (with `model/`), a saved model directory, or
-`clip:PRESET` (a keras-hub preset name, or a local preset folder for offline use).
+`--model` is a training workdir (with `model/`), a saved model directory,
+`clip:PRESET` (a keras-hub preset name, or a local preset folder for offline use), or
+`ensemble:A,B[,...]` (the mean-cosine ensemble of such models; heads that share locked
+towers run the towers once).
 Bad input prints one `error: ...` line and exits with status 2.
 """
 
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, model=True):
         if model:
             sp.add_argument("--model", required=True,
-                            help="training workdir, saved model dir, or clip:PRESET")
+                            help="training workdir, saved model dir, clip:PRESET, or "
+                                 "ensemble:A,B,...")
         sp.add_argument("--out", required=True, help="report directory")
         sp.add_argument("--resize", choices=("bicubic", "bilinear"), default="bicubic",
                         help="how images are resized to the model's input size")

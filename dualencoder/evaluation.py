@@ -308,8 +308,21 @@ def check_model_spec(spec: str) -> dict:
     """Validate `--model` without loading anything heavy.
 
     `clip:PRESET` (a keras-hub preset name or a local preset folder), or a
-    training workdir holding `model/`, or the saved model directory itself.
+    training workdir holding `model/`, or the saved model directory itself, or
+    `ensemble:A,B[,...]` (the mean-cosine ensemble of such models, see
+    `dualencoder.ensemble`).
     """
+    if spec.startswith("ensemble:"):
+        parts = [p for p in spec[len("ensemble:"):].split(",") if p]
+        if len(parts) < 2:
+            raise EvaluationError(f"--model {spec}: an ensemble needs at least two models, "
+                                  "e.g. ensemble:runs/a,runs/b")
+        members = [check_model_spec(p) for p in parts]
+        if any(m["family"] == "ensemble" for m in members):
+            raise EvaluationError(f"--model {spec}: ensembles do not nest")
+        return {"spec": spec, "family": "ensemble", "members": members,
+                "name": "Ensemble of " + ", ".join(
+                    os.path.basename(os.path.normpath(p)) for p in parts)}
     if spec.startswith("clip:"):
         preset = spec[5:]
         if not preset:
@@ -333,6 +346,18 @@ def check_model_spec(spec: str) -> dict:
 def load_encoder(spec: str):
     """Load the encoder for a `--model` spec; returns `(encoder, model_info)`."""
     info = check_model_spec(spec)
+    if info["family"] == "ensemble":
+        from dualencoder.ensemble import EnsembleEncoder
+
+        members = [load_encoder(m["spec"])[0].encoder for m in info["members"]]
+        try:
+            encoder = EnsembleEncoder(members)
+        except ValueError as exc:
+            raise EvaluationError(f"--model {spec}: {exc}") from exc
+        encoder = FrozenEncoder(encoder, encoder.fingerprint())
+        info["fingerprint"] = encoder.fingerprint()
+        info["image_size"] = int(encoder.image_size)
+        return encoder, info
     if info["family"] == "clip":
         from dualencoder.clip_adapter import CLIPEncoder, ClipUnavailableError
         try:
