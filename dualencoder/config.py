@@ -78,8 +78,8 @@ class DataConfig:
     verify: check shard checksums before training. cache_dir: where the synthetic default
     records are built. synthetic_images: its training-set size. cached_views: with both towers
     locked (cached features), image views cached per training image: view 0 is the plain image,
-    views 1.. are seeded random resized crops + flips; epoch e uses view (index + e + seed) mod
-    N of each image (N=1: no augmentation).
+    views 1.. are fixed random resized crops + flips (the same for every run, so runs share the
+    cache); epoch e uses view (index + e + seed) mod N of each image (N=1: no augmentation).
     """
 
     records: str = ""

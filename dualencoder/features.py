@@ -31,6 +31,9 @@ import numpy as np
 from dualencoder.config import Config, ConfigError
 
 FEATURES_VERSION = 1
+# Augmented views are a property of the cached data set, not of a run: every run (any
+# `run.seed`) shares them; the run's seed only decides which view an image shows in an epoch.
+VIEW_SEED = 0
 
 
 def use_cache(cfg: Config) -> str | None:
@@ -94,8 +97,8 @@ def image_cache_key(model, cfg: Config, records: str, view: int = 0) -> str:
                "tower": _variables_digest(model.image_tower.weights),
                "image_size": cfg.model.image_size, "resize": cfg.data.resize_method,
                "antialias_min_shrink": data.ANTIALIAS_MIN_SHRINK}
-    if view:  # augmented views depend on the seed; view 0 (the plain image) does not
-        payload.update(view=int(view), seed=int(cfg.run.seed))
+    if view:
+        payload["view"] = int(view)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -149,7 +152,7 @@ def compute_image_features(model, cfg: Config, records: str, *, batch_size: int 
         for batch in data.image_dataset(records, image_size=cfg.model.image_size,
                                         batch_size=batch_size,
                                         resize_method=cfg.data.resize_method, view=view,
-                                        seed=cfg.run.seed):
+                                        seed=VIEW_SEED):
             feats.append(np.asarray(image_fn(batch["images"]), dtype=np.float32))
             index.append(batch["image_index"].numpy())
             bar.update(len(index[-1]))

@@ -92,7 +92,12 @@ def test_cached_views_rotate_per_epoch(synthetic_records, tmp_path):
         for ix, got in zip(batch["image_index"].numpy(), batch["image_features"].numpy()):
             view = (int(ix) + epoch + 5) % 3
             np.testing.assert_allclose(got, feats[view, row_of[int(ix)]], rtol=1e-6)
-    # a rerun reads the same views (seeded crops and flips)
+    # the views belong to the data set: another run seed reuses the same files
+    before = sorted(os.listdir(tmp_path))
+    features.CachedPairs(model, locked_cfg("data.cached_views=3", "run.seed=6"), train,
+                         str(tmp_path), log=lambda *_: None)
+    assert sorted(os.listdir(tmp_path)) == before
+    # a recomputation gives the same views (fixed crops and flips)
     again = features.CachedPairs(model, cfg, str(train), str(tmp_path / "other"),
                                  log=lambda *_: None)
     np.testing.assert_allclose(again.arrays["image_features"], src.arrays["image_features"],
