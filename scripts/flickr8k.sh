@@ -11,6 +11,8 @@
 # retrained (train.py resumes a workdir); an existing evaluation report is kept.
 # Env: PY (python, default .venv/bin/python), SHARED (../shared), OUT (runs/<dataset>),
 #      CONFIG (configs/flickr8k_lit.json), RUN (workdir name, default s1_lin224),
+#      SEEDS (default "0 1 2": one head per seed on the same cached features, $RUN for the
+#      first and ${RUN}_seedN for the others, evaluated as one ensemble; "0" = a single model),
 #      SKIP_ZEROSHOT=1, SKIP_EVAL=1 (use the training's dev numbers only), EXTRA_SET
 #      ("section.key=value ..." overrides, with RUN naming a new workdir).
 set -euo pipefail
@@ -68,28 +70,39 @@ fi
 # ---------------------------------------------------------------- 2. training
 # Locked towers: train.py caches the tower features of the train and dev records once under
 # $OUT/features (shared by every run), then trains the heads only.
-SETS=(--set "run.features_dir=$OUT/features")
-for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
-timed "train $RUN" "$PY" train.py --records "$REC/train" --val-records "$REC/dev" \
-  --workdir "$OUT/$RUN" --config "$CONFIG" "${SETS[@]}"
+SEEDS="${SEEDS:-0 1 2}"
+MEMBERS=()
+for seed in $SEEDS; do
+  name="$RUN"; [ ${#MEMBERS[@]} -gt 0 ] && name="${RUN}_seed$seed"
+  SETS=(--set "run.features_dir=$OUT/features" --set "run.seed=$seed")
+  for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
+  timed "train $name" "$PY" train.py --records "$REC/train" --val-records "$REC/dev" \
+    --workdir "$OUT/$name" --config "$CONFIG" "${SETS[@]}"
+  MEMBERS+=("$OUT/$name")
+done
+if [ ${#MEMBERS[@]} -eq 1 ]; then
+  MODEL="${MEMBERS[0]}"; EVAL="$RUN"
+else  # the mean-cosine ensemble of the heads (the locked towers run once)
+  MODEL="ensemble:$(IFS=,; echo "${MEMBERS[*]}")"; EVAL="${RUN}_ens${#MEMBERS[@]}"
+fi
 
 # ---------------------------------------------------------------- 3. evaluation
-if [ "${SKIP_EVAL:-0}" != 1 ] && [ ! -f "$OUT/eval/${RUN}_dev/report.json" ]; then
-  timed "eval retrieval $RUN" "$PY" evaluate.py retrieval --model "$OUT/$RUN" \
-    --data "records:$REC/dev" --out "$OUT/eval/${RUN}_dev" \
+if [ "${SKIP_EVAL:-0}" != 1 ] && [ ! -f "$OUT/eval/${EVAL}_dev/report.json" ]; then
+  timed "eval retrieval $EVAL" "$PY" evaluate.py retrieval --model "$MODEL" \
+    --data "records:$REC/dev" --out "$OUT/eval/${EVAL}_dev" \
     --cache-dir "$OUT/eval_cache" --quiet
 fi
 if [ "${SKIP_ZEROSHOT:-0}" != 1 ] && [ "$DATASET" = flickr8k ] \
-   && [ ! -f "$OUT/eval/${RUN}_cifar10/report.json" ]; then
-  timed "eval zeroshot $RUN" "$PY" evaluate.py zeroshot --model "$OUT/$RUN" \
-    --data "$SHARED/data/cifar10_dev" --templates clip80 --out "$OUT/eval/${RUN}_cifar10" \
+   && [ ! -f "$OUT/eval/${EVAL}_cifar10/report.json" ]; then
+  timed "eval zeroshot $EVAL" "$PY" evaluate.py zeroshot --model "$MODEL" \
+    --data "$SHARED/data/cifar10_dev" --templates clip80 --out "$OUT/eval/${EVAL}_cifar10" \
     --cache-dir "$OUT/eval_cache" --quiet
 fi
 
 # ---------------------------------------------------------------- 4. report
-"$PY" - "$OUT" "$RUN" "$(( $(date +%s) - T_START ))" <<'PYEOF'
+"$PY" - "$OUT" "$EVAL" "$(( $(date +%s) - T_START ))" "$RUN" <<'PYEOF'
 import glob, json, os, sys
-out, main_run, wall = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out, main_run, wall, first_run = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 def load(p):
     try:
         with open(p) as fh:
@@ -142,7 +155,7 @@ if zs:
              f"{100 * zm.get('top5_accuracy', float('nan')):.1f}%")
 else:
     L.append("- zero-shot CIFAR-10: not run")
-L += ["", f"Training curves: {main_run}/curves.png (loss, temperature, in-batch accuracy, "
+L += ["", f"Training curves: {first_run}/curves.png (loss, temperature, in-batch accuracy, "
       "dev Recall@K per epoch)."]
 times = os.path.join(out, "times.tsv")
 if os.path.exists(times):
