@@ -24,12 +24,7 @@ import hashlib
 
 import numpy as np
 
-
-def _tower_digest(tower) -> str:
-    digest = hashlib.sha256()
-    for w in tower.weights:
-        digest.update(np.ascontiguousarray(np.asarray(w.numpy(), np.float32)).tobytes())
-    return digest.hexdigest()
+from dualencoder.features import _variables_digest
 
 
 class EnsembleEncoder:
@@ -61,8 +56,8 @@ class EnsembleEncoder:
             return False
         if not all(hasattr(m, "embed_from_features") for m in self.members):
             return False
-        first = _tower_digest(towers[0])
-        return all(_tower_digest(t) == first for t in towers[1:])
+        first = _variables_digest(towers[0].weights)
+        return all(_variables_digest(t.weights) == first for t in towers[1:])
 
     def fingerprint(self) -> str:
         parts = []
@@ -80,27 +75,20 @@ class EnsembleEncoder:
         return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
 
     def encode_images(self, images, batch_size: int = 64) -> np.ndarray:
-        images = np.asarray(images, np.float32)
-        if not self._shared["image"]:
-            return self._combine(m.encode_images(images) for m in self.members)
-        tower = self.members[0]
-        out = []
-        for i in range(0, len(images), batch_size):
-            feats = tower.image_features(images[i:i + batch_size], training=False)
-            out.append(self._combine(m.embed_from_features(feats, None)[0]
-                                     for m in self.members))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return self._encode("image", np.asarray(images, np.float32), batch_size)
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
-        texts = list(texts)
-        if not self._shared["text"]:
-            return self._combine(m.encode_texts(texts) for m in self.members)
-        tower = self.members[0]
+        return self._encode("text", list(texts), batch_size)
+
+    def _encode(self, kind: str, items, batch_size: int) -> np.ndarray:
+        if not self._shared[kind]:  # each member runs its own towers
+            return self._combine(getattr(m, f"encode_{kind}s")(items) for m in self.members)
+        tower, which = self.members[0], 0 if kind == "image" else 1
         out = []
-        for i in range(0, len(texts), batch_size):
-            feats = tower.text_features(texts[i:i + batch_size], training=False)
-            out.append(self._combine(m.embed_from_features(None, feats)[1]
-                                     for m in self.members))
+        for i in range(0, len(items), batch_size):
+            feats = getattr(tower, f"{kind}_features")(items[i:i + batch_size], training=False)
+            pair = (feats, None) if kind == "image" else (None, feats)
+            out.append(self._combine(m.embed_from_features(*pair)[which] for m in self.members))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     @property
