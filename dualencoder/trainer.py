@@ -53,6 +53,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
 
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(cfg, workdir)
+    cached = features.use_cache(cfg)  # "both", "text" or None; bad combinations fail here
     records, val_records = runtime.resolve_records(cfg, log=log)
     strategy = runtime.make_strategy(cfg.run.strategy)
     if cfg.run.jit_compile and not tf.config.list_logical_devices("GPU"):
@@ -75,7 +76,6 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
         log(f"resuming {workdir} from {state['checkpoint']}: epoch {state['epoch'] + 1}, "
             f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
 
-    cached = features.use_cache(cfg)  # "both", "text" or None
     feature_dir = (cfg.run.features_dir or os.path.join(workdir, "features")) if cached else None
     source = (features.CachedPairs(model, cfg, records, feature_dir, mode=cached, log=log)
               if cached else None)
