@@ -26,6 +26,8 @@ import argparse
 import os
 import sys
 
+from dualencoder.argtypes import int_list, positive_int
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,26 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
 class _UsageError(Exception):
     pass
-
-
-def _int_list(text: str) -> list:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return sorted(set(values))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", required=True, help="report directory")
         sp.add_argument("--resize", choices=("bicubic", "bilinear"), default="bicubic",
                         help="how images are resized to the model's input size")
-        sp.add_argument("--batch-size", type=_positive_int, default=64)
+        sp.add_argument("--batch-size", type=positive_int, default=64)
         sp.add_argument("--cache-dir", default=None,
                         help="cache for embeddings and records built from raw folders "
                              "(default $DUALENCODER_CACHE or ~/.cache/dualencoder)")
@@ -92,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.add_argument("--data", required=True,
                    help="flickr:DIR[:SPLITFILE] | coco:DIR:SPLIT | records:DIR | DIR")
-    r.add_argument("--ks", type=_int_list, default=[1, 5, 10], help="K values (default 1,5,10)")
+    r.add_argument("--ks", type=int_list, default=[1, 5, 10], help="K values (default 1,5,10)")
     r.add_argument("--name", default=None)
 
     for name, helptext in (("linear-probe", "softmax-regression probe on frozen embeddings"),
@@ -104,15 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--test", required=True)
         sp.add_argument("--name", default=None, help="dataset name in reports")
         if name == "kshot":
-            sp.add_argument("--shots", type=_int_list, default=None,
+            sp.add_argument("--shots", type=int_list, default=None,
                             help="shots per class, e.g. 1,2,4,8 (default: powers of two up to "
                                  "min(128, smallest class))")
-            sp.add_argument("--seeds", type=_positive_int, default=3)
+            sp.add_argument("--seeds", type=positive_int, default=3)
             sp.add_argument("--templates", default="simple")
         if name == "prompt-tune":
-            sp.add_argument("--shots", type=_positive_int, required=True)
+            sp.add_argument("--shots", type=positive_int, required=True)
             sp.add_argument("--templates", default="clip80")
-            sp.add_argument("--steps", type=_positive_int, default=300)
+            sp.add_argument("--steps", type=positive_int, default=300)
             sp.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("baseline", help="supervised keras.applications classifier")
@@ -123,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train", required=True)
     b.add_argument("--test", required=True)
     b.add_argument("--mode", choices=("linear", "finetune"), default="linear")
-    b.add_argument("--image-size", type=_positive_int, default=None)
-    b.add_argument("--epochs", type=_positive_int, default=20)
+    b.add_argument("--image-size", type=positive_int, default=None)
+    b.add_argument("--epochs", type=positive_int, default=20)
     b.add_argument("--validation-split", type=float, default=0.2)
-    b.add_argument("--patience", type=_positive_int, default=3)
+    b.add_argument("--patience", type=positive_int, default=3)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--name", default=None)
 

@@ -22,6 +22,8 @@ import json
 import os
 import sys
 
+from dualencoder.argtypes import positive_int
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
@@ -32,16 +34,6 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
         raise _UsageError(f"{message} (see {self.prog} --help)")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def load_encoder(path):
@@ -63,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--update", action="store_true",
                    help="refresh a complete index: embed new/changed images, drop deleted ones")
-    p.add_argument("--chunk-size", type=_positive_int, default=512,
+    p.add_argument("--chunk-size", type=positive_int, default=512,
                    help="images per committed chunk")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per encoder call")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--faiss", choices=["ivf", "hnsw"], default=None,
                    help="also build the faiss index (ivf recommended) and report its recall@10")

@@ -22,19 +22,11 @@ import argparse
 import os
 import sys
 
+from dualencoder.argtypes import positive_int
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads (lazily, below)
 
 SKIPPED_SHOWN = 20
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 # Per source: (help, [(flags, kwargs)]). Each option's dest is the source's keyword argument.
@@ -43,9 +35,9 @@ _SOURCES = {
         (["--split"], dict(default="train", choices=["train", "val", "zeroshot"],
                            help="train/val: captioned scenes; zeroshot: class-folder records of "
                                 "the 36 '<colour> <shape>' classes incl. held-out ones")),
-        (["--num-images"], dict(type=_positive_int, default=None,
+        (["--num-images"], dict(type=positive_int, default=None,
                                 help="images (default 5000 train, 500 val, 720 zeroshot)")),
-        (["--image-size"], dict(type=_positive_int, default=64, help="side in px (default 64)")),
+        (["--image-size"], dict(type=positive_int, default=64, help="side in px (default 64)")),
         (["--seed"], dict(type=int, default=0, help="generator seed (default 0)")),
     ]),
     "coco": ("MS-COCO captions in the official layout (annotations/captions_<split>.json)", [
@@ -122,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(*flags, **kwargs)
         common = sub.add_argument_group("output")
         common.add_argument("--out", required=True, help="records directory to write")
-        common.add_argument("--shard-size", type=_positive_int, default=1000,
+        common.add_argument("--shard-size", type=positive_int, default=1000,
                             help="records per shard (default 1000)")
-        common.add_argument("--max-side", type=_positive_int, default=None,
+        common.add_argument("--max-side", type=positive_int, default=None,
                             help="re-encode (JPEG) images whose longer side exceeds this")
         common.add_argument("--skip-bad", action="store_true",
                             help="skip bad images/rows (listed in the manifest) instead of failing")
@@ -139,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "optionally save a PNG contact sheet of sample images.")
     inspect.add_argument("dir", help="records directory")
     inspect.add_argument("--out", default=None, help="PNG contact sheet to write")
-    inspect.add_argument("--num-images", type=_positive_int, default=16,
+    inspect.add_argument("--num-images", type=positive_int, default=16,
                          help="images on the contact sheet (default 16)")
     return parser
 
