@@ -64,23 +64,50 @@ def _element_key(seed, epoch, image_index, purpose, extra=None):
     return key
 
 
-def _record_stream(paths, *, interleave: int, tolerant: bool = False):
+def _record_stream(paths, *, interleave: int, tolerant: bool = False, offsets=None):
     """Serialized records of `paths`, interleaved record by record, deterministic.
 
+    `offsets` (one int per path): shard `i` is read from record `offsets[i]` to its end and
+    then from its start, so which records of different shards arrive side by side changes with
+    the offsets (each record still comes exactly once).
     `tolerant`: a shard's framing error ends that shard instead of the whole stream (each
     shard stops at its first damaged record; `_checked_paths` salvages the rest)."""
-    files = tf.data.Dataset.from_tensor_slices(paths)
+    if offsets is None:
+        offsets = [0] * len(paths)
+    files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(offsets, tf.int64)))
     cycle = max(1, min(interleave, len(paths)))
 
-    def read(f):
-        ds = tf.data.TFRecordDataset(f)
-        return ds.ignore_errors() if tolerant else ds
+    def read(f, offset):
+        def part(ds):
+            return ds.ignore_errors() if tolerant else ds
+
+        return part(tf.data.TFRecordDataset(f).skip(offset)).concatenate(
+            part(tf.data.TFRecordDataset(f).take(offset)))
 
     if cycle == 1:
         return files.flat_map(read)
     return files.interleave(
         read, cycle_length=cycle,
         block_length=1, num_parallel_calls=min(cycle, 4), deterministic=True)
+
+
+_MAX_CAPTIONS: dict = {}  # (records_dir, shard checksums) -> most captions of one record
+
+
+def max_captions(records_dir, manifest=None) -> int:
+    """The most captions any record of `records_dir` holds: the manifest's per-shard
+    `max_captions`, or (records built before that field existed) one pass over the captions."""
+    manifest = manifest or schema.read_manifest(records_dir)
+    shards = manifest["shards"]
+    if shards and all("max_captions" in sh for sh in shards):
+        return max(int(sh["max_captions"]) for sh in shards)
+    key = (os.path.abspath(records_dir), tuple(sh.get("sha256") for sh in shards))
+    if key not in _MAX_CAPTIONS:
+        _, owner = read_captions(records_dir)
+        owner = np.asarray(owner, np.int64)
+        counts = np.unique(owner, return_counts=True)[1]
+        _MAX_CAPTIONS[key] = int(counts.max()) if counts.size else 0
+    return _MAX_CAPTIONS[key]
 
 
 _SALVAGED: dict = {}  # (path, size, mtime_ns, sha256) -> path of the shard's intact records
@@ -264,7 +291,12 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
 
     Each image appears once per epoch with one of its captions drawn at random
     (stateless RNG keyed by `(seed, epoch, image_index)`), or once per caption with
-    `all_captions=True`. The order is a pure function of `(seed, epoch)`.
+    `all_captions=True`: then the epoch is one pass over the records per caption slot, each
+    pass showing every image (that has that many captions) once with a caption it has not
+    shown yet, so the captions of an image land in different batches. Each pass reads the
+    shards in a shuffled order, each shard from a random record onwards (wrapping around),
+    and shuffles elements in windows of `shuffle_buffer`. The order is a pure function of
+    `(seed, epoch)`.
 
     Args:
         records_dir: a records directory (with `manifest.json`).
@@ -323,11 +355,17 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
             f"{records_dir}: the records hold no captions (class-folder data, source "
             f"{manifest.get('source')!r}); use image_dataset() for them.")
     paths = _checked_paths(records_dir, manifest, skip_bad=skip_bad)
+    counts = [int(sh.get("records", 0)) for sh in manifest["shards"]]
     seed, epoch = int(seed), int(epoch)
     if shuffle:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0x5EED])
-        paths = [paths[i] for i in rng.permutation(len(paths))]
-    ds = _record_stream(paths, interleave=8 if shuffle else 1, tolerant=skip_bad)
+        perm = rng.permutation(len(paths))
+        paths, counts = [paths[i] for i in perm], [counts[i] for i in perm]
+    # With all_captions an epoch is `rounds` passes over the records; in pass r every image
+    # with more than r captions shows one caption it has not shown this epoch. An image's
+    # captions are thus spread over the epoch (a batch does not hold an image five times),
+    # and each pass has its own order.
+    rounds = max(1, max_captions(records_dir, manifest)) if all_captions else 1
 
     def parse(serialized):
         f = schema.parse_example(serialized)
@@ -345,51 +383,50 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
                 "num_captions": tf.shape(captions, out_type=tf.int64)[0],
                 "empty_caption": empty}
 
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda e: e["num_captions"] > 0)
-    if skip_bad:  # before skipping batches, so resuming stays exact
-        ds = ds.filter(lambda e: _image_kind_ok(e["encoded"])
-                       & tf.logical_not(e["empty_caption"]))
+    def one_round(r):
+        offsets = None
+        if shuffle:  # rotate each shard: records of different shards meet differently per pass
+            orng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, r, 0x0FF5E7])
+            offsets = [int(orng.integers(0, n)) if n > 0 else 0 for n in counts]
+        ds = _record_stream(paths, interleave=8 if shuffle else 1, tolerant=skip_bad,
+                            offsets=offsets)
+        ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.filter(lambda e: e["num_captions"] > r)
+        if skip_bad:  # before skipping batches, so resuming stays exact
+            ds = ds.filter(lambda e: _image_kind_ok(e["encoded"])
+                           & tf.logical_not(e["empty_caption"]))
 
-    def shuffle_key(index, extra=None):
-        key = _element_key(seed, epoch, index, _SHUFFLE, extra)
-        return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64,
-                                           alg=_RNG_ALG)
-
-    if all_captions:
-        def expand(e):
-            n = e["num_captions"]
-            out = {"encoded": tf.fill([n], e["encoded"]), "image_id": tf.fill([n], e["image_id"]),
-                   "image_index": tf.fill([n], e["image_index"]), "caption": e["captions"],
-                   "caption_index": tf.range(n, dtype=tf.int64)}
-            if shuffle:
-                out["key"] = tf.map_fn(lambda j: shuffle_key(e["image_index"], j),
-                                       tf.range(n, dtype=tf.int64))
-            return out
-
-        ds = ds.map(expand, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
-    else:
         def choose(e):
+            n = e["num_captions"]
             key = _element_key(seed, epoch, e["image_index"], _CAPTION)
-            j = tf.random.stateless_uniform([], key, minval=0, maxval=e["num_captions"],
-                                            dtype=tf.int64, alg=_RNG_ALG)
+            j = tf.random.stateless_uniform([], key, minval=0, maxval=n, dtype=tf.int64,
+                                            alg=_RNG_ALG)
+            if all_captions:  # a random first caption, then the next one in each pass
+                j = tf.math.floormod(j + r, n)
             out = {"encoded": e["encoded"], "image_id": e["image_id"],
                    "image_index": e["image_index"], "caption": e["captions"][j],
                    "caption_index": j}
             if shuffle:
-                out["key"] = shuffle_key(e["image_index"])
+                key = _element_key(seed, epoch, e["image_index"], _SHUFFLE, r)
+                out["key"] = tf.random.stateless_uniform([], key, minval=None, maxval=None,
+                                                         dtype=tf.int64, alg=_RNG_ALG)
             return out
 
         ds = ds.map(choose, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if shuffle:
+            def permute(window):
+                order = tf.argsort(window.pop("key"), stable=True)
+                return {k: tf.gather(v, order) for k, v in window.items()}
 
-    if shuffle:
-        def permute(window):
-            order = tf.argsort(window.pop("key"), stable=True)
-            return {k: tf.gather(v, order) for k, v in window.items()}
+            # prefetch(1) on whole windows: the next window is read and parsed in the
+            # background while this one is decoded (double buffering), so window boundaries
+            # do not stall.
+            ds = ds.batch(int(shuffle_buffer)).map(permute).prefetch(1).unbatch()
+        return ds
 
-        # prefetch(1) on whole windows: the next window is read and parsed in the background
-        # while this one is decoded (double buffering), so window boundaries do not stall.
-        ds = ds.batch(int(shuffle_buffer)).map(permute).prefetch(1).unbatch()
+    ds = one_round(0)
+    for r in range(1, rounds):
+        ds = ds.concatenate(one_round(r))
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
     if skip_batches:

@@ -30,7 +30,9 @@ MANIFEST_KEYS = (
     "source",  # str
     "num_records",  # int, total images
     "num_captions",  # int, total captions
-    "shards",  # list of {"name", "records", "captions", "sha256", "bytes", "first_index"}
+    "shards",  # list of {"name", "records", "captions", "max_captions" (most captions of one
+    #            record; absent in records built before it existed), "sha256", "bytes",
+    #            "first_index"}
     "class_names",  # list[str] or null (class-folder data)
     "image_stats",  # {"min_height", "max_height", "mean_height", "min_width", ...}
     "build",  # {"args": ..., "skipped": [...], "created": iso time}

@@ -47,6 +47,7 @@ class ShardWriter:
         self.first_index = first_index
         self.records = 0
         self.captions = 0
+        self.max_captions = 0
         self.entry = None
         self._writer = None
 
@@ -58,6 +59,7 @@ class ShardWriter:
         self._writer.write(serialized)
         self.records += 1
         self.captions += num_captions
+        self.max_captions = max(self.max_captions, num_captions)
 
     def __exit__(self, exc_type, exc, tb):
         self._writer.close()
@@ -69,6 +71,7 @@ class ShardWriter:
                 "name": self.name,
                 "records": self.records,
                 "captions": self.captions,
+                "max_captions": self.max_captions,
                 "sha256": sha256_file(self.tmp_path),
                 "bytes": os.path.getsize(self.tmp_path),
                 "first_index": self.first_index,

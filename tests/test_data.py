@@ -167,6 +167,40 @@ def test_all_captions(runs, records_dir):
     assert len(set(first)) >= 8
 
 
+def test_all_captions_puts_an_images_captions_in_different_batches(tmp_path, tok):
+    # 24 images x 3 captions in 3 shards; batch = 24 pairs = one pass over the images
+    out = str(tmp_path / "three")
+    write_records(out, [_record(i, captions=[f"image {i} caption {j}" for j in range(3)])
+                        for i in range(24)], shard_size=8)
+    assert data.max_captions(out) == 3  # counted: the manifest has no max_captions
+
+    def epoch(e):
+        return [(b["image_index"].numpy().tolist(), b["caption_index"].numpy().tolist())
+                for b in data.pair_order(out, batch_size=24, seed=3, epoch=e, all_captions=True)]
+
+    batches = epoch(0)
+    assert len(batches) == 3
+    for images, _ in batches:  # every image once per batch, never the same caption twice
+        assert sorted(images) == list(range(24))
+    shown = {}
+    for images, caps in batches:
+        for i, j in zip(images, caps):
+            shown.setdefault(i, []).append(j)
+    assert all(sorted(js) == [0, 1, 2] for js in shown.values())
+    # each pass has its own order, and so has the next epoch
+    assert batches[0][0] != batches[1][0] and epoch(1)[0][0] != batches[0][0]
+
+
+def test_shard_rotation_mixes_shards_differently_each_epoch(records_dir):
+    # which records share a batch must change between epochs (it did not: shards were read
+    # in lockstep from their first record, so batch k held the same records every epoch)
+    def batches(e):
+        return [frozenset(b["image_index"].numpy().tolist())
+                for b in data.pair_order(records_dir, batch_size=12, seed=0, epoch=e)]
+
+    assert set(batches(0)).isdisjoint(batches(1))
+
+
 def test_augmentation_is_deterministic_and_keyed(runs):
     plain = {i: img for b in runs() for i, img in zip(b["image_index"], b["images"])}
     e2 = {i: img for b in runs(augment=True, epoch=2) for i, img in zip(b["image_index"], b["images"])}

@@ -43,6 +43,8 @@ def test_csv_round_trip_groups_captions_and_keeps_bytes(tmp_path, csv_data):
         assert r["source"] == "csv" and r["label"] == -1
     assert manifest == read_manifest(str(out))
     assert manifest["num_records"] == 3 and manifest["num_captions"] == 6
+    # shards of 2 records: a.jpg (3 captions) + b.png (2), then c.jpg (1)
+    assert [s["max_captions"] for s in manifest["shards"]] == [3, 1]
     assert [(s["name"], s["records"], s["first_index"]) for s in manifest["shards"]] == [
         ("shard-00000.tfrecord", 2, 0), ("shard-00001.tfrecord", 1, 2)]
     assert all(len(s["sha256"]) == 64 and s["bytes"] > 0 for s in manifest["shards"])
