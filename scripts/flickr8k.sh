@@ -10,7 +10,7 @@
 # cached once under $OUT/features and shared by every run; a finished training run is not
 # retrained (train.py resumes a workdir); an existing evaluation report is kept.
 # Env: PY (python, default .venv/bin/python), SHARED (../shared), OUT (runs/<dataset>),
-#      CONFIG (configs/flickr8k_lit.json), RUN (workdir name, default s1_lin224),
+#      CONFIG (configs/flickr8k_lit.json), RUN (workdir name, default recipe),
 #      SEEDS (default "0 1 2": one head per seed on the same cached features, $RUN for the
 #      first and ${RUN}_seedN for the others, evaluated as one ensemble; "0" = a single model),
 #      SKIP_ZEROSHOT=1, SKIP_EVAL=1 (use the training's dev numbers only), EXTRA_SET
@@ -32,7 +32,7 @@ else
   OUT="${OUT:-runs/coco_mini}"
   CONFIG="${CONFIG:-configs/coco_mini_lit.json}"
 fi
-RUN="${RUN:-s1_lin224}"
+RUN="${RUN:-recipe}"
 REC="$OUT/records"
 mkdir -p "$OUT" "$REC" "$OUT/eval"
 T_START=$(date +%s)
