@@ -5,11 +5,13 @@
 #
 #   scripts/flickr8k.sh                 # or: make flickr8k
 #   DATASET=coco_mini scripts/flickr8k.sh   # the same recipe on ../shared/data/coco_mini
+#   DATASET=coco COCO_DIR=/data/coco OUT=runs/coco scripts/flickr8k.sh   # full MS-COCO 2017
 #
 # Idempotent: records are built only when their manifest is missing; tower features are
 # cached once under $OUT/features and shared by every run; a finished training run is not
 # retrained (train.py resumes a workdir); an existing evaluation report is kept.
 # Env: PY (python, default .venv/bin/python), SHARED (../shared), OUT (runs/<dataset>),
+#      COCO_DIR (DATASET=coco: an MS-COCO 2017 root in the official layout),
 #      CONFIG (configs/flickr8k_lit.json), RUN (workdir name, default recipe),
 #      SEEDS (default "0 1 2": one head per seed on the same cached features, $RUN for the
 #      first and ${RUN}_seedN for the others, evaluated as one ensemble; "0" = a single model),
@@ -28,9 +30,12 @@ export OMP_WAIT_POLICY=PASSIVE   # idle OpenMP threads sleep: the 2 cores are sh
 if [ "$DATASET" = flickr8k ]; then
   OUT="${OUT:-runs/flickr8k}"
   CONFIG="${CONFIG:-configs/flickr8k_lit.json}"
-else
-  OUT="${OUT:-runs/coco_mini}"
+elif [ "$DATASET" = coco_mini ] || [ "$DATASET" = coco ]; then
+  OUT="${OUT:-runs/$DATASET}"
   CONFIG="${CONFIG:-configs/coco_mini_lit.json}"
+else
+  echo "error: DATASET=$DATASET: expected flickr8k, coco_mini or coco (with COCO_DIR)" >&2
+  exit 2
 fi
 RUN="${RUN:-recipe}"
 REC="$OUT/records"
@@ -62,7 +67,7 @@ if [ "$DATASET" = flickr8k ]; then
   build_records "$REC/train" flickr "$F8K" --split-file "$F8K/splits/Flickr_8k.trainImages.txt"
   build_records "$REC/dev" flickr "$F8K" --split-file "$F8K/splits/Flickr_8k.devImages.txt"
 else
-  COCO="$SHARED/data/coco_mini"
+  COCO="${COCO_DIR:-$SHARED/data/coco_mini}"   # official layout: annotations/, train2017/, val2017/
   build_records "$REC/train" coco "$COCO" --split train2017
   build_records "$REC/dev" coco "$COCO" --split val2017
 fi
