@@ -91,6 +91,71 @@ def _record_stream(paths, *, interleave: int, tolerant: bool = False, offsets=No
         block_length=1, num_parallel_calls=min(cycle, 4), deterministic=True)
 
 
+def _index_stream(starts, counts, *, interleave: int, offsets=None):
+    """`_record_stream`'s order as positions: record `k` of shard `i` comes out as
+    `starts[i] + k`, interleaved and rotated exactly as `_record_stream` reads the shards
+    (tf.data's interleave order depends only on the shards' lengths)."""
+    if offsets is None:
+        offsets = [0] * len(counts)
+    shards = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(starts), tf.int64), tf.constant(list(counts), tf.int64),
+         tf.constant(offsets, tf.int64)))
+    cycle = max(1, min(interleave, len(counts)))
+
+    def read(start, count, offset):
+        return tf.data.Dataset.range(start + offset, start + count).concatenate(
+            tf.data.Dataset.range(start, start + offset))
+
+    if cycle == 1:
+        return shards.flat_map(read)
+    return shards.interleave(read, cycle_length=cycle, block_length=1,
+                             num_parallel_calls=min(cycle, 4), deterministic=True)
+
+
+class RecordIndex:
+    """What `pair_order` needs of a records directory, read once: each record's `image/index`
+    and caption count, per shard in manifest order. With it, `pair_order` builds an epoch's
+    order in memory instead of reading the records again for every caption pass.
+
+    Args:
+        records_dir: a records directory. Its shards are checked (size) and read once;
+            a blank caption raises `RecordsError` naming the record, like the strict pipeline.
+
+    Example:
+    >>> index = RecordIndex("runs/records/train")
+    >>> order = pair_order("runs/records/train", batch_size=32, epoch=3, index=index)
+    """
+
+    def __init__(self, records_dir):
+        manifest = schema.read_manifest(records_dir)
+        self.records_dir = records_dir
+        self.shard_sha256 = [sh.get("sha256") for sh in manifest["shards"]]
+        spec = {"captions": tf.io.RaggedFeature(tf.string),
+                "image/index": tf.io.FixedLenFeature([], tf.int64),
+                "image/id": tf.io.FixedLenFeature([], tf.string, default_value="")}
+        image_index, num_captions, counts = [], [], []
+        for path in _checked_paths(records_dir, manifest, skip_bad=False):
+            n = 0
+            for batch in tf.data.TFRecordDataset(path).batch(1024).map(
+                    lambda s: tf.io.parse_example(s, spec)):
+                caps = batch["captions"]
+                blank = tf.reduce_any(tf.equal(tf.strings.strip(caps), ""), axis=1).numpy()
+                if blank.any():
+                    bad = batch["image/id"].numpy()[int(np.argmax(blank))].decode()
+                    raise schema.RecordsError(
+                        f"{records_dir}: record image/id={bad} has an empty caption (corrupt "
+                        "record). Rebuild the records, or set skip_bad to drop it.")
+                image_index.append(batch["image/index"].numpy())
+                num_captions.append(caps.row_lengths().numpy())
+                n += len(image_index[-1])
+            counts.append(n)
+        self.counts = counts
+        self.image_index = (np.concatenate(image_index).astype(np.int64) if image_index
+                            else np.zeros([0], np.int64))
+        self.num_captions = (np.concatenate(num_captions).astype(np.int64) if num_captions
+                             else np.zeros([0], np.int64))
+
+
 _MAX_CAPTIONS: dict = {}  # (records_dir, shard checksums) -> most captions of one record
 
 
@@ -286,7 +351,7 @@ def _options(deterministic=True):
 def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoch=0,
                  skip_batches=0, shuffle=True, augment=False, all_captions=False,
                  resize_method="bicubic", skip_bad=False, num_shards=1, shard_index=0,
-                 shuffle_buffer=1024, fast_jpeg=True, decode=True):
+                 shuffle_buffer=1024, fast_jpeg=True, decode=True, index=None):
     """Image-caption pair batches for contrastive training (one epoch).
 
     Each image appears once per epoch with one of its captions drawn at random
@@ -330,6 +395,8 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         fast_jpeg: bool, decode large JPEGs at a reduced DCT scale (see module doc).
         decode: bool. False yields only `{"image_index", "caption_index"}` batches in the
             same order, without decoding or tokenizing (see `pair_order`).
+        index: a `RecordIndex` of `records_dir` (with `decode=False`, `skip_bad=False`):
+            the order is built from it in memory, without reading the records.
 
     Returns:
         A `tf.data.Dataset` of dicts: `images` float32 `[B, S, S, 3]` (0..255),
@@ -354,18 +421,36 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         raise schema.RecordsError(
             f"{records_dir}: the records hold no captions (class-folder data, source "
             f"{manifest.get('source')!r}); use image_dataset() for them.")
-    paths = _checked_paths(records_dir, manifest, skip_bad=skip_bad)
     counts = [int(sh.get("records", 0)) for sh in manifest["shards"]]
+    if index is not None:
+        if decode or skip_bad:
+            raise ValueError("index= builds the order only (decode=False, skip_bad=False)")
+        if (index.shard_sha256 != [sh.get("sha256") for sh in manifest["shards"]]
+                or index.counts != counts):
+            raise ValueError(f"the RecordIndex of {index.records_dir} does not match the "
+                             f"shards of {records_dir}; build it from these records")
+        paths = [None] * len(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
+    else:
+        paths = _checked_paths(records_dir, manifest, skip_bad=skip_bad)
+        starts = [0] * len(counts)
     seed, epoch = int(seed), int(epoch)
     if shuffle:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0x5EED])
         perm = rng.permutation(len(paths))
         paths, counts = [paths[i] for i in perm], [counts[i] for i in perm]
+        starts = [starts[i] for i in perm]
     # With all_captions an epoch is `rounds` passes over the records; in pass r every image
     # with more than r captions shows one caption it has not shown this epoch. An image's
     # captions are thus spread over the epoch (a batch does not hold an image five times),
     # and each pass has its own order.
-    rounds = max(1, max_captions(records_dir, manifest)) if all_captions else 1
+    rounds = 1
+    if all_captions:
+        rounds = max(1, int(index.num_captions.max(initial=0)) if index is not None
+                     else max_captions(records_dir, manifest))
+    if index is not None:
+        image_index = tf.constant(index.image_index, tf.int64)
+        num_captions = tf.constant(index.num_captions, tf.int64)
 
     def parse(serialized):
         f = schema.parse_example(serialized)
@@ -388,9 +473,15 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         if shuffle:  # rotate each shard: records of different shards meet differently per pass
             orng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, r, 0x0FF5E7])
             offsets = [int(orng.integers(0, n)) if n > 0 else 0 for n in counts]
-        ds = _record_stream(paths, interleave=8 if shuffle else 1, tolerant=skip_bad,
-                            offsets=offsets)
-        ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if index is None:
+            ds = _record_stream(paths, interleave=8 if shuffle else 1, tolerant=skip_bad,
+                                offsets=offsets)
+            ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+        else:
+            ds = _index_stream(starts, counts, interleave=8 if shuffle else 1,
+                               offsets=offsets).map(lambda k: {
+                                   "image_index": tf.gather(image_index, k),
+                                   "num_captions": tf.gather(num_captions, k)})
         ds = ds.filter(lambda e: e["num_captions"] > r)
         if skip_bad:  # before skipping batches, so resuming stays exact
             ds = ds.filter(lambda e: _image_kind_ok(e["encoded"])
@@ -403,9 +494,10 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
                                             alg=_RNG_ALG)
             if all_captions:  # a random first caption, then the next one in each pass
                 j = tf.math.floormod(j + r, n)
-            out = {"encoded": e["encoded"], "image_id": e["image_id"],
-                   "image_index": e["image_index"], "caption": e["captions"][j],
-                   "caption_index": j}
+            out = {"image_index": e["image_index"], "caption_index": j}
+            if index is None:
+                out.update(encoded=e["encoded"], image_id=e["image_id"],
+                           caption=e["captions"][j])
             if shuffle:
                 key = _element_key(seed, epoch, e["image_index"], _SHUFFLE, r)
                 out["key"] = tf.random.stateless_uniform([], key, minval=None, maxval=None,
@@ -471,9 +563,11 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
 
 
 def pair_order(records_dir, *, batch_size, seed=0, epoch=0, skip_batches=0, shuffle=True,
-               all_captions=False, skip_bad=False, num_shards=1, shard_index=0):
+               all_captions=False, skip_bad=False, num_shards=1, shard_index=0, index=None):
     """The `(image_index, caption_index)` batches `pair_dataset` would yield with the same
     arguments, without decoding images: the cached-feature path trains in exactly this order.
+    With `index` (a `RecordIndex` of `records_dir`; not with `skip_bad`) the records are not
+    read at all.
 
     Example:
     >>> order = pair_order("records/train", batch_size=32, seed=0, epoch=1)
@@ -482,7 +576,7 @@ def pair_order(records_dir, *, batch_size, seed=0, epoch=0, skip_batches=0, shuf
     return pair_dataset(records_dir, image_size=1, tokenizer=None, batch_size=batch_size,
                         seed=seed, epoch=epoch, skip_batches=skip_batches, shuffle=shuffle,
                         all_captions=all_captions, skip_bad=skip_bad, num_shards=num_shards,
-                        shard_index=shard_index, decode=False)
+                        shard_index=shard_index, decode=False, index=index)
 
 
 def steps_per_epoch(records_dir, batch_size, all_captions=False, num_shards=1) -> int:

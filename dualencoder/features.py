@@ -259,6 +259,8 @@ class CachedPairs:
 
     def __init__(self, model, cfg: Config, records: str, directory: str, *, mode: str = "both",
                  log=print):
+        from dualencoder import data
+
         self.cfg, self.records, self.mode = cfg, records, mode
         arrays = dict(text_features(model, cfg, records, directory, log=log))
         self.views = cfg.data.cached_views if mode == "both" else 1
@@ -283,6 +285,9 @@ class CachedPairs:
             starts.setdefault(int(ix), row)
         keys = np.array(sorted(starts), dtype=np.int64)
         self.caption_start = _lookup(keys, np.array([starts[int(k)] for k in keys]))
+        # the epoch orders come from memory (the records are read here once, not per pass)
+        self.record_index = (data.RecordIndex(records)
+                             if mode == "both" and not cfg.data.skip_bad else None)
 
     def epoch(self, epoch: int, *, skip_batches: int = 0, images=None, num_shards: int = 1,
               shard_index: int = 0):
@@ -309,7 +314,8 @@ class CachedPairs:
         order = data.pair_order(self.records, batch_size=cfg.data.batch_size // num_shards,
                                 seed=cfg.run.seed, epoch=epoch, skip_batches=skip_batches,
                                 all_captions=cfg.data.all_captions, skip_bad=cfg.data.skip_bad,
-                                num_shards=num_shards, shard_index=shard_index)
+                                num_shards=num_shards, shard_index=shard_index,
+                                index=self.record_index)
         img = tf.constant(self.arrays["image_features"])
         image_rows = self.image_rows
         views, per_view = self.views, len(self.arrays["image_index"])

@@ -334,3 +334,36 @@ def test_resize_close_to_pil_antialiased_bicubic(tmp_path, width, height, size, 
     ours = next(iter(data.image_dataset(out, image_size=size, batch_size=1)))["images"][0]
     pil = np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC), np.float32)
     assert np.abs(ours.numpy() - pil).mean() < tol
+
+
+@pytest.mark.parametrize("kw", [dict(all_captions=True, seed=3, epoch=1),
+                                dict(all_captions=False, seed=0, epoch=0, skip_batches=2),
+                                dict(all_captions=True, seed=1, epoch=4, num_shards=2,
+                                     shard_index=1),
+                                dict(all_captions=True, shuffle=False)])
+def test_record_index_gives_the_same_order_without_reading_records(tmp_path, kw):
+    # uneven shards and caption counts: the in-memory order must be the records' order
+    out = str(tmp_path / "uneven")
+    write_records(out, [_record(i, captions=[f"image {i} caption {j}" for j in range(1 + i % 4)])
+                        for i in range(37)], shard_size=7)
+    index = data.RecordIndex(out)
+    assert index.counts == [7, 7, 7, 7, 7, 2] and index.num_captions.max() == 4
+
+    def order(**extra):
+        return [(b["image_index"].numpy().tolist(), b["caption_index"].numpy().tolist())
+                for b in data.pair_order(out, batch_size=5, **kw, **extra)]
+
+    from_records = order()
+    assert len(from_records) > 3
+    assert order(index=index) == from_records
+
+
+def test_record_index_refuses_other_records_and_names_blank_captions(tmp_path, records_dir):
+    out = str(tmp_path / "blank")
+    write_records(out, [_record(i) for i in range(4)] + [_record(4, captions=["  "])])
+    with pytest.raises(schema.RecordsError, match="image/id=.*empty caption"):
+        data.RecordIndex(out)
+    other = data.RecordIndex(records_dir)
+    write_records(str(tmp_path / "ok"), [_record(i) for i in range(3)])
+    with pytest.raises(ValueError, match="does not match"):
+        data.pair_order(str(tmp_path / "ok"), batch_size=2, index=other)
