@@ -670,6 +670,15 @@ def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic
     return ds.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
 
 
+def read_labels(records_dir) -> np.ndarray:
+    """The `label` of every record in record order (-1 for captioned data); no decoding."""
+    ds = tf.data.TFRecordDataset(schema.shard_paths(records_dir)).batch(4096).map(
+        lambda s: tf.io.parse_example(
+            s, {"label": tf.io.FixedLenFeature([], tf.int64, default_value=-1)})["label"])
+    out = [b.numpy() for b in ds]
+    return np.concatenate(out).astype(np.int64) if out else np.zeros([0], np.int64)
+
+
 def read_captions(records_dir):
     """All captions in record order with the `image/index` of their image.
 

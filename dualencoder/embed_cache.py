@@ -77,6 +77,17 @@ def encoder_fingerprint(encoder):
     return str(fp() if callable(fp) else fp)
 
 
+def locked_heads(encoder, cache_root):
+    """A `feature_eval.LockedHeads` for an encoder with locked towers (None otherwise): it reads
+    the tower features training cached (`encoder.feature_dirs`) and stores missing ones in
+    `<cache root>/features`."""
+    from dualencoder.feature_eval import LockedHeads
+
+    write_dir = os.path.join(os.path.dirname(cache_root), "features") if cache_root else None
+    return LockedHeads.of(encoder, feature_dirs=getattr(encoder, "feature_dirs", ()),
+                          write_dir=write_dir)
+
+
 def _entry_path(cache_dir, key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:40]
     return os.path.join(cache_dir, f"{key['kind']}-{digest}.npz")
@@ -121,10 +132,14 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
         skip_bad: drop undecodable records instead of failing.
         progress: show a progress bar.
 
+    An encoder with locked towers (`feature_eval.LockedHeads`) gets its image tower's
+    outputs from the feature cache when training (or an earlier evaluation of a model with the
+    same tower) stored them, and runs only its heads.
+
     Returns:
         dict with `embeddings` float32 `[N, D]`, `image_index` int64 `[N]`,
-        `labels` int64 `[N]`, `cached` (bool), `seconds` (encoding time, 0 when cached)
-        and `images_per_second`.
+        `labels` int64 `[N]`, `cached` (bool), `seconds` (encoding time, 0 when cached),
+        `images_per_second` and `tower_features` (the feature file used, or None).
     """
     from records import schema
 
@@ -140,6 +155,25 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
             return {**hit, "cached": True, "seconds": 0.0, "images_per_second": None}
 
     from dualencoder import data
+
+    heads = None if skip_bad else locked_heads(encoder, cache_root)
+    if heads is not None:
+        start = time.perf_counter()
+        got = heads.records_images(records_dir, resize_method=resize_method, progress=progress)
+        labels = data.read_labels(records_dir)
+        if len(labels) != len(got["image_index"]):
+            raise ValueError(f"{records_dir}: {len(labels)} labels for "
+                             f"{len(got['image_index'])} cached image features")
+        result = {"embeddings": got["embeddings"], "image_index": got["image_index"],
+                  "labels": labels}
+        seconds = time.perf_counter() - start
+        if path:
+            _save(path, key, result)
+        n = len(result["image_index"])
+        return {**result, "cached": False, "seconds": seconds,
+                "images_per_second": n / seconds if seconds > 0 else None,
+                "tower_features": got["features_path"],
+                "tower_features_reused": got["features_reused"]}
 
     total = schema.read_manifest(records_dir).get("num_records")
     ds = data.image_dataset(records_dir, image_size=image_size, batch_size=batch_size,
@@ -167,12 +201,17 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
         _save(path, key, result)
     n = len(result["image_index"])
     return {**result, "cached": False, "seconds": seconds,
-            "images_per_second": n / seconds if seconds > 0 else None}
+            "images_per_second": n / seconds if seconds > 0 else None, "tower_features": None}
 
 
 def embed_texts(encoder, texts, *, batch_size: int = 256, cache_dir=None,
-                progress: bool = True, desc: str = "encoding texts") -> np.ndarray:
+                progress: bool = True, desc: str = "encoding texts",
+                records_dir=None) -> np.ndarray:
     """Embed a list of strings with `encoder.encode_texts`, with caching.
+
+    With locked towers the text tower runs on length-sorted batches and only the heads run
+    per model; `records_dir` says that `texts` are exactly that directory's captions in record
+    order (`data.read_captions`), whose tower features training may have cached.
 
     Returns:
         float32 array `[len(texts), D]`.
@@ -187,6 +226,15 @@ def embed_texts(encoder, texts, *, batch_size: int = 256, cache_dir=None,
         hit = _load(path, key)
         if hit is not None:
             return hit["embeddings"]
+    heads = locked_heads(encoder, cache_root)
+    if heads is not None:
+        if records_dir is not None:
+            emb = heads.records_captions(records_dir, texts, progress=progress)[0]
+        else:
+            emb = heads.texts(texts, progress=progress)
+        if path:
+            _save(path, key, {"embeddings": emb})
+        return emb
     starts = range(0, len(texts), batch_size)
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm

@@ -24,7 +24,15 @@ import hashlib
 
 import numpy as np
 
-from dualencoder.features import _variables_digest
+from dualencoder.features import encode_texts_by_length, tower_functions, variables_digest
+
+
+def combine(embeddings) -> np.ndarray:
+    """The ensemble embedding of per-member embeddings `[N, D_m]`: each row L2-normalised,
+    concatenated and divided by sqrt(M), so a dot product is the mean member cosine."""
+    parts = [np.asarray(e, np.float32) for e in embeddings]
+    parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
+    return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
 
 
 class EnsembleEncoder:
@@ -48,6 +56,7 @@ class EnsembleEncoder:
         self.members = members
         self.image_size = sizes.pop()
         self._shared = {"image": self._shares("image_tower"), "text": self._shares("text_tower")}
+        self._towers = None  # compiled calls of the shared towers, built on first use
 
     def _shares(self, attr) -> bool:
         """Whether every member is a DualEncoder with frozen, identical `attr` towers."""
@@ -56,8 +65,8 @@ class EnsembleEncoder:
             return False
         if not all(hasattr(m, "embed_from_features") for m in self.members):
             return False
-        first = _variables_digest(towers[0].weights)
-        return all(_variables_digest(t.weights) == first for t in towers[1:])
+        first = variables_digest(towers[0].weights)
+        return all(variables_digest(t.weights) == first for t in towers[1:])
 
     def fingerprint(self) -> str:
         parts = []
@@ -68,12 +77,6 @@ class EnsembleEncoder:
             parts.append(str(fp() if callable(fp) else fp))
         return hashlib.sha256(("ensemble:" + ",".join(parts)).encode()).hexdigest()[:16]
 
-    @staticmethod
-    def _combine(embeddings) -> np.ndarray:
-        parts = [np.asarray(e, np.float32) for e in embeddings]
-        parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
-        return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
-
     def encode_images(self, images, batch_size: int = 64) -> np.ndarray:
         return self._encode("image", np.asarray(images, np.float32), batch_size)
 
@@ -82,14 +85,38 @@ class EnsembleEncoder:
 
     def _encode(self, kind: str, items, batch_size: int) -> np.ndarray:
         if not self._shared[kind]:  # each member runs its own towers
-            return self._combine(getattr(m, f"encode_{kind}s")(items) for m in self.members)
-        tower, which = self.members[0], 0 if kind == "image" else 1
+            return combine(getattr(m, f"encode_{kind}s")(items) for m in self.members)
+        if self._towers is None:  # graph-mode tower calls (eager Keras is several x slower)
+            self._towers = tower_functions(self.members[0])
+        image_fn, text_fn = self._towers
+        if kind == "image":
+            feats = [np.asarray(image_fn(items[i:i + batch_size]), np.float32)
+                     for i in range(0, len(items), batch_size)]
+            if not feats:
+                return np.zeros((0, self.dim), np.float32)
+            return self.embed_features(np.concatenate(feats), None)[0]
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        feats = encode_texts_by_length(self.members[0], items, batch_size=batch_size,
+                                       text_fn=text_fn, progress=False)
+        return self.embed_features(None, feats)[1]
+
+    def embed_features(self, image_features, text_features, batch_size: int = 4096):
+        """Ensemble embeddings from the shared towers' outputs (heads only), like
+        `DualEncoder.embed_from_features`; either argument may be None."""
         out = []
-        for i in range(0, len(items), batch_size):
-            feats = getattr(tower, f"{kind}_features")(items[i:i + batch_size], training=False)
-            pair = (feats, None) if kind == "image" else (None, feats)
-            out.append(self._combine(m.embed_from_features(*pair)[which] for m in self.members))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        for which, feats in enumerate((image_features, text_features)):
+            if feats is None:
+                out.append(None)
+                continue
+            parts = []
+            for i in range(0, len(feats), batch_size):
+                pair = [None, None]
+                pair[which] = feats[i:i + batch_size]
+                parts.append(combine(np.asarray(m.embed_from_features(*pair)[which])
+                                     for m in self.members))
+            out.append(np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32))
+        return tuple(out)
 
     @property
     def dim(self) -> int:

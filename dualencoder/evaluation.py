@@ -236,15 +236,9 @@ def _map(folders, mapping):
 
 def record_labels(records_dir: str) -> np.ndarray:
     """The label of every record in record order (parses labels only; no image decoding)."""
-    import tensorflow as tf
+    from dualencoder import data as D
 
-    from records import schema
-
-    paths = schema.shard_paths(records_dir)
-    ds = tf.data.TFRecordDataset(paths).batch(4096).map(lambda s: tf.io.parse_example(
-        s, {"label": tf.io.FixedLenFeature([], tf.int64, default_value=-1)})["label"])
-    out = [b.numpy() for b in ds]
-    return np.concatenate(out) if out else np.zeros([0], np.int64)
+    return D.read_labels(records_dir)
 
 
 def class_counts(data: ClassData) -> np.ndarray:
@@ -349,12 +343,13 @@ def load_encoder(spec: str):
     if info["family"] == "ensemble":
         from dualencoder.ensemble import EnsembleEncoder
 
-        members = [load_encoder(m["spec"])[0].encoder for m in info["members"]]
+        loaded = [load_encoder(m["spec"])[0] for m in info["members"]]
         try:
-            encoder = EnsembleEncoder(members)
+            encoder = EnsembleEncoder([m.encoder for m in loaded])
         except ValueError as exc:
             raise EvaluationError(f"--model {spec}: {exc}") from exc
-        encoder = FrozenEncoder(encoder, encoder.fingerprint())
+        encoder = FrozenEncoder(encoder, encoder.fingerprint(), feature_dirs=list(
+            dict.fromkeys(d for m in loaded for d in m.feature_dirs)))
         info["fingerprint"] = encoder.fingerprint()
         info["image_size"] = int(encoder.image_size)
         return encoder, info
@@ -374,7 +369,9 @@ def load_encoder(spec: str):
         except ValueError as exc:
             raise EvaluationError(str(exc).splitlines()[0]) from exc
     from dualencoder.embed_cache import encoder_fingerprint
-    encoder = FrozenEncoder(encoder, encoder_fingerprint(encoder))
+    from dualencoder.feature_eval import model_feature_dirs
+    dirs = model_feature_dirs(spec) if info["family"] == "ours" else []
+    encoder = FrozenEncoder(encoder, encoder_fingerprint(encoder), feature_dirs=dirs)
     info["fingerprint"] = encoder.fingerprint()
     info["image_size"] = int(encoder.image_size)
     return encoder, info
@@ -389,11 +386,14 @@ class FrozenEncoder:
     Args:
         encoder: the wrapped Encoder.
         fingerprint: its fingerprint (or None: no caching).
+        feature_dirs: where its training cached locked-tower features (see
+            `dualencoder.feature_eval`).
     """
 
-    def __init__(self, encoder, fingerprint):
+    def __init__(self, encoder, fingerprint, feature_dirs=()):
         self.encoder = encoder
         self._fingerprint = fingerprint
+        self.feature_dirs = list(feature_dirs)
         self.image_size = int(encoder.image_size)
 
     def fingerprint(self):
@@ -593,7 +593,8 @@ def run_zeroshot(encoder, data: ClassData, out_dir: str, *, model_info: dict,
         "metrics": summary, "per_class": result["per_class"],
         "confusion_matrix": result["confusion_matrix"], "most_confused": result["most_confused"],
         "timing": {"encode_images_s": t_img, "images_per_second": emb.get("images_per_second"),
-                   "embeddings_cached": bool(emb.get("cached"))},
+                   "embeddings_cached": bool(emb.get("cached")),
+                   "tower_features": emb.get("tower_features")},
         "figures": ["confusion_matrix.png", "predictions.png"],
     }
     md = "\n\n".join([
@@ -633,7 +634,8 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
     texts_kept = [t for t, k in zip(texts, keep) if k]
     t1 = time.perf_counter()
     txt = embed_texts(encoder, texts_kept, cache_dir=cache_dir, progress=progress,
-                      desc="encoding captions")
+                      desc="encoding captions",
+                      records_dir=records_dir if bool(keep.all()) else None)
     t_txt = time.perf_counter() - t1
     t2 = time.perf_counter()
     try:
@@ -670,7 +672,8 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
               "metrics": {"image_to_text": result["image_to_text"],
                           "text_to_image": result["text_to_image"]},
               "timing": {"encode_images_s": t_img, "encode_texts_s": t_txt,
-                         "search_s": t_search, "embeddings_cached": bool(emb.get("cached"))},
+                         "search_s": t_search, "embeddings_cached": bool(emb.get("cached")),
+                         "tower_features": emb.get("tower_features")},
               "figures": ["retrieval_examples.png"]}
     rows = ["| Direction | " + " | ".join(f"R@{k} %" for k in ks) + " | Median rank | "
             "Mean rank | Queries |", "|---|" + "---:|" * (len(ks) + 3)]

@@ -74,7 +74,8 @@ def _cache_mode(cfg: Config) -> str | None:
     return "text" if cfg.model.text_trainable == "none" else None
 
 
-def _variables_digest(variables) -> str:
+def variables_digest(variables) -> str:
+    """sha256 hex of a tower's weights (float32 bytes in order): a locked tower's identity."""
     digest = hashlib.sha256()
     for v in variables:
         digest.update(np.ascontiguousarray(np.asarray(v.numpy() if hasattr(v, "numpy") else v,
@@ -90,23 +91,36 @@ def _manifest_digest(records: str) -> dict:
             "num_records": manifest["num_records"]}
 
 
-def image_cache_key(model, cfg: Config, records: str, view: int = 0) -> str:
+def image_key(tower_digest: str, records: str, *, image_size: int, resize_method: str,
+              view: int = 0) -> str:
+    """The cache key of an image tower's outputs on `records` (see the module doc)."""
     from dualencoder import data
 
     payload = {"version": FEATURES_VERSION, "kind": "image", **_manifest_digest(records),
-               "tower": _variables_digest(model.image_tower.weights),
-               "image_size": cfg.model.image_size, "resize": cfg.data.resize_method,
+               "tower": tower_digest, "image_size": int(image_size), "resize": resize_method,
                "antialias_min_shrink": data.ANTIALIAS_MIN_SHRINK}
     if view:
         payload["view"] = int(view)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def text_cache_key(model, cfg: Config, records: str) -> str:
+def text_key(tower_digest: str, records: str, *, sequence_length: int, pooling: str) -> str:
+    """The cache key of a text tower's outputs on the captions of `records`."""
     payload = {"version": FEATURES_VERSION, "kind": "text", **_manifest_digest(records),
-               "tower": _variables_digest(model.text_tower.weights),
-               "sequence_length": cfg.model.sequence_length, "pooling": cfg.model.text_pooling}
+               "tower": tower_digest, "sequence_length": int(sequence_length),
+               "pooling": pooling}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_cache_key(model, cfg: Config, records: str, view: int = 0) -> str:
+    return image_key(variables_digest(model.image_tower.weights), records,
+                     image_size=cfg.model.image_size, resize_method=cfg.data.resize_method,
+                     view=view)
+
+
+def text_cache_key(model, cfg: Config, records: str) -> str:
+    return text_key(variables_digest(model.text_tower.weights), records,
+                    sequence_length=cfg.model.sequence_length, pooling=cfg.model.text_pooling)
 
 
 def tower_functions(model):
@@ -135,8 +149,8 @@ def tower_functions(model):
     return image_fn, text
 
 
-def compute_image_features(model, cfg: Config, records: str, *, batch_size: int = 32,
-                           view: int = 0):
+def compute_image_features(model, records: str, *, image_size: int, resize_method: str,
+                           batch_size: int = 32, view: int = 0, progress: bool = True):
     """Image-tower outputs of every image of `records` (augmented view `view`, see
     `data.image_dataset`): {"image_features", "image_index"}."""
     from tqdm.auto import tqdm
@@ -148,10 +162,10 @@ def compute_image_features(model, cfg: Config, records: str, *, batch_size: int 
     feats, index = [], []
     total = read_manifest(records)["num_records"]
     desc = f"image features (view {view})" if view else "image features"
-    with tqdm(total=total, desc=desc, unit="img") as bar:
-        for batch in data.image_dataset(records, image_size=cfg.model.image_size,
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in data.image_dataset(records, image_size=image_size,
                                         batch_size=batch_size,
-                                        resize_method=cfg.data.resize_method, view=view,
+                                        resize_method=resize_method, view=view,
                                         seed=VIEW_SEED):
             feats.append(np.asarray(image_fn(batch["images"]), dtype=np.float32))
             index.append(batch["image_index"].numpy())
@@ -160,7 +174,8 @@ def compute_image_features(model, cfg: Config, records: str, *, batch_size: int 
             "image_index": np.concatenate(index).astype(np.int64)}
 
 
-def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None) -> np.ndarray:
+def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None,
+                           progress: bool = True) -> np.ndarray:
     """Text-tower outputs `[len(texts), F]` (float32), batches grouped by token length.
 
     Texts are tokenized once, sorted by length and run in batches trimmed to their longest
@@ -181,7 +196,7 @@ def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None)
     full = ids.shape[1]
     out = None
     for i in tqdm(range(0, len(texts), batch_size), desc=f"text features ({len(texts)})",
-                  unit="batch"):
+                  unit="batch", disable=not progress):
         rows = order[i:i + batch_size]
         width = min(full, max(8, -(-int(lengths[rows].max()) // 8) * 8))
         feats = np.asarray(text_fn({"token_ids": ids[rows, :width],
@@ -192,7 +207,7 @@ def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None)
     return out
 
 
-def compute_text_features(model, cfg: Config, records: str):
+def compute_text_features(model, records: str, *, progress: bool = True):
     """Text-tower outputs of every caption of `records` (each distinct caption once):
     {"text_features" [M, F], "caption_image_index" [M]} with captions grouped by image."""
     from dualencoder import data
@@ -200,12 +215,13 @@ def compute_text_features(model, cfg: Config, records: str):
     texts, owner = data.read_captions(records)
     # Each distinct caption goes through the tower once (templated captions repeat a lot).
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    feats = encode_texts_by_length(model, [str(t) for t in unique])
+    feats = encode_texts_by_length(model, [str(t) for t in unique], progress=progress)
     return {"text_features": feats[inverse.ravel()],
             "caption_image_index": np.asarray(owner, dtype=np.int64)}
 
 
-def _load_npz(path: str):
+def read_npz(path: str):
+    """The arrays of an `.npz` cache file, or None when it is missing or unreadable."""
     if not os.path.exists(path):
         return None
     try:
@@ -217,7 +233,7 @@ def _load_npz(path: str):
 
 def cached(path: str, compute, *, log=print, what: str = "tower features") -> dict:
     """`compute()`'s arrays, stored at `path` (atomically) on the first call, read afterwards."""
-    arrays = _load_npz(path)
+    arrays = read_npz(path)
     if arrays is not None:
         log(f"reusing cached {what} {path}")
         return arrays
@@ -235,14 +251,16 @@ def image_features(model, cfg: Config, records: str, directory: str, *, view: in
     """The cached image-tower outputs of `records` (computed once per key and view)."""
     path = os.path.join(directory, f"image-{image_cache_key(model, cfg, records, view)}.npz")
     what = f"image features of {records}" + (f" (augmented view {view})" if view else "")
-    return cached(path, lambda: compute_image_features(model, cfg, records, view=view),
+    return cached(path, lambda: compute_image_features(
+        model, records, image_size=cfg.model.image_size, resize_method=cfg.data.resize_method,
+        view=view),
                   log=log, what=what)
 
 
 def text_features(model, cfg: Config, records: str, directory: str, *, log=print) -> dict:
     """The cached text-tower outputs of every caption of `records` (computed once per key)."""
     path = os.path.join(directory, f"text-{text_cache_key(model, cfg, records)}.npz")
-    return cached(path, lambda: compute_text_features(model, cfg, records), log=log,
+    return cached(path, lambda: compute_text_features(model, records), log=log,
                   what=f"caption features of {records}")
 
 
