@@ -156,9 +156,6 @@ class RecordIndex:
                              else np.zeros([0], np.int64))
 
 
-_MAX_CAPTIONS: dict = {}  # (records_dir, shard checksums) -> most captions of one record
-
-
 def max_captions(records_dir, manifest=None) -> int:
     """The most captions any record of `records_dir` holds: the manifest's per-shard
     `max_captions`, or (records built before that field existed) one pass over the captions."""
@@ -166,13 +163,9 @@ def max_captions(records_dir, manifest=None) -> int:
     shards = manifest["shards"]
     if shards and all("max_captions" in sh for sh in shards):
         return max(int(sh["max_captions"]) for sh in shards)
-    key = (os.path.abspath(records_dir), tuple(sh.get("sha256") for sh in shards))
-    if key not in _MAX_CAPTIONS:
-        _, owner = read_captions(records_dir)
-        owner = np.asarray(owner, np.int64)
-        counts = np.unique(owner, return_counts=True)[1]
-        _MAX_CAPTIONS[key] = int(counts.max()) if counts.size else 0
-    return _MAX_CAPTIONS[key]
+    _, owner = read_captions(records_dir)
+    counts = np.unique(np.asarray(owner, np.int64), return_counts=True)[1]
+    return int(counts.max()) if counts.size else 0
 
 
 _SALVAGED: dict = {}  # (path, size, mtime_ns, sha256) -> path of the shard's intact records
