@@ -68,6 +68,11 @@ class EnsembleEncoder:
         first = variables_digest(towers[0].weights)
         return all(variables_digest(t.weights) == first for t in towers[1:])
 
+    @property
+    def shares_locked_towers(self) -> bool:
+        """Whether all members run the same frozen image and text towers (heads differ)."""
+        return self._shared["image"] and self._shared["text"]
+
     def fingerprint(self) -> str:
         parts = []
         for m in self.members:

@@ -68,10 +68,8 @@ class LockedHeads:
                 return None
             if m.model_config["head"] == "attention":
                 return None  # reads spatial / token maps, which are not cached
-        if len(members) > 1:
-            shared = getattr(inner, "_shared", {})
-            if not (shared.get("image") and shared.get("text")):
-                return None
+        if len(members) > 1 and not getattr(inner, "shares_locked_towers", False):
+            return None
         return cls(inner, members[0], feature_dirs=feature_dirs, write_dir=write_dir)
 
     # ------------------------------------------------------------------ keys and files
@@ -101,7 +99,7 @@ class LockedHeads:
         path = None
         if self.write_dir:
             path = os.path.join(self.write_dir, name)
-            F.cached(path, lambda: arrays, log=lambda *_: None)
+            F.write_npz(path, arrays)
         return arrays, path, False
 
     # ------------------------------------------------------------------ embeddings

@@ -239,11 +239,21 @@ def cached(path: str, compute, *, log=print, what: str = "tower features") -> di
         return arrays
     log(f"caching {what} in {path} (once)")
     arrays = compute()
+    write_npz(path, arrays)
+    return arrays
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """Store `arrays` at `path` atomically (a temporary file renamed into place; an
+    interrupted write leaves no half file behind)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + f".tmp-{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return arrays
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def image_features(model, cfg: Config, records: str, directory: str, *, view: int = 0,

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 
-from dualencoder.checkpoint import CheckpointManager, write_json_atomic
+from dualencoder.checkpoint import CheckpointError, CheckpointManager, write_json_atomic
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 
 
@@ -69,9 +69,11 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
 
     ckpts = CheckpointManager(os.path.join(workdir, "checkpoints"), cfg.run.keep_checkpoints)
-    groups = {"model": model.variables, "optimizer": optimizer.variables}
-    state = ckpts.restore(groups) or {"step": 0, "epoch": 0, "step_in_epoch": 0, "history": [],
-                                      "best": None, "bad_epochs": 0, "plateau_wait": 0}
+    groups, frozen = checkpoint_groups(model, optimizer)
+    state = restore(ckpts, groups, frozen, model, optimizer) or {
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": None,
+        "bad_epochs": 0, "plateau_wait": 0}
+    state["frozen_towers"] = frozen
     if state["step"]:
         log(f"resuming {workdir} from {state['checkpoint']}: epoch {state['epoch'] + 1}, "
             f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
@@ -283,6 +285,43 @@ def gather_replicas(t):
 # --------------------------------------------------------------------------------------------
 # Workdir compatibility
 # --------------------------------------------------------------------------------------------
+def checkpoint_groups(model, optimizer):
+    """What a checkpoint stores: every variable except those of frozen towers (they never
+    change; a locked Xception is 180 MB per checkpoint), and the frozen towers' digests,
+    checked on resume."""
+    from dualencoder import features
+
+    frozen, skip = {}, set()
+    for name in ("image_tower", "text_tower"):
+        tower = getattr(model, name)
+        if getattr(tower, "frozen", False) and not tower.trainable_weights:
+            frozen[name] = features.variables_digest(tower.weights)
+            skip.update(id(v) for v in tower.weights)
+    variables = [v for v in model.variables if id(v) not in skip]
+    return {"model": variables, "optimizer": optimizer.variables}, frozen
+
+
+def restore(ckpts, groups, frozen, model, optimizer):
+    """`ckpts.restore` for `checkpoint_groups`; checkpoints written before frozen towers were
+    left out (every model variable) still restore."""
+    try:
+        state = ckpts.restore(groups)
+    except CheckpointError as exc:
+        if not frozen:
+            raise
+        try:
+            state = ckpts.restore({"model": model.variables, "optimizer": optimizer.variables})
+        except CheckpointError:
+            raise exc from None
+    if state is not None and state.get("frozen_towers", frozen) != frozen:
+        raise CheckpointError(
+            f"{ckpts.directory}: the frozen towers' weights differ from those the checkpoint "
+            f"was trained with ({sorted(state['frozen_towers'])}): another weights file or "
+            "preset than when this workdir was started; resume with the same towers or use a "
+            "new workdir")
+    return state
+
+
 def check_workdir_config(cfg: Config, workdir: str) -> None:
     """Refuse to resume a workdir whose run used another model configuration."""
     path = os.path.join(workdir, "config.json")

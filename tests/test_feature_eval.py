@@ -102,6 +102,13 @@ def test_not_for_trained_towers_or_attention_heads():
     assert LockedHeads.of(runtime.build(locked_cfg("model.image_trainable=all"))) is None
     assert LockedHeads.of(runtime.build(locked_cfg("model.head=attention"))) is None
     assert LockedHeads.of(object()) is None
+    cfg = locked_cfg()
+    model = runtime.build(cfg)
+    other = second_head(model, cfg)
+    assert LockedHeads.of(EnsembleEncoder([model, other])) is not None
+    w = other.image_tower.weights[0]
+    w.assign(w.numpy() + 0.01)  # another image tower: members cannot share features
+    assert LockedHeads.of(EnsembleEncoder([model, other])) is None
 
 
 def test_evaluate_reuses_the_training_feature_cache(synthetic_records, tmp_path):

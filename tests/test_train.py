@@ -81,11 +81,13 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_is_exact(synthetic_records, tmp_path):
+@pytest.mark.parametrize("locked", [[], ["model.image_trainable=none",
+                                         "model.text_trainable=none"]])
+def test_resume_is_exact(synthetic_records, tmp_path, locked):
     from dualencoder.trainer import train
 
     records = synthetic_records["train"]
-    extra = ["optim.epochs=2", "model.head_dropout=0.1"]
+    extra = ["optim.epochs=2", "model.head_dropout=0.1"] + locked
     straight = str(tmp_path / "straight")
     train(tiny_cfg(records, extra=extra), straight, log=lambda *_: None)
 
@@ -109,6 +111,35 @@ def test_resume_is_exact(synthetic_records, tmp_path):
     np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
     for x, y in zip(final_weights(straight), final_weights(resumed)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    if locked:  # checkpoints leave the frozen towers out, and record their digests
+        import dualencoder
+
+        model = dualencoder.load(os.path.join(resumed, "model"))
+        ckpt = os.path.join(resumed, "checkpoints", "ckpt-00000016")
+        with np.load(os.path.join(ckpt, "variables.npz")) as f:
+            stored = sum(k.startswith("model/") for k in f.files)
+        towers = len(model.image_tower.weights) + len(model.text_tower.weights)
+        assert stored == len(model.variables) - towers > 0
+        with open(os.path.join(ckpt, "state.json")) as fh:
+            assert set(json.load(fh)["frozen_towers"]) == {"image_tower", "text_tower"}
+
+
+def test_resume_refuses_other_frozen_towers(synthetic_records, tmp_path):
+    from dualencoder.checkpoint import CheckpointError
+    from dualencoder.trainer import train
+
+    cfg = tiny_cfg(synthetic_records["train"], extra=[
+        "model.image_trainable=none", "model.text_trainable=none", "optim.max_steps=2"])
+    workdir = str(tmp_path / "w")
+    train(cfg, workdir, log=lambda *_: None)
+    state_path = os.path.join(workdir, "checkpoints", "ckpt-00000002", "state.json")
+    with open(state_path) as fh:
+        state = json.load(fh)
+    state["frozen_towers"]["image_tower"] = "0" * 64  # as if trained from other weights
+    with open(state_path, "w") as fh:
+        json.dump(state, fh)
+    with pytest.raises(CheckpointError, match="frozen towers' weights differ"):
+        train(cfg, workdir, log=lambda *_: None)
 
 
 def test_incompatible_workdir_is_refused(synthetic_records, tmp_path, capsys):
