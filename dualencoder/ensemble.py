@@ -35,6 +35,19 @@ def combine(embeddings) -> np.ndarray:
     return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
 
 
+def head_embeddings(model, features, kind: str, batch_size: int = 4096) -> np.ndarray:
+    """`model.embed_from_features` on tower outputs of one kind ("image" or "text"), in
+    batches: the heads only, float32 `[N, embed_dim]`."""
+    which = 0 if kind == "image" else 1
+    parts = []
+    for i in range(0, len(features), batch_size):
+        pair = [None, None]
+        pair[which] = features[i:i + batch_size]
+        parts.append(np.asarray(model.embed_from_features(*pair)[which], np.float32))
+    return (np.concatenate(parts) if parts
+            else np.zeros((0, int(model.embed_dim)), np.float32))
+
+
 class EnsembleEncoder:
     """The mean-cosine ensemble of `DualEncoder`s (or any encoders).
 
@@ -109,19 +122,10 @@ class EnsembleEncoder:
     def embed_features(self, image_features, text_features, batch_size: int = 4096):
         """Ensemble embeddings from the shared towers' outputs (heads only), like
         `DualEncoder.embed_from_features`; either argument may be None."""
-        out = []
-        for which, feats in enumerate((image_features, text_features)):
-            if feats is None:
-                out.append(None)
-                continue
-            parts = []
-            for i in range(0, len(feats), batch_size):
-                pair = [None, None]
-                pair[which] = feats[i:i + batch_size]
-                parts.append(combine(np.asarray(m.embed_from_features(*pair)[which])
-                                     for m in self.members))
-            out.append(np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32))
-        return tuple(out)
+        return tuple(
+            None if feats is None
+            else combine(head_embeddings(m, feats, kind, batch_size) for m in self.members)
+            for kind, feats in (("image", image_features), ("text", text_features)))
 
     @property
     def dim(self) -> int:

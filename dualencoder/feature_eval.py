@@ -105,22 +105,13 @@ class LockedHeads:
     # ------------------------------------------------------------------ embeddings
 
     def _embed(self, image_features=None, text_features=None):
+        from dualencoder.ensemble import head_embeddings
+
         enc = self.encoder
         if hasattr(enc, "embed_features"):  # an ensemble
             return enc.embed_features(image_features, text_features)
-        out = []
-        for which, feats in enumerate((image_features, text_features)):
-            if feats is None:
-                out.append(None)
-                continue
-            parts = []
-            for i in range(0, len(feats), 4096):
-                pair = [None, None]
-                pair[which] = feats[i:i + 4096]
-                parts.append(np.asarray(enc.embed_from_features(*pair)[which], np.float32))
-            out.append(np.concatenate(parts) if parts
-                       else np.zeros((0, int(enc.embed_dim)), np.float32))
-        return tuple(out)
+        return tuple(None if feats is None else head_embeddings(enc, feats, kind)
+                     for kind, feats in (("image", image_features), ("text", text_features)))
 
     def records_images(self, records_dir: str, *, resize_method: str, batch_size: int = 32,
                        progress: bool = True) -> dict:
