@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["tiny_config", "tiny_model", "tiny_batch", "TINY_CAPTIONS"]
+__all__ = ["tiny_config", "tiny_model", "tiny_batch", "tiny_locked_run_config",
+           "same_towers_new_heads", "TINY_CAPTIONS"]
 
 TINY_CAPTIONS = (
     "a red circle",
@@ -47,6 +48,30 @@ def tiny_model(**overrides):
     from dualencoder.model import build_model
 
     return build_model(tiny_config(**overrides))
+
+
+def tiny_locked_run_config(*sets):
+    """A training `Config` with tiny towers, both locked, linear heads, batch 16 (the
+    cached-feature path); `sets` are extra "section.key=value" overrides."""
+    from dualencoder.config import Config
+
+    return Config.from_sources(None, [
+        "model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",
+        "model.text_tower=tiny", "model.embed_dim=16", "model.sequence_length=24",
+        "model.head=linear", "model.image_trainable=none", "model.text_trainable=none",
+        "data.batch_size=16", "run.val_subset=0", *sets])
+
+
+def same_towers_new_heads(source, target, seed=1, scale=0.2):
+    """Give `target` the tower weights of `source` and random heads (normal, `scale`): two
+    heads over the same towers, as in a LiT ensemble. Returns `target`."""
+    for src, dst in zip(source.image_tower.weights + source.text_tower.weights,
+                        target.image_tower.weights + target.text_tower.weights):
+        dst.assign(src.numpy())
+    rng = np.random.default_rng(seed)
+    for w in target.image_head.weights + target.text_head.weights:
+        w.assign(rng.normal(0, scale, w.shape).astype("float32"))
+    return target
 
 
 def tiny_batch(model, batch_size=4, seed=0, images_per_batch=None):

@@ -5,20 +5,13 @@ import pytest
 
 from dualencoder import evaluation
 from dualencoder.ensemble import EnsembleEncoder
-from dualencoder.testing import TINY_CAPTIONS, tiny_model
+from dualencoder.testing import TINY_CAPTIONS, same_towers_new_heads, tiny_model
 
 
 def locked_pair(trainable="none"):
     a = tiny_model(image_trainable=trainable, text_trainable=trainable, head="linear")
     b = tiny_model(image_trainable=trainable, text_trainable=trainable, head="linear")
-    # same towers, different heads
-    for wa, wb in zip(a.image_tower.weights + a.text_tower.weights,
-                      b.image_tower.weights + b.text_tower.weights):
-        wb.assign(wa.numpy())
-    rng = np.random.default_rng(1)
-    for w in b.image_head.weights + b.text_head.weights:
-        w.assign(rng.normal(0, 0.2, w.shape).astype("float32"))
-    return a, b
+    return a, same_towers_new_heads(a, b)  # same towers, different heads
 
 
 @pytest.mark.parametrize("trainable", ["none", "all"])

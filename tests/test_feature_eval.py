@@ -11,17 +11,10 @@ import evaluate
 import train as train_cli
 from dualencoder import data, embed_cache, runtime
 from dualencoder import features as F
-from dualencoder.config import Config
 from dualencoder.ensemble import EnsembleEncoder
 from dualencoder.feature_eval import LockedHeads, model_feature_dirs
-
-
-def locked_cfg(*extra):
-    return Config.from_sources(None, [
-        "model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",
-        "model.text_tower=tiny", "model.embed_dim=16", "model.sequence_length=24",
-        "model.head=linear", "model.image_trainable=none", "model.text_trainable=none",
-        "data.batch_size=16", "run.val_subset=0", *extra])
+from dualencoder.testing import same_towers_new_heads
+from dualencoder.testing import tiny_locked_run_config as locked_cfg
 
 
 def tower_embeddings(encoder, records):
@@ -35,14 +28,7 @@ def tower_embeddings(encoder, records):
 
 
 def second_head(model, cfg):
-    other = runtime.build(cfg)
-    for src, dst in zip(model.image_tower.weights + model.text_tower.weights,
-                        other.image_tower.weights + other.text_tower.weights):
-        dst.assign(src.numpy())
-    rng = np.random.default_rng(3)
-    for w in other.image_head.weights + other.text_head.weights:
-        w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
-    return other
+    return same_towers_new_heads(model, runtime.build(cfg), seed=3, scale=0.3)
 
 
 @pytest.mark.parametrize("ensemble", [False, True])

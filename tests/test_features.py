@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 
 from dualencoder import features, runtime
-from dualencoder.config import Config
+from dualencoder.testing import tiny_locked_run_config
 
 
-def locked_cfg(*extra):
-    return Config.from_sources(None, [
-        "model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",
-        "model.text_tower=tiny", "model.embed_dim=16", "model.sequence_length=24",
-        "model.head=linear", "model.image_trainable=none", "model.text_trainable=none",
-        "data.batch_size=16", "run.val_subset=0", *extra])
+locked_cfg = tiny_locked_run_config
 
 
 def test_length_grouped_text_features_equal_full_length(synthetic_records):
