@@ -140,3 +140,6 @@ def test_embed_cache_without_locked_towers_runs_the_encoder(synthetic_records, t
     got = embed_cache.embed_images(model, synthetic_records["val"], cache_dir=False,
                                    progress=False)
     assert got["tower_features"] is None
+    want_img, want_index, _, _ = tower_embeddings(model, synthetic_records["val"])
+    np.testing.assert_array_equal(got["image_index"], want_index)
+    np.testing.assert_allclose(got["embeddings"], want_img, atol=1e-5)
