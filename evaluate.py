@@ -6,6 +6,8 @@ Each subcommand writes `report.json`, `report.md` and PNG figures into `--out`.
     python evaluate.py zeroshot --model clip:clip_vit_base_patch32 --data DIR --templates clip80
     python evaluate.py retrieval --model runs/exp1 --data flickr:../shared/data/flickr8k:\
 ../shared/data/flickr8k/splits/Flickr_8k.devImages.txt --out out/ret
+    python evaluate.py retrieval --model runs/exp1 --data records:runs/f8k/records/dev \
+--bank runs/f8k/records/train --out out/ret_csls
     python evaluate.py linear-probe --model runs/exp1 --train TRAIN --test TEST --out out/lp
     python evaluate.py kshot --model runs/exp1 --train TRAIN --test TEST --shots 1,2,4,8 --seeds 3
     python evaluate.py prompt-tune --model runs/exp1 --train TRAIN --test TEST --shots 16
@@ -76,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flickr:DIR[:SPLITFILE] | coco:DIR:SPLIT | records:DIR | DIR")
     r.add_argument("--ks", type=int_list, default=[1, 5, 10], help="K values (default 1,5,10)")
     r.add_argument("--name", default=None)
+    r.add_argument("--bank", default=None, metavar="RECORDS_DIR",
+                   help="captioned training records: rank by CSLS against this bank (hubness "
+                        "correction) instead of plain cosine; the report keeps both")
+    r.add_argument("--bank-k", type=positive_int, default=10,
+                   help="bank neighbours averaged per gallery item (default 10)")
 
     for name, helptext in (("linear-probe", "softmax-regression probe on frozen embeddings"),
                            ("kshot", "k-shot probes with zero-shot as k=0"),
@@ -172,11 +179,15 @@ def _run(args) -> None:
         if k > n_img or (n_cap is not None and k > n_cap):
             raise E.EvaluationError(f"--ks {k} is larger than the gallery ({n_img} images, "
                                     f"{n_cap} captions)")
+        bank = args.bank
+        if bank is not None:
+            bank = bank[len("records:"):] if bank.startswith("records:") else bank
+            E.check_bank(bank, records_dir, args.bank_k)
         encoder, info = E.load_encoder(args.model)
         E.run_retrieval(encoder, records_dir, args.out, model_info=info,
                         name=args.name or name, ks=args.ks, resize=args.resize,
                         batch_size=args.batch_size, cache_dir=cache, progress=progress,
-                        data_info=data_info)
+                        data_info=data_info, bank=bank, bank_k=args.bank_k)
         return
 
     # linear-probe, kshot, prompt-tune

@@ -31,7 +31,7 @@ __all__ = ["EvaluationError", "ClassData", "class_folder_counts", "prepare_class
            "prepare_caption_data", "check_model_spec", "load_encoder", "FrozenEncoder",
            "run_zeroshot",
            "run_retrieval", "run_linear_probe", "run_kshot", "run_prompt_tune", "run_compare",
-           "write_report", "record_labels"]
+           "write_report", "record_labels", "check_bank"]
 
 
 class EvaluationError(ValueError):
@@ -614,10 +614,21 @@ def run_zeroshot(encoder, data: ClassData, out_dir: str, *, model_info: dict,
 def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, name=None,
                   ks=(1, 5, 10), resize="bicubic", batch_size=64, cache_dir=None,
                   num_examples=4, top=5, progress=True, image_chunk=2048, text_chunk=16384,
-                  seed=0, data_info=None) -> dict:
-    """Image↔text retrieval over the whole gallery of a captioned records directory."""
+                  seed=0, data_info=None, bank=None, bank_k=10) -> dict:
+    """Image↔text retrieval over the whole gallery of a captioned records directory.
+
+    With `bank` (a captioned records directory of *training* data, never the gallery),
+    rankings use CSLS against that bank (`dualencoder.hubness`): each gallery image is
+    penalised by its mean cosine to its `bank_k` nearest bank captions, each gallery caption
+    by its mean cosine to its `bank_k` nearest bank images. The report's `metrics` are then
+    the CSLS numbers and `metrics_cosine` the plain cosine ones.
+    """
     from dualencoder import data as D
+    from dualencoder import hubness as H
     from dualencoder.embed_cache import embed_images, embed_texts
+
+    if bank is not None:
+        check_bank(bank, records_dir, bank_k)
 
     texts, owner = D.read_captions(records_dir)
     if not texts:
@@ -638,19 +649,37 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
                       records_dir=records_dir if bool(keep.all()) else None)
     t_txt = time.perf_counter() - t1
     t2 = time.perf_counter()
+    img = emb["embeddings"]
+    cosine, t_bank, bank_info = None, 0.0, None
+    if bank is not None:
+        t_b = time.perf_counter()
+        bank_img = embed_images(encoder, bank, resize_method=resize, batch_size=batch_size,
+                                cache_dir=cache_dir, progress=progress)["embeddings"]
+        bank_texts, _ = D.read_captions(bank)
+        bank_txt = embed_texts(encoder, bank_texts, cache_dir=cache_dir, progress=progress,
+                               desc="encoding bank captions", records_dir=bank)
+        t_bank = time.perf_counter() - t_b
+        bank_info = {"path": os.path.abspath(bank), "num_images": int(len(bank_img)),
+                     "num_captions": int(len(bank_txt)), "k": int(bank_k)}
+        try:
+            cosine = M.retrieval_metrics(img, txt, g[keep], ks=ks, image_chunk=image_chunk,
+                                         text_chunk=text_chunk, progress=progress)
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from exc
+        img, txt = H.csls_embeddings(img, txt, H.mean_topk_similarity(img, bank_txt, bank_k),
+                                     H.mean_topk_similarity(txt, bank_img, bank_k))
     try:
-        result = M.retrieval_metrics(emb["embeddings"], txt, g[keep], ks=ks,
-                                     image_chunk=image_chunk, text_chunk=text_chunk,
-                                     progress=progress)
+        result = M.retrieval_metrics(img, txt, g[keep], ks=ks, image_chunk=image_chunk,
+                                     text_chunk=text_chunk, progress=progress)
     except ValueError as exc:
         raise EvaluationError(str(exc)) from exc
-    t_search = time.perf_counter() - t2
+    t_search = time.perf_counter() - t2 - t_bank
 
     # Example text queries with their top images.
     rng = np.random.default_rng(seed)
     qs = np.sort(rng.choice(len(texts_kept), size=min(num_examples, len(texts_kept)),
                             replace=False))
-    sims = txt[qs] @ emb["embeddings"].T
+    sims = txt[qs] @ img.T  # the scores that ranked (CSLS with a bank)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :top]
     need = emb["image_index"][np.unique(order)]
     images = load_images(records_dir, need, 128)
@@ -667,28 +696,71 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
                "captions_dropped": int((~keep).sum()), **(data_info or {})}
     settings = {"resize": resize, "image_size": int(encoder.image_size), "ks": list(ks),
                 "ties": result["ties"], "similarity": "cosine (dot of L2-normalised embeddings)"}
+    if bank is not None:
+        settings["similarity"] = (f"CSLS, k={bank_k}: 2 cos - r(image) - r(caption), r = mean "
+                                  f"cosine to the k nearest of the bank's other modality")
+        settings["bank"] = bank_info
     report = {"kind": "retrieval", "model": model_info, "dataset": dataset,
               "settings": settings,
               "metrics": {"image_to_text": result["image_to_text"],
                           "text_to_image": result["text_to_image"]},
               "timing": {"encode_images_s": t_img, "encode_texts_s": t_txt,
-                         "search_s": t_search, "embeddings_cached": bool(emb.get("cached")),
+                         "search_s": t_search, "bank_s": t_bank,
+                         "embeddings_cached": bool(emb.get("cached")),
                          "tower_features": emb.get("tower_features")},
               "figures": ["retrieval_examples.png"]}
-    rows = ["| Direction | " + " | ".join(f"R@{k} %" for k in ks) + " | Median rank | "
-            "Mean rank | Queries |", "|---|" + "---:|" * (len(ks) + 3)]
-    for label, key in (("Image → text", "image_to_text"), ("Text → image", "text_to_image")):
-        r = result[key]
-        rows.append(f"| {label} | " + " | ".join(_pct(r[f'R@{k}']) for k in ks)
-                    + f" | {r['median_rank']:.1f} | {r['mean_rank']:.1f} | {r['num_queries']} |")
+    tables = [("", result)]
+    if cosine is not None:
+        report["metrics_cosine"] = {"image_to_text": cosine["image_to_text"],
+                                    "text_to_image": cosine["text_to_image"]}
+        tables = [(f"CSLS against the bank (k={bank_k}; {bank_info['num_images']} images, "
+                   f"{bank_info['num_captions']} captions of {bank}):", result),
+                  ("Plain cosine, for comparison:", cosine)]
+    parts = []
+    for title, res in tables:
+        rows = ["| Direction | " + " | ".join(f"R@{k} %" for k in ks) + " | Median rank | "
+                "Mean rank | Queries |", "|---|" + "---:|" * (len(ks) + 3)]
+        for label, key in (("Image → text", "image_to_text"), ("Text → image", "text_to_image")):
+            r = res[key]
+            rows.append(f"| {label} | " + " | ".join(_pct(r[f'R@{k}']) for k in ks)
+                        + f" | {r['median_rank']:.1f} | {r['mean_rank']:.1f} | "
+                        f"{r['num_queries']} |")
+        parts.append((title + "\n\n" if title else "") + "\n".join(rows))
     md = "\n\n".join([
         _header(f"Retrieval — {dataset['name']}", model_info, dataset, settings),
         f"Gallery: {result['num_images']} images, {result['num_captions']} captions. "
         "Image → text is a hit when any of the image's own captions is in the top K. "
         "Ties count against the query (pessimistic).",
-        "\n".join(rows), "## Examples", "![text queries and their top images]"
+        *parts, "## Examples", "![text queries and their top images]"
         "(retrieval_examples.png)"])
     return write_report(out_dir, report, md)
+
+
+def check_bank(bank: str, records_dir, k: int) -> None:
+    """A CSLS bank must be a captioned records directory other than the evaluated one, with at
+    least `k` images and `k` captions; raises EvaluationError naming what is wrong."""
+    from records import schema
+
+    if not os.path.isdir(bank):
+        raise EvaluationError(f"{bank}: no such directory (the CSLS bank is a records dir)")
+    if not is_records_dir(bank):
+        raise EvaluationError(f"{bank}: not a records directory (no manifest.json); build the "
+                              "training records with `python -m records build` first")
+    manifest = schema.read_manifest(bank)
+    if not manifest.get("num_captions"):
+        raise EvaluationError(f"{bank}: no captions; the CSLS bank needs captioned records")
+    if int(k) < 1 or int(k) > min(int(manifest["num_records"]), int(manifest["num_captions"])):
+        raise EvaluationError(f"--bank-k {k}: must be between 1 and the bank's "
+                              f"{manifest['num_records']} images / {manifest['num_captions']} "
+                              "captions")
+    if records_dir is not None:
+        def shards(path):
+            return sorted(s.get("sha256") for s in schema.read_manifest(path)["shards"])
+        if (os.path.realpath(bank) == os.path.realpath(records_dir)
+                or shards(bank) == shards(records_dir)):
+            raise EvaluationError(f"{bank}: the CSLS bank is the evaluated gallery itself; use "
+                                  "the training records (a bank built from the queries would "
+                                  "be transductive)")
 
 
 # ============================================================================ probes

@@ -102,6 +102,54 @@ def test_retrieval_k_larger_than_gallery(capsys, tmp_path, tiny_workdir):
     assert "larger than the gallery" in err
 
 
+def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
+    """--bank ranks by CSLS against training records; the report keeps the plain cosine
+    numbers (equal to a run without a bank) and the CSLS ones equal a direct computation."""
+    from dualencoder import hubness as H
+    from dualencoder import metrics as M
+    from dualencoder.data import read_captions
+    from dualencoder.embed_cache import embed_images, embed_texts
+    from records.build import build_records
+
+    gallery, bank = str(tmp_path / "gallery"), str(tmp_path / "bank")
+    build_records("synthetic", gallery, num_images=12, image_size=32, seed=0)
+    build_records("synthetic", bank, num_images=20, image_size=32, seed=1)
+    out = tmp_path / "out"
+    base = ["retrieval", "--model", tiny_workdir, "--data", gallery, "--ks", "1,5", "--quiet"]
+    assert evaluate.main(base + ["--out", str(out / "cos")]) == 0
+    assert evaluate.main(base + ["--bank", "records:" + bank, "--bank-k", "3",
+                                 "--out", str(out / "csls")]) == 0
+    cos = json.load(open(out / "cos" / "report.json"))
+    rep = json.load(open(out / "csls" / "report.json"))
+    assert rep["metrics_cosine"] == cos["metrics"]
+    assert rep["metrics"] != rep["metrics_cosine"]  # this gallery's rankings do change
+    assert rep["settings"]["bank"]["num_images"] == 20 and rep["settings"]["bank"]["k"] == 3
+    assert rep["settings"]["similarity"].startswith("CSLS")
+
+    encoder, _ = E.load_encoder(tiny_workdir)
+    img = embed_images(encoder, gallery, resize_method="bicubic", progress=False)
+    texts, owner = read_captions(gallery)
+    txt = embed_texts(encoder, texts, progress=False)
+    bank_img = embed_images(encoder, bank, resize_method="bicubic", progress=False)
+    bank_txt = embed_texts(encoder, read_captions(bank)[0], progress=False)
+    a, b = H.csls_embeddings(img["embeddings"], txt,
+                             H.mean_topk_similarity(img["embeddings"], bank_txt, 3),
+                             H.mean_topk_similarity(txt, bank_img["embeddings"], 3))
+    row = {int(j): r for r, j in enumerate(img["image_index"])}
+    want = M.retrieval_metrics(a, b, np.array([row[int(o)] for o in owner]), ks=(1, 5))
+    for key in ("image_to_text", "text_to_image"):
+        assert rep["metrics"][key]["R@1"] == pytest.approx(want[key]["R@1"])
+        assert rep["metrics"][key]["mean_rank"] == pytest.approx(want[key]["mean_rank"])
+    assert "Plain cosine" in (out / "csls" / "report.md").read_text()
+
+    for args, msg in ((["--bank", gallery], "transductive"),
+                      (["--bank", str(tmp_path / "nope")], "no such directory"),
+                      (["--bank", str(tmp_path)], "not a records directory"),
+                      (["--bank", bank, "--bank-k", "21"], "--bank-k 21")):
+        assert msg in _error(capsys, base + args + ["--out", str(out / "bad")])
+    assert not os.path.exists(out / "bad")
+
+
 def test_main_end_to_end_on_tiny_data(capsys, tmp_path, tiny_workdir):
     from records.build import build_records
 
