@@ -6,7 +6,11 @@ of two ensemble embeddings is the mean of the members' cosine similarities. Zero
 retrieval, probes and the photo index all take it like any other encoder.
 
 Members that share their towers (e.g. several heads trained on the same locked towers, the
-usual LiT ensemble) run each tower once per batch; only the heads run per member.
+usual LiT ensemble) run each tower once per batch; only the heads run per member. Members may
+take different image sizes (a cross-resolution ensemble: heads on the same locked tower at
+299 and 224 px): the ensemble takes images at the largest size, and members of a smaller size
+get them resized (bicubic, antialiased); the feature-cache path (`feature_eval.LockedHeads`)
+resizes each group from the source images instead.
 
 Example:
 ```python
@@ -53,38 +57,34 @@ class EnsembleEncoder:
 
     Args:
         members: two or more encoders with `encode_images`, `encode_texts` and
-            `image_size` (all members must use the same image size).
+            `image_size`. Members with different image sizes are allowed; `image_size` is the
+            largest, and `encode_images` expects images of that size.
 
     Raises:
-        ValueError: fewer than two members, or different image sizes.
+        ValueError: fewer than two members.
     """
 
     def __init__(self, members):
         members = list(members)
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-        sizes = {int(m.image_size) for m in members}
-        if len(sizes) != 1:
-            raise ValueError(f"ensemble members use different image sizes {sorted(sizes)}")
         self.members = members
-        self.image_size = sizes.pop()
-        self._shared = {"image": self._shares("image_tower"), "text": self._shares("text_tower")}
-        self._towers = None  # compiled calls of the shared towers, built on first use
+        self.image_size = max(int(m.image_size) for m in members)
+        self._groups = {kind: _tower_groups(members, kind) for kind in ("image", "text")}
+        self._towers = {}  # group -> compiled tower calls, built on first use
 
-    def _shares(self, attr) -> bool:
-        """Whether every member is a DualEncoder with frozen, identical `attr` towers."""
-        towers = [getattr(m, attr, None) for m in self.members]
-        if any(t is None or not getattr(t, "frozen", False) for t in towers):
-            return False
-        if not all(hasattr(m, "embed_from_features") for m in self.members):
-            return False
-        first = variables_digest(towers[0].weights)
-        return all(variables_digest(t.weights) == first for t in towers[1:])
+    def tower_groups(self, kind: str) -> list:
+        """`[(key, member indices)]`: members whose frozen `kind` tower is identical (and, for
+        images, whose image size is equal) share one tower pass; key None = a member that
+        runs its own towers."""
+        return self._groups[kind]
 
     @property
     def shares_locked_towers(self) -> bool:
-        """Whether all members run the same frozen image and text towers (heads differ)."""
-        return self._shared["image"] and self._shared["text"]
+        """Whether every member's towers are frozen and shared within groups (only heads
+        differ, and image sizes per group): the ensemble can run from cached tower features."""
+        return all(key is not None for kind in ("image", "text")
+                   for key, _ in self._groups[kind])
 
     def fingerprint(self) -> str:
         parts = []
@@ -102,26 +102,38 @@ class EnsembleEncoder:
         return self._encode("text", list(texts), batch_size)
 
     def _encode(self, kind: str, items, batch_size: int) -> np.ndarray:
-        if not self._shared[kind]:  # each member runs its own towers
-            return combine(getattr(m, f"encode_{kind}s")(items) for m in self.members)
-        if self._towers is None:  # graph-mode tower calls (eager Keras is several x slower)
-            self._towers = tower_functions(self.members[0])
-        image_fn, text_fn = self._towers
-        if kind == "image":
-            feats = [np.asarray(image_fn(items[i:i + batch_size]), np.float32)
-                     for i in range(0, len(items), batch_size)]
-            if not feats:
-                return np.zeros((0, self.dim), np.float32)
-            return self.embed_features(np.concatenate(feats), None)[0]
-        if not items:
+        if len(items) == 0:
             return np.zeros((0, self.dim), np.float32)
-        feats = encode_texts_by_length(self.members[0], items, batch_size=batch_size,
-                                       text_fn=text_fn, progress=False)
-        return self.embed_features(None, feats)[1]
+        parts = [None] * len(self.members)
+        for g, (key, idx) in enumerate(self._groups[kind]):
+            first = self.members[idx[0]]
+            x = items
+            if kind == "image" and int(first.image_size) != self.image_size:
+                x = resize_images(items, int(first.image_size))
+            if key is None:  # a member that runs its own towers
+                parts[idx[0]] = getattr(first, f"encode_{kind}s")(x)
+                continue
+            if g not in self._towers:  # graph-mode tower calls (eager Keras is several x slower)
+                self._towers[g] = tower_functions(first)
+            image_fn, text_fn = self._towers[g]
+            if kind == "image":
+                feats = np.concatenate([np.asarray(image_fn(x[i:i + batch_size]), np.float32)
+                                        for i in range(0, len(x), batch_size)])
+            else:
+                feats = encode_texts_by_length(first, x, batch_size=batch_size,
+                                               text_fn=text_fn, progress=False)
+            for i in idx:
+                parts[i] = head_embeddings(self.members[i], feats, kind)
+        return combine(parts)
 
     def embed_features(self, image_features, text_features, batch_size: int = 4096):
         """Ensemble embeddings from the shared towers' outputs (heads only), like
-        `DualEncoder.embed_from_features`; either argument may be None."""
+        `DualEncoder.embed_from_features`; either argument may be None. Only for ensembles
+        whose members all share one image tower at one size and one text tower."""
+        if not (self.shares_locked_towers and len(self._groups["image"]) == 1
+                and len(self._groups["text"]) == 1):
+            raise ValueError("embed_features needs members that share one set of locked "
+                             "towers at one image size; use feature_eval.LockedHeads")
         return tuple(
             None if feats is None
             else combine(head_embeddings(m, feats, kind, batch_size) for m in self.members)
@@ -130,3 +142,51 @@ class EnsembleEncoder:
     @property
     def dim(self) -> int:
         return sum(int(getattr(m, "embed_dim", 0)) for m in self.members)
+
+
+def resize_images(images, size: int) -> np.ndarray:
+    """float `[N, h, w, 3]` images in 0..255 -> `[N, size, size, 3]` (bicubic, antialiased
+    when shrinking, clipped to 0..255)."""
+    import tensorflow as tf
+
+    out = tf.image.resize(np.asarray(images, np.float32), [size, size], method="bicubic",
+                          antialias=True)
+    return np.clip(out.numpy(), 0.0, 255.0)
+
+
+def _tower_groups(members, kind: str) -> list:
+    """Group members by identical frozen `kind` towers (and image size); see
+    `EnsembleEncoder.tower_groups`."""
+    groups, where = [], {}
+    for i, m in enumerate(members):
+        key = tower_key(m, kind)
+        if key is None:
+            groups.append((None, [i]))
+        elif key in where:
+            groups[where[key]][1].append(i)
+        else:
+            where[key] = len(groups)
+            groups.append((key, [i]))
+    return groups
+
+
+def tower_key(model, kind: str):
+    """What identifies the outputs of `model`'s frozen `kind` tower: `(weights digest, image
+    size)` for images, `(weights digest, sequence length, pooling)` for texts; None when the
+    tower is trained, or the model cannot embed from tower features."""
+    if not is_locked(model, kind):
+        return None
+    cfg = model.model_config
+    digest = variables_digest(getattr(model, f"{kind}_tower").weights)
+    if kind == "image":
+        return digest, int(model.image_size)
+    return digest, int(cfg["sequence_length"]), str(cfg["text_pooling"])
+
+
+def is_locked(model, kind: str) -> bool:
+    """Whether `model`'s `kind` tower is frozen and the model embeds from its pooled outputs
+    (a `DualEncoder` without an attention head, which reads whole maps)."""
+    tower = getattr(model, f"{kind}_tower", None)
+    return (tower is not None and getattr(tower, "frozen", False)
+            and hasattr(model, "embed_from_features") and hasattr(model, "model_config")
+            and model.model_config.get("head") != "attention")

@@ -32,53 +32,54 @@ from dualencoder import features as F
 
 
 class LockedHeads:
-    """The heads of one `DualEncoder`, or of an ensemble of them, over shared frozen towers.
+    """The heads of one `DualEncoder`, or of an ensemble of them, over frozen towers.
 
     Build it with `LockedHeads.of(encoder)`, which returns None for any encoder this does not
-    apply to (a trained tower, an attention head that reads whole maps, members with different
-    towers, a CLIP adapter).
+    apply to (a trained tower, an attention head that reads whole maps, a CLIP adapter, an
+    ensemble with such a member). Ensemble members are grouped by tower (and image size:
+    a cross-resolution ensemble reads one feature file per size); each group's features are
+    found or computed once and every member of the group applies its heads to them.
 
     Args:
-        encoder: the encoder whose embeddings are computed (a `DualEncoder` or an
-            `EnsembleEncoder`); it must have `embed_from_features` / `embed_features`.
-        tower: a `DualEncoder` holding the shared frozen towers.
+        members: the `DualEncoder`s whose embeddings are computed; more than one are combined
+            as the mean-cosine ensemble (`ensemble.combine`).
+        groups: `{"image": [(key, member indices)], "text": [...]}` as
+            `EnsembleEncoder.tower_groups` gives them (default: all members in one group).
         feature_dirs: directories searched for cached tower features, in order.
         write_dir: where missing features are stored (None: not stored).
     """
 
-    def __init__(self, encoder, tower, *, feature_dirs=(), write_dir=None):
-        self.encoder, self.tower = encoder, tower
+    def __init__(self, members, *, groups=None, feature_dirs=(), write_dir=None):
+        self.members = list(members)
+        everyone = [(None, list(range(len(self.members))))]
+        self.groups = groups or {"image": everyone, "text": everyone}
         self.feature_dirs = [d for d in feature_dirs if d]
         self.write_dir = write_dir
-        cfg = tower.model_config
-        self.sequence_length, self.pooling = int(cfg["sequence_length"]), cfg["text_pooling"]
-        self.image_size = int(tower.image_size)
         self._digests = {}
 
     @classmethod
     def of(cls, encoder, *, feature_dirs=(), write_dir=None):
         """`LockedHeads` for `encoder` (unwrapping `FrozenEncoder`), or None."""
+        from dualencoder.ensemble import is_locked
+
         inner = getattr(encoder, "encoder", encoder)
-        members = list(getattr(inner, "members", [inner]))
-        for m in members:
-            if not (hasattr(m, "embed_from_features") and hasattr(m, "model_config")):
+        if hasattr(inner, "tower_groups"):  # an EnsembleEncoder
+            if not inner.shares_locked_towers:
                 return None
-            if not (getattr(m.image_tower, "frozen", False)
-                    and getattr(m.text_tower, "frozen", False)):
-                return None
-            if m.model_config["head"] == "attention":
-                return None  # reads spatial / token maps, which are not cached
-        if len(members) > 1 and not getattr(inner, "shares_locked_towers", False):
+            return cls(inner.members, groups={k: inner.tower_groups(k) for k in ("image", "text")},
+                       feature_dirs=feature_dirs, write_dir=write_dir)
+        if not (is_locked(inner, "image") and is_locked(inner, "text")):
             return None
-        return cls(inner, members[0], feature_dirs=feature_dirs, write_dir=write_dir)
+        return cls([inner], feature_dirs=feature_dirs, write_dir=write_dir)
 
     # ------------------------------------------------------------------ keys and files
 
-    def _digest(self, kind: str) -> str:
-        if kind not in self._digests:
-            tower = self.tower.image_tower if kind == "image" else self.tower.text_tower
-            self._digests[kind] = F.variables_digest(tower.weights)
-        return self._digests[kind]
+    def _digest(self, member: int, kind: str) -> str:
+        key = (member, kind)
+        if key not in self._digests:
+            tower = getattr(self.members[member], f"{kind}_tower")
+            self._digests[key] = F.variables_digest(tower.weights)
+        return self._digests[key]
 
     def _find(self, name: str):
         """The first readable cached file `name` in the feature directories, or None."""
@@ -104,58 +105,78 @@ class LockedHeads:
 
     # ------------------------------------------------------------------ embeddings
 
-    def _embed(self, image_features=None, text_features=None):
-        from dualencoder.ensemble import head_embeddings
+    def _combine(self, kind: str, features_of_group) -> np.ndarray:
+        """Every member's heads on its group's features, combined in member order."""
+        from dualencoder.ensemble import combine, head_embeddings
 
-        enc = self.encoder
-        if hasattr(enc, "embed_features"):  # an ensemble
-            return enc.embed_features(image_features, text_features)
-        return tuple(None if feats is None else head_embeddings(enc, feats, kind)
-                     for kind, feats in (("image", image_features), ("text", text_features)))
+        parts = [None] * len(self.members)
+        for g, (_, idx) in enumerate(self.groups[kind]):
+            feats = features_of_group(g, idx[0])
+            for i in idx:
+                parts[i] = head_embeddings(self.members[i], feats, kind)
+        return parts[0] if len(parts) == 1 else combine(parts)
+
+    @staticmethod
+    def _paths(paths):
+        return paths[0] if len(paths) == 1 else paths
 
     def records_images(self, records_dir: str, *, resize_method: str, batch_size: int = 32,
                        progress: bool = True) -> dict:
-        """Embeddings of every image of `records_dir` in record order:
-        {"embeddings", "image_index", "features_path", "features_reused"}."""
+        """Embeddings of every image of `records_dir` in record order: {"embeddings",
+        "image_index", "features_path" (a list with several image groups), "features_reused"}."""
         from records.schema import read_manifest
 
-        name = "image-" + F.image_key(self._digest("image"), records_dir,
-                                      image_size=self.image_size, resize_method=resize_method)
         total = int(read_manifest(records_dir)["num_records"])
-
-        def compute():
-            return F.compute_image_features(self.tower, records_dir, image_size=self.image_size,
-                                            resize_method=resize_method, batch_size=batch_size,
-                                            progress=progress)
+        paths, reused, order = [], [], []
 
         def check(a):  # every record once, in record order
             return ("image_features" in a and "image_index" in a
                     and len(a["image_index"]) == len(a["image_features"]) == total)
 
-        arrays, path, reused = self._features(name + ".npz", compute, check)
-        emb = self._embed(image_features=np.asarray(arrays["image_features"], np.float32))[0]
-        return {"embeddings": emb, "image_index": np.asarray(arrays["image_index"], np.int64),
-                "features_path": path, "features_reused": reused}
+        def group_features(g, m):
+            tower, size = self.members[m], int(self.members[m].image_size)
+            name = "image-" + F.image_key(self._digest(m, "image"), records_dir,
+                                          image_size=size, resize_method=resize_method)
+            arrays, path, hit = self._features(name + ".npz", lambda: F.compute_image_features(
+                tower, records_dir, image_size=size, resize_method=resize_method,
+                batch_size=batch_size, progress=progress), check)
+            paths.append(path), reused.append(hit)
+            order.append(np.asarray(arrays["image_index"], np.int64))
+            if not np.array_equal(order[-1], order[0]):
+                raise ValueError(f"{records_dir}: cached image features {path} list the images "
+                                 f"in another order than {paths[0]}")
+            return np.asarray(arrays["image_features"], np.float32)
+
+        emb = self._combine("image", group_features)
+        return {"embeddings": emb, "image_index": order[0],
+                "features_path": self._paths(paths), "features_reused": all(reused)}
 
     def records_captions(self, records_dir: str, texts, *, progress: bool = True):
         """Embeddings of `texts`, which must be every caption of `records_dir` in record order
         (`data.read_captions`): (embeddings, features_path, reused)."""
-        name = "text-" + F.text_key(self._digest("text"), records_dir,
-                                    sequence_length=self.sequence_length, pooling=self.pooling)
+        paths, reused = [], []
 
         def check(a):
             return "text_features" in a and len(a["text_features"]) == len(texts)
 
-        arrays, path, reused = self._features(
-            name + ".npz", lambda: F.compute_text_features(self.tower, records_dir,
-                                                           progress=progress), check)
-        emb = self._embed(text_features=np.asarray(arrays["text_features"], np.float32))[1]
-        return emb, path, reused
+        def group_features(g, m):
+            tower, cfg = self.members[m], self.members[m].model_config
+            name = "text-" + F.text_key(self._digest(m, "text"), records_dir,
+                                        sequence_length=int(cfg["sequence_length"]),
+                                        pooling=cfg["text_pooling"])
+            arrays, path, hit = self._features(name + ".npz", lambda: F.compute_text_features(
+                tower, records_dir, progress=progress), check)
+            paths.append(path), reused.append(hit)
+            return np.asarray(arrays["text_features"], np.float32)
+
+        emb = self._combine("text", group_features)
+        return emb, self._paths(paths), all(reused)
 
     def texts(self, texts, *, progress: bool = False) -> np.ndarray:
-        """Embeddings of any texts: the text tower in length-sorted batches, then the heads."""
-        feats = F.encode_texts_by_length(self.tower, list(texts), progress=progress)
-        return self._embed(text_features=feats)[1]
+        """Embeddings of any texts: each text tower on length-sorted batches, then the heads."""
+        texts = list(texts)
+        return self._combine("text", lambda g, m: F.encode_texts_by_length(
+            self.members[m], texts, progress=progress))
 
 
 def model_feature_dirs(path: str) -> list:

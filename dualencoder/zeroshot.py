@@ -24,7 +24,6 @@ Nothing here imports TensorFlow at import time.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np

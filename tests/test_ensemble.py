@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dualencoder import evaluation
-from dualencoder.ensemble import EnsembleEncoder
+from dualencoder.ensemble import EnsembleEncoder, resize_images
 from dualencoder.testing import TINY_CAPTIONS, same_towers_new_heads, tiny_model
 
 
@@ -18,7 +18,9 @@ def locked_pair(trainable="none"):
 def test_ensemble_is_mean_cosine(trainable):
     a, b = locked_pair(trainable)
     ens = EnsembleEncoder([a, b])
-    assert ens._shared["image"] == (trainable == "none")
+    assert ens.shares_locked_towers == (trainable == "none")
+    assert [idx for _, idx in ens.tower_groups("image")] == (
+        [[0, 1]] if trainable == "none" else [[0], [1]])
     images = np.random.default_rng(0).uniform(0, 255, (5, a.image_size, a.image_size, 3))
     texts = list(TINY_CAPTIONS[:4])
     ei, et = ens.encode_images(images, batch_size=2), ens.encode_texts(texts, batch_size=3)
@@ -33,8 +35,34 @@ def test_ensemble_errors():
     a = tiny_model()
     with pytest.raises(ValueError, match="at least 2"):
         EnsembleEncoder([a])
-    with pytest.raises(ValueError, match="different image sizes"):
-        EnsembleEncoder([a, tiny_model(image_size=40)])
+
+
+@pytest.mark.parametrize("trainable", ["none", "all"])
+def test_cross_resolution_ensemble(trainable):
+    """Heads over the same towers at 32 and 40 px: the ensemble takes 40 px images and the
+    32 px member sees them resized; locked towers run once per image size."""
+    a, _ = locked_pair(trainable)
+    b = same_towers_new_heads(a, tiny_model(image_trainable=trainable,
+                                            text_trainable=trainable, head="linear",
+                                            image_size=40))
+    ens = EnsembleEncoder([a, b])
+    assert ens.image_size == 40
+    groups = [idx for _, idx in ens.tower_groups("image")]
+    assert groups == [[0], [1]]
+    assert [idx for _, idx in ens.tower_groups("text")] == (
+        [[0, 1]] if trainable == "none" else [[0], [1]])
+    assert ens.shares_locked_towers == (trainable == "none")
+    images = np.random.default_rng(0).uniform(0, 255, (5, 40, 40, 3))
+    texts = list(TINY_CAPTIONS[:4])
+    small = resize_images(images, 32)
+    assert small.shape == (5, 32, 32, 3) and small.min() >= 0 and small.max() <= 255
+    expected = 0.5 * (a.encode_images(small) @ a.encode_texts(texts).T
+                      + b.encode_images(images) @ b.encode_texts(texts).T)
+    got = ens.encode_images(images, batch_size=2) @ ens.encode_texts(texts).T
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    if trainable == "none":
+        with pytest.raises(ValueError, match="one image size"):
+            ens.embed_features(np.zeros((1, 64), np.float32), None)
 
 
 def test_ensemble_spec(tmp_path):

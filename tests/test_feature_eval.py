@@ -68,6 +68,29 @@ def test_heads_on_cached_features_equal_the_towers(synthetic_records, tmp_path, 
                                      progress=False)["features_reused"]
 
 
+def test_cross_resolution_ensemble_reads_one_feature_file_per_size(synthetic_records,
+                                                                    tmp_path):
+    cfg = locked_cfg()
+    model = runtime.build(cfg)
+    big = same_towers_new_heads(model, runtime.build(locked_cfg("model.image_size=48")), seed=5)
+    encoder = EnsembleEncoder([model, second_head(model, cfg), big])
+    val = synthetic_records["val"]
+    heads = LockedHeads.of(encoder, write_dir=str(tmp_path / "store"))
+    got = heads.records_images(val, resize_method="bicubic", progress=False)
+    assert len(got["features_path"]) == 2 and len(set(got["features_path"])) == 2
+    # the reference: each member through its towers on images resized from the records
+    from dualencoder.ensemble import combine
+    per_member = [tower_embeddings(m, val) for m in encoder.members]
+    for _, index, _, _ in per_member:
+        np.testing.assert_array_equal(index, got["image_index"])
+    np.testing.assert_allclose(got["embeddings"], combine([p[0] for p in per_member]),
+                               atol=1e-5)
+    texts = per_member[0][3]
+    txt, path, _ = heads.records_captions(val, texts, progress=False)
+    assert isinstance(path, str)  # one text tower for all three members
+    np.testing.assert_allclose(txt, combine([p[2] for p in per_member]), atol=1e-5)
+
+
 def test_training_features_are_found_by_content(synthetic_records, tmp_path):
     cfg = locked_cfg()
     model = runtime.build(cfg)
@@ -93,8 +116,12 @@ def test_not_for_trained_towers_or_attention_heads():
     other = second_head(model, cfg)
     assert LockedHeads.of(EnsembleEncoder([model, other])) is not None
     w = other.image_tower.weights[0]
-    w.assign(w.numpy() + 0.01)  # another image tower: members cannot share features
-    assert LockedHeads.of(EnsembleEncoder([model, other])) is None
+    w.assign(w.numpy() + 0.01)  # another image tower: one feature file per tower
+    heads = LockedHeads.of(EnsembleEncoder([model, other]))
+    assert [idx for _, idx in heads.groups["image"]] == [[0], [1]]
+    assert [idx for _, idx in heads.groups["text"]] == [[0, 1]]
+    trained = runtime.build(locked_cfg("model.image_trainable=all"))
+    assert LockedHeads.of(EnsembleEncoder([model, trained])) is None
 
 
 def test_evaluate_reuses_the_training_feature_cache(synthetic_records, tmp_path):
