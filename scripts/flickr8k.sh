@@ -15,6 +15,10 @@
 #      CONFIG (configs/flickr8k_lit.json), RUN (workdir name, default recipe),
 #      SEEDS (default "0 1 2": one head per seed on the same cached features, $RUN for the
 #      first and ${RUN}_seedN for the others, evaluated as one ensemble; "0" = a single model),
+#      XRES_SIZES (e.g. "224": one more head per size, seed 0, on the same locked towers at
+#      that image size, ${RUN}_px224, added to the ensemble: a cross-resolution ensemble),
+#      BANK (default 1: dev retrieval ranks by CSLS against the train records, the report
+#      keeps the cosine numbers too; 0 = plain cosine),
 #      SKIP_ZEROSHOT=1, SKIP_EVAL=1 (use the training's dev numbers only), EXTRA_SET
 #      ("section.key=value ..." overrides, with RUN naming a new workdir).
 set -euo pipefail
@@ -85,16 +89,29 @@ for seed in $SEEDS; do
     --workdir "$OUT/$name" --config "$CONFIG" "${SETS[@]}"
   MEMBERS+=("$OUT/$name")
 done
+XTAG=""
+for size in ${XRES_SIZES:-}; do  # cross-resolution members: the same towers at another size
+  name="${RUN}_px$size"
+  SETS=(--set "run.features_dir=$OUT/features" --set "run.seed=0" --set "model.image_size=$size")
+  for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
+  timed "train $name" "$PY" train.py --records "$REC/train" --val-records "$REC/dev" \
+    --workdir "$OUT/$name" --config "$CONFIG" "${SETS[@]}"
+  MEMBERS+=("$OUT/$name"); XTAG="${XTAG}_px$size"
+done
 if [ ${#MEMBERS[@]} -eq 1 ]; then
   MODEL="${MEMBERS[0]}"; EVAL="$RUN"
-else  # the mean-cosine ensemble of the heads (the locked towers run once)
-  MODEL="ensemble:$(IFS=,; echo "${MEMBERS[*]}")"; EVAL="${RUN}_ens${#MEMBERS[@]}"
+else  # the mean-cosine ensemble of the heads (the locked towers run once per image size)
+  MODEL="ensemble:$(IFS=,; echo "${MEMBERS[*]}")"; EVAL="${RUN}_ens${#MEMBERS[@]}$XTAG"
+fi
+BANK_ARGS=(); DEV_EVAL="${EVAL}_dev"
+if [ "${BANK:-1}" = 1 ]; then  # CSLS against the training records (never the dev set)
+  BANK_ARGS=(--bank "$REC/train"); DEV_EVAL="${EVAL}_dev_csls"
 fi
 
 # ---------------------------------------------------------------- 3. evaluation
-if [ "${SKIP_EVAL:-0}" != 1 ] && [ ! -f "$OUT/eval/${EVAL}_dev/report.json" ]; then
-  timed "eval retrieval $EVAL" "$PY" evaluate.py retrieval --model "$MODEL" \
-    --data "records:$REC/dev" --out "$OUT/eval/${EVAL}_dev" \
+if [ "${SKIP_EVAL:-0}" != 1 ] && [ ! -f "$OUT/eval/$DEV_EVAL/report.json" ]; then
+  timed "eval retrieval $DEV_EVAL" "$PY" evaluate.py retrieval --model "$MODEL" \
+    --data "records:$REC/dev" "${BANK_ARGS[@]}" --out "$OUT/eval/$DEV_EVAL" \
     --cache-dir "$OUT/eval_cache" --quiet
 fi
 if [ "${SKIP_ZEROSHOT:-0}" != 1 ] && [ "$DATASET" = flickr8k ] \
@@ -105,9 +122,10 @@ if [ "${SKIP_ZEROSHOT:-0}" != 1 ] && [ "$DATASET" = flickr8k ] \
 fi
 
 # ---------------------------------------------------------------- 4. report
-"$PY" - "$OUT" "$EVAL" "$(( $(date +%s) - T_START ))" "$RUN" <<'PYEOF'
+"$PY" - "$OUT" "$EVAL" "$(( $(date +%s) - T_START ))" "$RUN" "$DEV_EVAL" <<'PYEOF'
 import glob, json, os, sys
-out, main_run, wall, first_run = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+out, main_run, wall, first_run, dev_eval = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
+                                             sys.argv[4], sys.argv[5])
 def load(p):
     try:
         with open(p) as fh:
@@ -142,14 +160,19 @@ for name, b, temp, m, d, o, seed in rows:
                           ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"))
              + f" | {b.get('val_rsum', float('nan')):.1f} |")
 L += ["", f"## Evaluation of `{main_run}` (evaluate.py)", ""]
-ret = load(os.path.join(out, "eval", f"{main_run}_dev", "report.json"))
+ret = load(os.path.join(out, "eval", dev_eval, "report.json"))
 if ret:
-    mt = ret["metrics"]
-    for k, lab in (("image_to_text", "image→text"), ("text_to_image", "text→image")):
-        L.append(f"- dev {lab}: " + ", ".join(f"{r} {100 * mt[k][r]:.1f}"
-                                                for r in ("R@1", "R@5", "R@10")))
+    tables = [("", ret["metrics"])]
+    if "metrics_cosine" in ret:
+        tables = [(" (CSLS against the train records, k="
+                   f"{ret['settings']['bank']['k']})", ret["metrics"]),
+                  (" (plain cosine)", ret["metrics_cosine"])]
+    for how, mt in tables:
+        for k, lab in (("image_to_text", "image→text"), ("text_to_image", "text→image")):
+            L.append(f"- dev {lab}{how}: " + ", ".join(f"{r} {100 * mt[k][r]:.1f}"
+                                                       for r in ("R@1", "R@5", "R@10")))
     L.append(f"- retrieval grid (text queries → top-5 dev images): "
-             f"eval/{main_run}_dev/retrieval_examples.png")
+             f"eval/{dev_eval}/retrieval_examples.png")
 else:
     L.append("- dev retrieval: not run (SKIP_EVAL=1 or not finished)")
 zs = load(os.path.join(out, "eval", f"{main_run}_cifar10", "report.json"))
