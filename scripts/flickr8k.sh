@@ -15,8 +15,9 @@
 #      CONFIG (configs/flickr8k_lit.json), RUN (workdir name, default recipe),
 #      SEEDS (default "0 1 2": one head per seed on the same cached features, $RUN for the
 #      first and ${RUN}_seedN for the others, evaluated as one ensemble; "0" = a single model),
-#      XRES_SIZES (e.g. "224": one more head per size, seed 0, on the same locked towers at
-#      that image size, ${RUN}_px224, added to the ensemble: a cross-resolution ensemble),
+#      XRES_SIZES (default "224": one more head per size, seed 0, on the same locked towers
+#      at that image size, ${RUN}_px224, added to the ensemble: a cross-resolution ensemble;
+#      "" = none),
 #      BANK (default 1: dev retrieval ranks by CSLS against the train records, the report
 #      keeps the cosine numbers too; 0 = plain cosine),
 #      SKIP_ZEROSHOT=1, SKIP_EVAL=1 (use the training's dev numbers only), EXTRA_SET
@@ -90,7 +91,7 @@ for seed in $SEEDS; do
   MEMBERS+=("$OUT/$name")
 done
 XTAG=""
-for size in ${XRES_SIZES:-}; do  # cross-resolution members: the same towers at another size
+for size in ${XRES_SIZES-224}; do  # cross-resolution members: the same towers at another size
   name="${RUN}_px$size"
   SETS=(--set "run.features_dir=$OUT/features" --set "run.seed=0" --set "model.image_size=$size")
   for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
