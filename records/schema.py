@@ -78,7 +78,8 @@ def encode_example(*, image_bytes: bytes, image_id: str, index: int, captions, h
         "label": _int([int(label)]),
         "source": _bytes([source.encode("utf-8")]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)  # map order: same bytes every run
 
 
 def parse_example(serialized):

@@ -29,6 +29,25 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path):
     assert val.image != SyntheticSource(num_images=3, seed=7).make_item(0).image
 
 
+def test_same_bytes_in_another_process(tmp_path):
+    """Records (and so every cache keyed by their checksums) must not depend on the process:
+    protobuf serialises the feature map in a per-process hash order unless asked not to."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    shas = []
+    for name in ("p1", "p2"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-m", "records", "build", "synthetic", "--num-images",
+                        "6", "--image-size", "32", "--out", str(out)], check=True,
+                       capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                       env={**os.environ, "PYTHONHASHSEED": name[-1]})
+        shas.append(_shas(json.loads((out / "manifest.json").read_text())))
+    assert shas[0] == shas[1]
+
+
 def test_vocabulary_size():
     assert len(SHAPES) >= 6 and len(COLORS) >= 6 and len(CLASS_NAMES) == len(SHAPES) * len(COLORS)
     held = [h.split() for h in HELD_OUT]
