@@ -483,6 +483,8 @@ def _header(title, model_info, dataset_info, settings):
              f"- Model: {model_info.get('name')} (`{model_info.get('spec')}`)",
              f"- Data: {dataset_info.get('name')} (`{dataset_info.get('path')}`)"]
     for k, v in settings.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a} {b}" for a, b in v.items())
         lines.append(f"- {k}: {v}")
     return "\n".join(lines)
 
@@ -689,7 +691,9 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
         [[images[int(emb["image_index"][j])] for j in row] for row in order],
         [[int(j) == int(g[keep][q]) for j in row] for q, row in zip(qs, order)],
         os.path.join(out_dir, "retrieval_examples.png"),
-        scores=[[float(sims[r, j]) for j in row] for r, row in enumerate(order)])
+        scores=[[float(sims[r, j]) for j in row] for r, row in enumerate(order)],
+        title="Text → image: top results per query"
+              + (" (CSLS scores against the bank)" if bank is not None else ""))
     dataset = {"name": name or os.path.basename(os.path.normpath(records_dir)),
                "path": os.path.abspath(records_dir), "num_images": result["num_images"],
                "num_captions": result["num_captions"],

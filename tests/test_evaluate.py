@@ -140,7 +140,8 @@ def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
     for key in ("image_to_text", "text_to_image"):
         assert rep["metrics"][key]["R@1"] == pytest.approx(want[key]["R@1"])
         assert rep["metrics"][key]["mean_rank"] == pytest.approx(want[key]["mean_rank"])
-    assert "Plain cosine" in (out / "csls" / "report.md").read_text()
+    md = (out / "csls" / "report.md").read_text()
+    assert "Plain cosine" in md and "- bank: path " in md and ", k 3" in md
 
     for args, msg in ((["--bank", gallery], "transductive"),
                       (["--bank", str(tmp_path / "nope")], "no such directory"),
