@@ -70,7 +70,7 @@ class EnsembleEncoder:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = members
         self.image_size = max(int(m.image_size) for m in members)
-        self._groups = {kind: _tower_groups(members, kind) for kind in ("image", "text")}
+        self._groups = {kind: group_towers(members, kind) for kind in ("image", "text")}
         self._towers = {}  # group -> compiled tower calls, built on first use
 
     def tower_groups(self, kind: str) -> list:
@@ -154,9 +154,10 @@ def resize_images(images, size: int) -> np.ndarray:
     return np.clip(out.numpy(), 0.0, 255.0)
 
 
-def _tower_groups(members, kind: str) -> list:
-    """Group members by identical frozen `kind` towers (and image size); see
-    `EnsembleEncoder.tower_groups`."""
+def group_towers(members, kind: str) -> list:
+    """`[(key, member indices)]`: members grouped by identical frozen `kind` towers (and image
+    size), `key` from `tower_key` (its first item the tower's weights digest), None for a
+    member that runs its own towers; see `EnsembleEncoder.tower_groups`."""
     groups, where = [], {}
     for i, m in enumerate(members):
         key = tower_key(m, kind)
@@ -173,20 +174,16 @@ def _tower_groups(members, kind: str) -> list:
 def tower_key(model, kind: str):
     """What identifies the outputs of `model`'s frozen `kind` tower: `(weights digest, image
     size)` for images, `(weights digest, sequence length, pooling)` for texts; None when the
-    tower is trained, or the model cannot embed from tower features."""
-    if not is_locked(model, kind):
+    tower is trained, or the model cannot embed from its pooled outputs (not a `DualEncoder`,
+    or an attention head, which reads whole maps)."""
+    tower = getattr(model, f"{kind}_tower", None)
+    if (tower is None or not getattr(tower, "frozen", False)
+            or not hasattr(model, "embed_from_features") or not hasattr(model, "model_config")
+            or model.model_config.get("head") == "attention"):
         return None
     cfg = model.model_config
-    digest = variables_digest(getattr(model, f"{kind}_tower").weights)
+    digest = variables_digest(tower.weights)
     if kind == "image":
         return digest, int(model.image_size)
     return digest, int(cfg["sequence_length"]), str(cfg["text_pooling"])
 
-
-def is_locked(model, kind: str) -> bool:
-    """Whether `model`'s `kind` tower is frozen and the model embeds from its pooled outputs
-    (a `DualEncoder` without an attention head, which reads whole maps)."""
-    tower = getattr(model, f"{kind}_tower", None)
-    return (tower is not None and getattr(tower, "frozen", False)
-            and hasattr(model, "embed_from_features") and hasattr(model, "model_config")
-            and model.model_config.get("head") != "attention")

@@ -43,43 +43,35 @@ class LockedHeads:
     Args:
         members: the `DualEncoder`s whose embeddings are computed; more than one are combined
             as the mean-cosine ensemble (`ensemble.combine`).
-        groups: `{"image": [(key, member indices)], "text": [...]}` as
-            `EnsembleEncoder.tower_groups` gives them (default: all members in one group).
+        groups: `{"image": [(key, member indices)], "text": [...]}` from
+            `ensemble.group_towers` (every key set: locked towers, the weights digest first).
         feature_dirs: directories searched for cached tower features, in order.
         write_dir: where missing features are stored (None: not stored).
     """
 
-    def __init__(self, members, *, groups=None, feature_dirs=(), write_dir=None):
+    def __init__(self, members, groups, *, feature_dirs=(), write_dir=None):
         self.members = list(members)
-        everyone = [(None, list(range(len(self.members))))]
-        self.groups = groups or {"image": everyone, "text": everyone}
+        self.groups = groups
         self.feature_dirs = [d for d in feature_dirs if d]
         self.write_dir = write_dir
-        self._digests = {}
 
     @classmethod
     def of(cls, encoder, *, feature_dirs=(), write_dir=None):
         """`LockedHeads` for `encoder` (unwrapping `FrozenEncoder`), or None."""
-        from dualencoder.ensemble import is_locked
+        from dualencoder.ensemble import group_towers
 
         inner = getattr(encoder, "encoder", encoder)
-        if hasattr(inner, "tower_groups"):  # an EnsembleEncoder
-            if not inner.shares_locked_towers:
-                return None
-            return cls(inner.members, groups={k: inner.tower_groups(k) for k in ("image", "text")},
-                       feature_dirs=feature_dirs, write_dir=write_dir)
-        if not (is_locked(inner, "image") and is_locked(inner, "text")):
-            return None
-        return cls([inner], feature_dirs=feature_dirs, write_dir=write_dir)
+        if hasattr(inner, "tower_groups"):  # an EnsembleEncoder: its towers are grouped
+            members = inner.members
+            groups = {k: inner.tower_groups(k) for k in ("image", "text")}
+        else:
+            members = [inner]
+            groups = {k: group_towers(members, k) for k in ("image", "text")}
+        if any(key is None for kind in groups.values() for key, _ in kind):
+            return None  # a trained tower, an attention head, not a DualEncoder
+        return cls(members, groups, feature_dirs=feature_dirs, write_dir=write_dir)
 
     # ------------------------------------------------------------------ keys and files
-
-    def _digest(self, member: int, kind: str) -> str:
-        key = (member, kind)
-        if key not in self._digests:
-            tower = getattr(self.members[member], f"{kind}_tower")
-            self._digests[key] = F.variables_digest(tower.weights)
-        return self._digests[key]
 
     def _find(self, name: str):
         """The first readable cached file `name` in the feature directories, or None."""
@@ -110,8 +102,8 @@ class LockedHeads:
         from dualencoder.ensemble import combine, head_embeddings
 
         parts = [None] * len(self.members)
-        for g, (_, idx) in enumerate(self.groups[kind]):
-            feats = features_of_group(g, idx[0])
+        for key, idx in self.groups[kind]:
+            feats = features_of_group(key[0], idx[0])  # (tower weights digest, first member)
             for i in idx:
                 parts[i] = head_embeddings(self.members[i], feats, kind)
         return parts[0] if len(parts) == 1 else combine(parts)
@@ -133,9 +125,9 @@ class LockedHeads:
             return ("image_features" in a and "image_index" in a
                     and len(a["image_index"]) == len(a["image_features"]) == total)
 
-        def group_features(g, m):
+        def group_features(digest, m):
             tower, size = self.members[m], int(self.members[m].image_size)
-            name = "image-" + F.image_key(self._digest(m, "image"), records_dir,
+            name = "image-" + F.image_key(digest, records_dir,
                                           image_size=size, resize_method=resize_method)
             arrays, path, hit = self._features(name + ".npz", lambda: F.compute_image_features(
                 tower, records_dir, image_size=size, resize_method=resize_method,
@@ -159,9 +151,9 @@ class LockedHeads:
         def check(a):
             return "text_features" in a and len(a["text_features"]) == len(texts)
 
-        def group_features(g, m):
+        def group_features(digest, m):
             tower, cfg = self.members[m], self.members[m].model_config
-            name = "text-" + F.text_key(self._digest(m, "text"), records_dir,
+            name = "text-" + F.text_key(digest, records_dir,
                                         sequence_length=int(cfg["sequence_length"]),
                                         pooling=cfg["text_pooling"])
             arrays, path, hit = self._features(name + ".npz", lambda: F.compute_text_features(
@@ -175,7 +167,7 @@ class LockedHeads:
     def texts(self, texts, *, progress: bool = False) -> np.ndarray:
         """Embeddings of any texts: each text tower on length-sorted batches, then the heads."""
         texts = list(texts)
-        return self._combine("text", lambda g, m: F.encode_texts_by_length(
+        return self._combine("text", lambda digest, m: F.encode_texts_by_length(
             self.members[m], texts, progress=progress))
 
 
