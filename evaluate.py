@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flickr:DIR[:SPLITFILE] | coco:DIR:SPLIT | records:DIR | DIR")
     r.add_argument("--ks", type=int_list, default=[1, 5, 10], help="K values (default 1,5,10)")
     r.add_argument("--name", default=None)
-    r.add_argument("--bank", default=None, metavar="RECORDS_DIR",
-                   help="captioned training records: rank by CSLS against this bank (hubness "
-                        "correction) instead of plain cosine; the report keeps both")
+    r.add_argument("--bank", default=None, metavar="SPEC",
+                   help="captioned *training* data, in --data's forms: rank by CSLS against "
+                        "this bank (hubness correction) instead of plain cosine; the report "
+                        "keeps both")
     r.add_argument("--bank-k", type=positive_int, default=10,
                    help="bank neighbours averaged per gallery item (default 10)")
 
@@ -179,9 +180,10 @@ def _run(args) -> None:
         if k > n_img or (n_cap is not None and k > n_cap):
             raise E.EvaluationError(f"--ks {k} is larger than the gallery ({n_img} images, "
                                     f"{n_cap} captions)")
-        bank = args.bank
-        if bank is not None:
-            bank = bank[len("records:"):] if bank.startswith("records:") else bank
+        bank = None
+        if args.bank is not None:  # the same forms as --data (raw data is built once, cached)
+            bank, _, _ = E.prepare_caption_data(args.bank, cache_dir=records_cache,
+                                                skip_bad=args.skip_bad, build=True)
             E.check_bank(bank, records_dir, args.bank_k)
         encoder, info = E.load_encoder(args.model)
         E.run_retrieval(encoder, records_dir, args.out, model_info=info,

@@ -650,6 +650,13 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
                       desc="encoding captions",
                       records_dir=records_dir if bool(keep.all()) else None)
     t_txt = time.perf_counter() - t1
+    def rank(img, txt):
+        try:
+            return M.retrieval_metrics(img, txt, g[keep], ks=ks, image_chunk=image_chunk,
+                                       text_chunk=text_chunk, progress=progress)
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from exc
+
     t2 = time.perf_counter()
     img = emb["embeddings"]
     cosine, t_bank, bank_info = None, 0.0, None
@@ -663,18 +670,10 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
         t_bank = time.perf_counter() - t_b
         bank_info = {"path": os.path.abspath(bank), "num_images": int(len(bank_img)),
                      "num_captions": int(len(bank_txt)), "k": int(bank_k)}
-        try:
-            cosine = M.retrieval_metrics(img, txt, g[keep], ks=ks, image_chunk=image_chunk,
-                                         text_chunk=text_chunk, progress=progress)
-        except ValueError as exc:
-            raise EvaluationError(str(exc)) from exc
+        cosine = rank(img, txt)
         img, txt = H.csls_embeddings(img, txt, H.mean_topk_similarity(img, bank_txt, bank_k),
                                      H.mean_topk_similarity(txt, bank_img, bank_k))
-    try:
-        result = M.retrieval_metrics(img, txt, g[keep], ks=ks, image_chunk=image_chunk,
-                                     text_chunk=text_chunk, progress=progress)
-    except ValueError as exc:
-        raise EvaluationError(str(exc)) from exc
+    result = rank(img, txt)
     t_search = time.perf_counter() - t2 - t_bank
 
     # Example text queries with their top images.
@@ -745,11 +744,11 @@ def check_bank(bank: str, records_dir, k: int) -> None:
     least `k` images and `k` captions; raises EvaluationError naming what is wrong."""
     from records import schema
 
-    if not os.path.isdir(bank):
-        raise EvaluationError(f"{bank}: no such directory (the CSLS bank is a records dir)")
     if not is_records_dir(bank):
-        raise EvaluationError(f"{bank}: not a records directory (no manifest.json); build the "
-                              "training records with `python -m records build` first")
+        what = "not a records directory (no manifest.json)" if os.path.isdir(bank) \
+            else "no such directory"
+        raise EvaluationError(f"{bank}: {what}; the CSLS bank is the training records "
+                              "(`python -m records build`)")
     manifest = schema.read_manifest(bank)
     if not manifest.get("num_captions"):
         raise EvaluationError(f"{bank}: no captions; the CSLS bank needs captioned records")

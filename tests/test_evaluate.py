@@ -148,6 +148,9 @@ def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
                       (["--bank", str(tmp_path)], "not a records directory"),
                       (["--bank", bank, "--bank-k", "21"], "--bank-k 21")):
         assert msg in _error(capsys, base + args + ["--out", str(out / "bad")])
+    # the library call checks the bank itself
+    with pytest.raises(E.EvaluationError, match="nope: no such directory"):
+        E.check_bank(str(tmp_path / "nope"), gallery, 3)
     assert not os.path.exists(out / "bad")
 
 
