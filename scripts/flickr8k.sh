@@ -80,24 +80,24 @@ fi
 # ---------------------------------------------------------------- 2. training
 # Locked towers: train.py caches the tower features of the train and dev records once under
 # $OUT/features (shared by every run), then trains the heads only.
+train_head() {  # train_head NAME SECTION.KEY=VALUE...   (appends the workdir to MEMBERS)
+  local name="$1"; shift
+  local sets=(--set "run.features_dir=$OUT/features")
+  for kv in "$@" ${EXTRA_SET:-}; do sets+=(--set "$kv"); done
+  timed "train $name" "$PY" train.py --records "$REC/train" --val-records "$REC/dev" \
+    --workdir "$OUT/$name" --config "$CONFIG" "${sets[@]}"
+  MEMBERS+=("$OUT/$name")
+}
 SEEDS="${SEEDS:-0 1 2}"
 MEMBERS=()
 for seed in $SEEDS; do
   name="$RUN"; [ ${#MEMBERS[@]} -gt 0 ] && name="${RUN}_seed$seed"
-  SETS=(--set "run.features_dir=$OUT/features" --set "run.seed=$seed")
-  for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
-  timed "train $name" "$PY" train.py --records "$REC/train" --val-records "$REC/dev" \
-    --workdir "$OUT/$name" --config "$CONFIG" "${SETS[@]}"
-  MEMBERS+=("$OUT/$name")
+  train_head "$name" "run.seed=$seed"
 done
 XTAG=""
 for size in ${XRES_SIZES-224}; do  # cross-resolution members: the same towers at another size
-  name="${RUN}_px$size"
-  SETS=(--set "run.features_dir=$OUT/features" --set "run.seed=0" --set "model.image_size=$size")
-  for kv in ${EXTRA_SET:-}; do SETS+=(--set "$kv"); done
-  timed "train $name" "$PY" train.py --records "$REC/train" --val-records "$REC/dev" \
-    --workdir "$OUT/$name" --config "$CONFIG" "${SETS[@]}"
-  MEMBERS+=("$OUT/$name"); XTAG="${XTAG}_px$size"
+  train_head "${RUN}_px$size" "run.seed=0" "model.image_size=$size"
+  XTAG="${XTAG}_px$size"
 done
 if [ ${#MEMBERS[@]} -eq 1 ]; then
   MODEL="${MEMBERS[0]}"; EVAL="$RUN"
