@@ -91,25 +91,92 @@ def _record_stream(paths, *, interleave: int, tolerant: bool = False, offsets=No
         block_length=1, num_parallel_calls=min(cycle, 4), deterministic=True)
 
 
-def _index_stream(starts, counts, *, interleave: int, offsets=None):
-    """`_record_stream`'s order as positions: record `k` of shard `i` comes out as
-    `starts[i] + k`, interleaved and rotated exactly as `_record_stream` reads the shards
-    (tf.data's interleave order depends only on the shards' lengths)."""
-    if offsets is None:
-        offsets = [0] * len(counts)
-    shards = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(list(starts), tf.int64), tf.constant(list(counts), tf.int64),
-         tf.constant(offsets, tf.int64)))
-    cycle = max(1, min(interleave, len(counts)))
-
-    def read(start, count, offset):
-        return tf.data.Dataset.range(start + offset, start + count).concatenate(
-            tf.data.Dataset.range(start, start + offset))
-
+def _interleaved_positions(starts, counts, offsets, cycle: int) -> np.ndarray:
+    """`_record_stream`'s order as positions, computed in NumPy: record `k` of shard `i`
+    comes out as `starts[i] + k`, each shard rotated by `offsets[i]` and the shards
+    interleaved exactly as tf.data's `interleave(cycle_length=cycle, block_length=1)` reads
+    them (a slot takes one element per turn; a slot whose shard has ended is refilled with the
+    next shard on the slot's next turn). The order depends only on the shards' lengths."""
+    seqs = [np.concatenate([np.arange(s + o, s + n), np.arange(s, s + o)]).astype(np.int64)
+            for s, n, o in zip(starts, counts, offsets)]
+    if not seqs:
+        return np.zeros([0], np.int64)
+    cycle = max(1, min(int(cycle), len(seqs)))
     if cycle == 1:
-        return shards.flat_map(read)
-    return shards.interleave(read, cycle_length=cycle, block_length=1,
-                             num_parallel_calls=min(cycle, 4), deterministic=True)
+        return np.concatenate(seqs)
+    out, slots, pos = [], [None] * cycle, [0] * cycle
+    upcoming, live, i = 0, 0, 0
+    while upcoming < len(seqs) or live:
+        if slots[i] is not None:
+            if pos[i] < len(slots[i]):
+                out.append(slots[i][pos[i]])
+                pos[i] += 1
+            else:  # ended: the slot is refilled on its next turn
+                slots[i] = None
+                live -= 1
+            i = (i + 1) % cycle
+        elif upcoming < len(seqs):  # open the next shard here and read from it now
+            slots[i], pos[i] = seqs[upcoming], 0
+            upcoming += 1
+            live += 1
+        else:
+            i = (i + 1) % cycle
+    return np.asarray(out, np.int64)
+
+
+# --- the same stateless draws in NumPy, vectorised over elements. TensorFlow's "philox"
+# stateless ops scramble a seed `[s0, s1]` into a Philox-4x32-10 key and counter, then draw one
+# block of four 32-bit words; `fold_in(seed, x)` is `[full-range draw of seed, x]`. Pinned
+# against `tf.random` by tests/test_data.py.
+_M32 = np.uint64(0xFFFFFFFF)
+_U32 = np.uint64(32)
+
+
+def _philox(counter, key):
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c0, np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = (p1 >> _U32) ^ c1 ^ k0, p1 & _M32, (p0 >> _U32) ^ c3 ^ k1, p0 & _M32
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & _M32, (k1 + np.uint64(0xBB67AE85)) & _M32
+    return c0, c1, c2, c3
+
+
+def _philox_words(seed0, seed1):
+    """The first four 32-bit words (as uint64 arrays) a stateless op draws for seeds
+    `[seed0, seed1]` (int arrays, broadcast; int32 seeds sign-extend like TensorFlow's)."""
+    s0, s1 = np.broadcast_arrays(np.asarray(seed0).astype(np.int64).view(np.uint64),
+                                 np.asarray(seed1).astype(np.int64).view(np.uint64))
+    mix = _philox((s0 & _M32, s0 >> _U32, s1 & _M32, s1 >> _U32),
+                  (np.full_like(s0, 0x3EC8F720), np.full_like(s0, 0x02461E29)))
+    zero = np.zeros_like(s0)
+    return _philox((zero, zero, mix[2], mix[3]), (mix[0], mix[1]))
+
+
+def _np_full_int64(seed0, seed1):
+    w = _philox_words(seed0, seed1)
+    return (w[0] | (w[1] << _U32)).view(np.int64)
+
+
+def _np_element_key(seed, epoch, image_index, purpose, extra=None):
+    """`_element_key` for an array of image indices: `(key0, key1)` arrays."""
+    key0 = _np_full_int64(seed, epoch)
+    key0 = _philox_words(key0, image_index)[0].astype(np.uint32).view(np.int32)  # int32 draw
+    key1 = np.full_like(key0, purpose)
+    if extra is None:
+        return key0, key1
+    return _np_full_int64(key0, key1), np.full(key0.shape, extra, np.int64)
+
+
+def _np_caption_draw(seed, epoch, image_index, num_captions):
+    """`pair_dataset`'s caption draw per image: uniform in `[0, num_captions)`."""
+    w = _philox_words(*_np_element_key(seed, epoch, image_index, _CAPTION))
+    return ((w[0] | (w[1] << _U32)) % np.asarray(num_captions, np.uint64)).astype(np.int64)
+
+
+def _np_shuffle_key(seed, epoch, image_index, r):
+    """`pair_dataset`'s 64-bit shuffle key per image in pass `r`."""
+    return _np_full_int64(*_np_element_key(seed, epoch, image_index, _SHUFFLE, r))
 
 
 class RecordIndex:
@@ -340,6 +407,38 @@ def _options(deterministic=True):
     return options
 
 
+def _order_from_index(index, starts, counts, offsets, *, seed, epoch, shuffle, all_captions,
+                      shuffle_buffer):
+    """`pair_dataset`'s element order (before sharding, skipping and batching) computed from
+    a `RecordIndex` with NumPy: `{"image_index", "caption_index"}` int64 arrays. Each step
+    mirrors a stage of the streaming pipeline (interleaved shard reads per pass, the
+    captioned-record filter, the caption draw, the windowed sort by shuffle key)."""
+    draws, parts = {}, []
+    for r, rotation in enumerate(offsets):
+        pos = _interleaved_positions(starts, counts, rotation or [0] * len(counts),
+                                     8 if shuffle else 1)
+        n = index.num_captions[pos]
+        pos, n = pos[n > r], n[n > r]
+        ids = index.image_index[pos]
+        if "j" not in draws:  # the first draw per image does not depend on the pass
+            has = index.num_captions > 0
+            draws["j"] = np.zeros(len(index.num_captions), np.int64)
+            draws["j"][has] = _np_caption_draw(seed, epoch, index.image_index[has],
+                                               index.num_captions[has])
+        j = draws["j"][pos]
+        if all_captions:
+            j = (j + r) % n
+        if shuffle:
+            keys = _np_shuffle_key(seed, epoch, ids, r)
+            perm = np.concatenate([
+                w + np.argsort(keys[w:w + shuffle_buffer], kind="stable")
+                for w in range(0, len(ids), int(shuffle_buffer))] or [np.zeros([0], np.int64)])
+            ids, j = ids[perm], j[perm]
+        parts.append((ids, j))
+    return {"image_index": np.concatenate([p[0] for p in parts]).astype(np.int64),
+            "caption_index": np.concatenate([p[1] for p in parts]).astype(np.int64)}
+
+
 # ----------------------------------------------------------------------------- public API
 def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoch=0,
                  skip_batches=0, shuffle=True, augment=False, all_captions=False,
@@ -441,9 +540,24 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
     if all_captions:
         rounds = max(1, int(index.num_captions.max(initial=0)) if index is not None
                      else max_captions(records_dir, manifest))
-    if index is not None:
-        image_index = tf.constant(index.image_index, tf.int64)
-        num_captions = tf.constant(index.num_captions, tf.int64)
+    if shuffle:  # rotate each shard: records of different shards meet differently per pass
+        offsets = [[int(orng.integers(0, n)) if n > 0 else 0 for n in counts]
+                   for orng in (np.random.default_rng(
+                       [seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, r, 0x0FF5E7])
+                       for r in range(rounds))]
+    else:
+        offsets = [None] * rounds
+    if index is not None:  # the same order, computed in NumPy from the index
+        order = _order_from_index(index, starts, counts, offsets, seed=seed, epoch=epoch,
+                                  shuffle=shuffle, all_captions=all_captions,
+                                  shuffle_buffer=shuffle_buffer)
+        order = {k: v[shard_index::num_shards][int(skip_batches) * int(batch_size):]
+                 for k, v in order.items()}
+        steps = len(order["image_index"]) // int(batch_size)
+        order = {k: v[:steps * int(batch_size)].reshape(steps, int(batch_size))
+                 for k, v in order.items()}
+        return tf.data.Dataset.from_tensor_slices(order).with_options(
+            _options(deterministic=True))
 
     def parse(serialized):
         f = schema.parse_example(serialized)
@@ -462,19 +576,9 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
                 "empty_caption": empty}
 
     def one_round(r):
-        offsets = None
-        if shuffle:  # rotate each shard: records of different shards meet differently per pass
-            orng = np.random.default_rng([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, r, 0x0FF5E7])
-            offsets = [int(orng.integers(0, n)) if n > 0 else 0 for n in counts]
-        if index is None:
-            ds = _record_stream(paths, interleave=8 if shuffle else 1, tolerant=skip_bad,
-                                offsets=offsets)
-            ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-        else:
-            ds = _index_stream(starts, counts, interleave=8 if shuffle else 1,
-                               offsets=offsets).map(lambda k: {
-                                   "image_index": tf.gather(image_index, k),
-                                   "num_captions": tf.gather(num_captions, k)})
+        ds = _record_stream(paths, interleave=8 if shuffle else 1, tolerant=skip_bad,
+                            offsets=offsets[r])
+        ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.filter(lambda e: e["num_captions"] > r)
         if skip_bad:  # before skipping batches, so resuming stays exact
             ds = ds.filter(lambda e: _image_kind_ok(e["encoded"])
@@ -487,10 +591,9 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
                                             alg=_RNG_ALG)
             if all_captions:  # a random first caption, then the next one in each pass
                 j = tf.math.floormod(j + r, n)
-            out = {"image_index": e["image_index"], "caption_index": j}
-            if index is None:
-                out.update(encoded=e["encoded"], image_id=e["image_id"],
-                           caption=e["captions"][j])
+            out = {"image_index": e["image_index"], "caption_index": j,
+                   "encoded": e["encoded"], "image_id": e["image_id"],
+                   "caption": e["captions"][j]}
             if shuffle:
                 key = _element_key(seed, epoch, e["image_index"], _SHUFFLE, r)
                 out["key"] = tf.random.stateless_uniform([], key, minval=None, maxval=None,

@@ -303,16 +303,15 @@ class CachedPairs:
             arrays["image_features"] = np.concatenate([v["image_features"] for v in views])
             arrays["image_index"] = views[0]["image_index"]
         self.arrays = arrays
-        if mode == "both":
-            order = np.argsort(arrays["image_index"])
-            self.image_rows = _lookup(arrays["image_index"][order], order)
+        if mode == "both":  # image i's feature row: image_rows_np[searchsorted(image_keys, i)]
+            order = np.argsort(arrays["image_index"], kind="stable")
+            self.image_keys = arrays["image_index"][order].astype(np.int64)
+            self.image_rows_np = order.astype(np.int64)
         # caption_index k of image i is text row caption_start[i] + k (captions stay grouped)
-        owner = arrays["caption_image_index"]
-        starts = {}
-        for row, ix in enumerate(owner):
-            starts.setdefault(int(ix), row)
-        keys = np.array(sorted(starts), dtype=np.int64)
-        self.caption_start = _lookup(keys, np.array([starts[int(k)] for k in keys]))
+        owner = np.asarray(arrays["caption_image_index"], np.int64)
+        keys, first = np.unique(owner, return_index=True)
+        self.caption_keys, self.caption_rows_np = keys, first.astype(np.int64)
+        self.caption_start = _lookup(keys, first)
         # the epoch orders come from memory (the records are read here once, not per pass)
         self.record_index = (data.RecordIndex(records)
                              if mode == "both" and not cfg.data.skip_bad else None)
@@ -327,13 +326,14 @@ class CachedPairs:
         from dualencoder import data
 
         cfg = self.cfg
-        txt = tf.constant(self.arrays["text_features"])
-        caption_start = self.caption_start
-
-        def text_rows(batch):
-            return caption_start(batch["image_index"]) + tf.cast(batch["caption_index"], tf.int64)
-
         if self.mode == "text":
+            txt = tf.constant(self.arrays["text_features"])
+            caption_start = self.caption_start
+
+            def text_rows(batch):
+                return caption_start(batch["image_index"]) + tf.cast(batch["caption_index"],
+                                                                     tf.int64)
+
             def add_text(batch):
                 return {"images": batch["images"], "image_index": batch["image_index"],
                         "text_features": tf.gather(txt, text_rows(batch))}
@@ -344,22 +344,31 @@ class CachedPairs:
                                 all_captions=cfg.data.all_captions, skip_bad=cfg.data.skip_bad,
                                 num_shards=num_shards, shard_index=shard_index,
                                 index=self.record_index)
-        img = tf.constant(self.arrays["image_features"])
-        image_rows = self.image_rows
+        # The feature tables stay NumPy arrays and each batch is gathered from them on the
+        # host: building an epoch costs its index arrays, not a copy of the tables in a graph.
+        img, text = self.arrays["image_features"], self.arrays["text_features"]
+        image_keys, image_rows = self.image_keys, self.image_rows_np
+        caption_keys, caption_rows = self.caption_keys, self.caption_rows_np
         views, per_view = self.views, len(self.arrays["image_index"])
+        seed = cfg.run.seed
 
-        def rows(index):
-            # with cached views, image i shows view (i + epoch + seed) mod views in this epoch:
-            # every view equally often, a different mix of views in every batch
-            view = tf.math.floormod(index + epoch + cfg.run.seed, views)
-            return image_rows(index) + view * per_view
+        def batches():
+            for b in order.as_numpy_iterator():
+                ii, ci = b["image_index"], b["caption_index"]
+                # with cached views, image i shows view (i + epoch + seed) mod views in this
+                # epoch: every view equally often, a different mix of views in every batch
+                rows = image_rows[np.searchsorted(image_keys, ii)] + (
+                    np.mod(ii + epoch + seed, views) * per_view)
+                trows = caption_rows[np.searchsorted(caption_keys, ii)] + ci
+                yield {"image_features": img[rows], "text_features": text[trows],
+                       "image_index": ii}
 
-        def gather(batch):
-            return {"image_features": tf.gather(img, rows(batch["image_index"])),
-                    "text_features": tf.gather(txt, text_rows(batch)),
-                    "image_index": batch["image_index"]}
-
-        return order.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+        batch = cfg.data.batch_size // num_shards
+        signature = {
+            "image_features": tf.TensorSpec([batch, img.shape[1]], tf.as_dtype(img.dtype)),
+            "text_features": tf.TensorSpec([batch, text.shape[1]], tf.as_dtype(text.dtype)),
+            "image_index": tf.TensorSpec([batch], tf.int64)}
+        return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray):
