@@ -339,36 +339,44 @@ class CachedPairs:
                         "text_features": tf.gather(txt, text_rows(batch))}
 
             return images.map(add_text, num_parallel_calls=tf.data.AUTOTUNE)
+        batch = cfg.data.batch_size // num_shards
+        img, text = self.arrays["image_features"], self.arrays["text_features"]
+        signature = {
+            "image_features": tf.TensorSpec([batch, img.shape[1]], tf.as_dtype(img.dtype)),
+            "text_features": tf.TensorSpec([batch, text.shape[1]], tf.as_dtype(text.dtype)),
+            "image_index": tf.TensorSpec([batch], tf.int64)}
+        return tf.data.Dataset.from_generator(
+            lambda: self.host_batches(epoch, skip_batches=skip_batches, num_shards=num_shards,
+                                      shard_index=shard_index),
+            output_signature=signature).prefetch(2)
+
+    def host_batches(self, epoch: int, *, skip_batches: int = 0, num_shards: int = 1,
+                     shard_index: int = 0):
+        """`epoch`'s batches (mode "both") as dicts of NumPy arrays, gathered on the host
+        from the feature tables: no tf.data pipeline, so nothing to build or tear down per
+        epoch (a single-device trainer iterates these directly; `epoch` wraps them for
+        distribution strategies)."""
+        from dualencoder import data
+
+        if self.mode != "both":
+            raise ValueError("host_batches needs cached image and text features (mode 'both')")
+        cfg = self.cfg
         order = data.pair_order(self.records, batch_size=cfg.data.batch_size // num_shards,
                                 seed=cfg.run.seed, epoch=epoch, skip_batches=skip_batches,
                                 all_captions=cfg.data.all_captions, skip_bad=cfg.data.skip_bad,
                                 num_shards=num_shards, shard_index=shard_index,
                                 index=self.record_index)
-        # The feature tables stay NumPy arrays and each batch is gathered from them on the
-        # host: building an epoch costs its index arrays, not a copy of the tables in a graph.
         img, text = self.arrays["image_features"], self.arrays["text_features"]
-        image_keys, image_rows = self.image_keys, self.image_rows_np
-        caption_keys, caption_rows = self.caption_keys, self.caption_rows_np
         views, per_view = self.views, len(self.arrays["image_index"])
-        seed = cfg.run.seed
-
-        def batches():
-            for b in order.as_numpy_iterator():
-                ii, ci = b["image_index"], b["caption_index"]
-                # with cached views, image i shows view (i + epoch + seed) mod views in this
-                # epoch: every view equally often, a different mix of views in every batch
-                rows = image_rows[np.searchsorted(image_keys, ii)] + (
-                    np.mod(ii + epoch + seed, views) * per_view)
-                trows = caption_rows[np.searchsorted(caption_keys, ii)] + ci
-                yield {"image_features": img[rows], "text_features": text[trows],
-                       "image_index": ii}
-
-        batch = cfg.data.batch_size // num_shards
-        signature = {
-            "image_features": tf.TensorSpec([batch, img.shape[1]], tf.as_dtype(img.dtype)),
-            "text_features": tf.TensorSpec([batch, text.shape[1]], tf.as_dtype(text.dtype)),
-            "image_index": tf.TensorSpec([batch], tf.int64)}
-        return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+        for b in order.as_numpy_iterator():
+            ii, ci = b["image_index"], b["caption_index"]
+            # with cached views, image i shows view (i + epoch + seed) mod views in this
+            # epoch: every view equally often, a different mix of views in every batch
+            rows = self.image_rows_np[np.searchsorted(self.image_keys, ii)] + (
+                np.mod(ii + epoch + cfg.run.seed, views) * per_view)
+            text_rows = self.caption_rows_np[np.searchsorted(self.caption_keys, ii)] + ci
+            yield {"image_features": img[rows], "text_features": text[text_rows],
+                   "image_index": ii}
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray):

@@ -249,13 +249,17 @@ def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = No
     from dualencoder import features, metrics
 
     cached_features = {}
-    if feature_dir:
+    if feature_dir and tower_cache is not None and "disk_features" in tower_cache:
+        cached_features = tower_cache["disk_features"]  # locked towers: read once per run
+    elif feature_dir:
         if model.image_tower.frozen:
             cached_features.update(features.image_features(model, cfg, val_records, feature_dir,
                                                            log=log))
         if model.text_tower.frozen:
             cached_features.update(features.text_features(model, cfg, val_records, feature_dir,
                                                           log=log))
+        if tower_cache is not None:
+            tower_cache["disk_features"] = cached_features
     image_emb, text_emb, rows = embed_records(
         model, val_records, image_size=cfg.model.image_size,
         resize_method=cfg.data.resize_method, limit=cfg.run.val_subset, tower_cache=tower_cache,
