@@ -486,7 +486,9 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
             are held in memory).
         fast_jpeg: bool, decode large JPEGs at a reduced DCT scale (see module doc).
         decode: bool. False yields only `{"image_index", "caption_index"}` batches in the
-            same order, without decoding or tokenizing (see `pair_order`).
+            same order, without decoding or tokenizing (see `pair_order`). "numpy" (with
+            `index` only): those batches as NumPy arrays `[steps, batch_size]` instead of a
+            dataset (see `pair_order_arrays`).
         index: a `RecordIndex` of `records_dir` (with `decode=False`, `skip_bad=False`):
             the order is built from it in memory, without reading the records.
 
@@ -515,7 +517,7 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
             f"{manifest.get('source')!r}); use image_dataset() for them.")
     counts = [int(sh.get("records", 0)) for sh in manifest["shards"]]
     if index is not None:
-        if decode or skip_bad:
+        if decode not in (False, "numpy") or skip_bad:
             raise ValueError("index= builds the order only (decode=False, skip_bad=False)")
         if (index.shard_sha256 != [sh.get("sha256") for sh in manifest["shards"]]
                 or index.counts != counts):
@@ -556,6 +558,8 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         steps = len(order["image_index"]) // int(batch_size)
         order = {k: v[:steps * int(batch_size)].reshape(steps, int(batch_size))
                  for k, v in order.items()}
+        if decode == "numpy":
+            return order
         return tf.data.Dataset.from_tensor_slices(order).with_options(
             _options(deterministic=True))
 
@@ -673,6 +677,30 @@ def pair_order(records_dir, *, batch_size, seed=0, epoch=0, skip_batches=0, shuf
                         seed=seed, epoch=epoch, skip_batches=skip_batches, shuffle=shuffle,
                         all_captions=all_captions, skip_bad=skip_bad, num_shards=num_shards,
                         shard_index=shard_index, decode=False, index=index)
+
+
+def pair_order_arrays(records_dir, *, batch_size, seed=0, epoch=0, skip_batches=0,
+                      shuffle=True, all_captions=False, skip_bad=False, num_shards=1,
+                      shard_index=0, index=None) -> dict:
+    """`pair_order` as NumPy arrays `{"image_index", "caption_index"}` of shape
+    `[steps, batch_size]`. With `index` it is computed in memory, no tf.data involved;
+    without, the records are read through `pair_order`.
+
+    Example:
+    >>> index = RecordIndex("records/train")
+    >>> order = pair_order_arrays("records/train", batch_size=32, epoch=1, index=index)
+    >>> order["image_index"].shape  # (steps, 32)
+    """
+    kw = dict(batch_size=batch_size, seed=seed, epoch=epoch, skip_batches=skip_batches,
+              shuffle=shuffle, all_captions=all_captions, num_shards=num_shards,
+              shard_index=shard_index)
+    if index is not None:
+        return pair_dataset(records_dir, image_size=1, tokenizer=None, decode="numpy",
+                            index=index, skip_bad=skip_bad, **kw)
+    batches = list(pair_order(records_dir, skip_bad=skip_bad, **kw).as_numpy_iterator())
+    return {k: (np.stack([b[k] for b in batches]) if batches
+                else np.zeros([0, int(batch_size)], np.int64))
+            for k in ("image_index", "caption_index")}
 
 
 def steps_per_epoch(records_dir, batch_size, all_captions=False, num_shards=1) -> int:

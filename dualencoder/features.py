@@ -323,8 +323,6 @@ class CachedPairs:
         batches gain `text_features`."""
         import tensorflow as tf
 
-        from dualencoder import data
-
         cfg = self.cfg
         if self.mode == "text":
             txt = tf.constant(self.arrays["text_features"])
@@ -361,15 +359,14 @@ class CachedPairs:
         if self.mode != "both":
             raise ValueError("host_batches needs cached image and text features (mode 'both')")
         cfg = self.cfg
-        order = data.pair_order(self.records, batch_size=cfg.data.batch_size // num_shards,
-                                seed=cfg.run.seed, epoch=epoch, skip_batches=skip_batches,
-                                all_captions=cfg.data.all_captions, skip_bad=cfg.data.skip_bad,
-                                num_shards=num_shards, shard_index=shard_index,
-                                index=self.record_index)
+        kw = dict(batch_size=cfg.data.batch_size // num_shards, seed=cfg.run.seed, epoch=epoch,
+                  skip_batches=skip_batches, all_captions=cfg.data.all_captions,
+                  num_shards=num_shards, shard_index=shard_index)
+        order = data.pair_order_arrays(self.records, index=self.record_index,
+                                       skip_bad=cfg.data.skip_bad, **kw)
         img, text = self.arrays["image_features"], self.arrays["text_features"]
         views, per_view = self.views, len(self.arrays["image_index"])
-        for b in order.as_numpy_iterator():
-            ii, ci = b["image_index"], b["caption_index"]
+        for ii, ci in zip(order["image_index"], order["caption_index"]):
             # with cached views, image i shows view (i + epoch + seed) mod views in this
             # epoch: every view equally often, a different mix of views in every batch
             rows = self.image_rows_np[np.searchsorted(self.image_keys, ii)] + (

@@ -367,3 +367,61 @@ def test_record_index_refuses_other_records_and_names_blank_captions(tmp_path, r
     write_records(str(tmp_path / "ok"), [_record(i) for i in range(3)])
     with pytest.raises(ValueError, match="does not match"):
         data.pair_order(str(tmp_path / "ok"), batch_size=2, index=other)
+
+
+@pytest.mark.parametrize("seed,epoch", [(0, 0), (5, 2), (-3, 123456789012), (2**40, 7)])
+def test_numpy_draws_equal_tensorflow_stateless_draws(seed, epoch):
+    # the in-memory order re-computes pair_dataset's per-element tf.random draws in NumPy
+    rng = np.random.default_rng(seed & 0xFFFF)
+    index = np.concatenate([[0, 1, 2**31, -1], rng.integers(-2**62, 2**62, 40)])
+    num_captions = rng.integers(1, 9, len(index))
+    draw = data._np_caption_draw(seed, epoch, index, num_captions)
+    keys = data._np_shuffle_key(seed, epoch, index, 3)
+    for i, (ix, n) in enumerate(zip(index, num_captions)):
+        key = data._element_key(seed, epoch, tf.constant(ix, tf.int64), data._CAPTION)
+        assert draw[i] == tf.random.stateless_uniform(
+            [], key, minval=0, maxval=tf.constant(n, tf.int64), dtype=tf.int64,
+            alg=data._RNG_ALG).numpy()
+        key = data._element_key(seed, epoch, tf.constant(ix, tf.int64), data._SHUFFLE, 3)
+        assert keys[i] == tf.random.stateless_uniform(
+            [], key, minval=None, maxval=None, dtype=tf.int64, alg=data._RNG_ALG).numpy()
+    assert 0 <= draw.min() and (draw < num_captions).all()
+
+
+def test_interleaved_positions_equal_tf_data_interleave():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        counts = rng.integers(0, 12 if trial % 2 else 60, int(rng.integers(1, 12))).tolist()
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+        offsets = [int(rng.integers(0, n)) if n else 0 for n in counts]
+        cycle = int(rng.choice([1, 2, 3, 8]))
+        shards = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(starts, tf.int64), tf.constant(counts, tf.int64),
+             tf.constant(offsets, tf.int64)))
+
+        def read(start, count, offset):
+            return tf.data.Dataset.range(start + offset, start + count).concatenate(
+                tf.data.Dataset.range(start, start + offset))
+
+        c = min(cycle, len(counts))  # as _record_stream reads shards
+        ds = shards.flat_map(read) if c == 1 else shards.interleave(
+            read, cycle_length=c, block_length=1, num_parallel_calls=min(c, 4),
+            deterministic=True)
+        expected = list(ds.as_numpy_iterator())
+        got = data._interleaved_positions(starts, counts, offsets, cycle)
+        assert got.tolist() == expected, (counts, offsets, cycle)
+
+
+def test_pair_order_arrays_match_pair_order(tmp_path):
+    out = str(tmp_path / "uneven")
+    write_records(out, [_record(i, captions=[f"image {i} caption {j}" for j in range(1 + i % 3)])
+                        for i in range(29)], shard_size=6)
+    index = data.RecordIndex(out)
+    for kw in (dict(all_captions=True, seed=2, epoch=3), dict(skip_batches=1, epoch=1)):
+        batches = list(data.pair_order(out, batch_size=4, **kw))
+        for arrays in (data.pair_order_arrays(out, batch_size=4, index=index, **kw),
+                       data.pair_order_arrays(out, batch_size=4, **kw)):
+            assert arrays["image_index"].shape == (len(batches), 4)
+            for k in ("image_index", "caption_index"):
+                np.testing.assert_array_equal(arrays[k], np.stack([b[k].numpy()
+                                                                   for b in batches]))

@@ -87,6 +87,17 @@ def test_cached_views_rotate_per_epoch(synthetic_records, tmp_path):
         for ix, got in zip(batch["image_index"].numpy(), batch["image_features"].numpy()):
             view = (int(ix) + epoch + 5) % 3
             np.testing.assert_allclose(got, feats[view, row_of[int(ix)]], rtol=1e-6)
+        # the host batches (one-device training) are the dataset's batches, element for
+        # element, and skipping resumes inside them
+        host = list(src.host_batches(epoch))
+        dataset = [{k: v.numpy() for k, v in b.items()} for b in src.epoch(epoch)]
+        assert len(host) == len(dataset) > 1
+        for a, b in zip(host, dataset):
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+        skipped = list(src.host_batches(epoch, skip_batches=1))
+        np.testing.assert_array_equal(skipped[0]["image_index"], host[1]["image_index"])
     # the views belong to the data set: another run seed reuses the same files
     before = sorted(os.listdir(tmp_path))
     features.CachedPairs(model, locked_cfg("data.cached_views=3", "run.seed=6"), train,
