@@ -95,7 +95,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
         ckpts.save(groups, state)
 
     val_cache: dict = {}  # frozen towers: validation features computed once per run
-    plotted = 0.0
+    plotted = (0.0, -1)  # (when, epochs drawn) of curves.png
     stop = state.get("stopped", False)
     while not stop and state["epoch"] < cfg.optim.epochs and state["step"] < max_steps:
         epoch, start = state["epoch"], state["step_in_epoch"]
@@ -160,10 +160,13 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
                     tf.summary.scalar(f"epoch/{k}", v)
         save(stopped=stop)
         write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
-        # the curves every epoch, or every ~30 s when epochs are short (a plot costs ~1 s)
-        if stop or epoch + 1 >= cfg.optim.epochs or time.time() - plotted >= 30:
+        # the curves every epoch, or every ~30 s when epochs are short (a plot costs ~1 s);
+        # always once more when training ends (below)
+        if time.time() - plotted[0] >= 30:
             runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
-            plotted = time.time()
+            plotted = (time.time(), len(state["history"]))
+    if state["history"] and plotted[1] != len(state["history"]):
+        runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
         model.save_dir(os.path.join(workdir, "model"))  # no validation: keep the last model
     summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
