@@ -123,18 +123,37 @@ def text_cache_key(model, cfg: Config, records: str) -> str:
                     sequence_length=cfg.model.sequence_length, pooling=cfg.model.text_pooling)
 
 
+def image_chunk_size() -> int:
+    """Images per image-tower call at inference: 8 on a host without a GPU, 0 (no limit) with
+    one. A CPU runs a large CNN faster on small batches, whose activations stay in its caches:
+    Xception at 299 px on the 2-core reference machine ran ~6.6 img/s in batches of 4-8 and
+    ~5.1 img/s in batches of 32 (`bench/tower_batch.py`). A GPU wants large batches."""
+    import tensorflow as tf
+
+    return 0 if tf.config.list_logical_devices("GPU") else 8
+
+
 def tower_functions(model):
     """Compiled (graph-mode) tower calls: `image_fn(images)`, `text_fn(tokens)`.
 
     Eager Keras re-allocates every intermediate on each call; on a 2-core CPU that made
-    Xception feature extraction several times slower than the same graph. `text_fn` takes
-    texts or a tokenizer output dict (of any length up to `sequence_length`).
+    Xception feature extraction several times slower than the same graph. `image_fn` runs a
+    batch in chunks of `image_chunk_size()` images. `text_fn` takes texts or a tokenizer
+    output dict (of any length up to `sequence_length`).
     """
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
-    def image_fn(images):
+    def image_graph(images):
         return model.image_features(images, training=False)
+
+    chunk = image_chunk_size()
+
+    def image_fn(images):
+        n = int(images.shape[0])
+        if not chunk or n <= chunk:
+            return image_graph(images)
+        return tf.concat([image_graph(images[i:i + chunk]) for i in range(0, n, chunk)], 0)
 
     @tf.function(reduce_retracing=True)
     def text_fn(token_ids, padding_mask):

@@ -425,13 +425,19 @@ class DualEncoder(keras.Model):
         Args:
             images: `[B, S, S, 3]` raw pixels (uint8 or float 0..255; `S` is
                 `self.image_size`): a NumPy array, a list, or a tensor.
-            batch_size: images per forward pass.
+            batch_size: images per forward pass (at most
+                `features.image_chunk_size()` on a host without a GPU: a CPU runs
+                large CNNs faster on small batches).
 
         Returns:
             A NumPy float32 array, or a tf.Tensor when `images` is a tensor.
         """
         import tensorflow as tf
 
+        from dualencoder.features import image_chunk_size
+
+        chunk = image_chunk_size()
+        batch_size = min(batch_size, chunk) if chunk else batch_size
         as_tensor = _is_tensor(images)
         if not as_tensor:
             images = np.asarray(images)

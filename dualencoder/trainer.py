@@ -7,7 +7,10 @@ twice or skipped. Layout of a workdir:
 
     config.json        the resolved configuration (resume refuses an incompatible model section)
     checkpoints/       see `dualencoder.checkpoint`
-    model/             the best model so far (selected on validation), `dualencoder.load`-able
+    model/             the best model (selected on validation), `dualencoder.load`-able; with
+                       frozen towers it is written once, when training ends, and until then
+                       best_heads.npz holds the best epoch's other variables (a few MB instead
+                       of rewriting a 174 MB model at every improving epoch)
     history.json       one row per epoch; curves.png beside it
     tensorboard/       TensorBoard logs
     features/          cached tower features (locked towers only)
@@ -152,7 +155,8 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             row.update(runtime.validate(model, cfg, val_records, tower_cache=val_cache,
                                         feature_dir=feature_dir, log=log))
         state["history"].append(row)
-        stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log)
+        stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log,
+                            best_variables=groups["model"] if frozen else None)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         with tb.as_default(step=state["step"]):
             for k, v in row.items():
@@ -167,6 +171,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             plotted = (time.time(), len(state["history"]))
     if state["history"] and plotted[1] != len(state["history"]):
         runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
+    write_best_model(model, groups["model"], workdir)
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
         model.save_dir(os.path.join(workdir, "model"))  # no validation: keep the last model
     summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
@@ -188,8 +193,12 @@ def epoch_batches(cfg, records, model, source, cached, *, epoch, skip_batches, n
     return source.epoch(images=images, **kwargs) if cached else images
 
 
-def end_of_epoch(cfg, state, row, model, optimizer, workdir, log) -> bool:
-    """Model selection, ReduceLROnPlateau and early stopping; returns True to stop."""
+def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables=None) -> bool:
+    """Model selection, ReduceLROnPlateau and early stopping; returns True to stop.
+
+    An improving epoch saves the model to `workdir/model`, or, given `best_variables` (the
+    variables besides frozen towers), only those to `workdir/best_heads.npz`
+    (`write_best_model` turns them into `workdir/model` when training ends)."""
     score = row.get("val_rsum", -row.get("val_loss", row.get("train_loss", 0.0)))
     row["selection_score"] = score
     improved = state["best"] is None or score > state["best"]["score"]
@@ -197,7 +206,10 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log) -> bool:
         state["best"] = {"epoch": row["epoch"], "score": score,
                          **{k: v for k, v in row.items() if k.startswith("val_")}}
         state["bad_epochs"] = state["plateau_wait"] = 0
-        model.save_dir(os.path.join(workdir, "model"))
+        if best_variables is None:
+            model.save_dir(os.path.join(workdir, "model"))
+        else:
+            save_variables_atomic(os.path.join(workdir, BEST_HEADS), best_variables)
     else:
         state["bad_epochs"] += 1
         state["plateau_wait"] += 1
@@ -293,6 +305,46 @@ def gather_replicas(t):
     local = tf.shape(t)[0]
     pad = [[i * local, (n - 1 - i) * local]] + [[0, 0]] * (len(t.shape) - 1)
     return ctx.all_reduce("SUM", tf.pad(t, pad))
+
+
+# --------------------------------------------------------------------------------------------
+# The best model of a run with frozen towers
+# --------------------------------------------------------------------------------------------
+BEST_HEADS = "best_heads.npz"
+
+
+def save_variables_atomic(path: str, variables) -> None:
+    """The values of `variables` (in order) to an .npz at `path`, via a temporary file."""
+    import numpy as np
+
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_best_model(model, variables, workdir: str) -> None:
+    """If `workdir/best_heads.npz` exists (frozen towers: the best epoch's other variables),
+    load it into `model`, save `workdir/model` and remove the file. The model then holds the
+    best epoch's weights. Runs when training ends, also after a resume of a finished run, so
+    an interruption between the two leaves nothing half done."""
+    import numpy as np
+
+    path = os.path.join(workdir, BEST_HEADS)
+    if not os.path.exists(path):
+        return
+    with np.load(path) as stored:
+        values = [stored[f"v{i:05d}"] for i in range(len(stored.files))]
+    shapes = [tuple(v.shape) for v in variables]
+    if len(values) != len(variables) or [tuple(v.shape) for v in values] != shapes:
+        raise CheckpointError(f"{path}: {len(values)} arrays that do not fit the model's "
+                              f"{len(variables)} variables; delete it and retrain")
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    model.save_dir(os.path.join(workdir, "model"))
+    os.remove(path)
 
 
 # --------------------------------------------------------------------------------------------

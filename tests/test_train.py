@@ -124,6 +124,44 @@ def test_resume_is_exact(synthetic_records, tmp_path, locked):
             assert set(json.load(fh)["frozen_towers"]) == {"image_tower", "text_tower"}
 
 
+def test_frozen_towers_write_the_best_epoch_once(synthetic_records, tmp_path):
+    """With frozen towers an improving epoch stores only the heads (best_heads.npz); the
+    model folder is written once, at the end, with the best epoch's weights, also when the
+    run was interrupted after its best epoch and resumed."""
+    import dualencoder
+    from dualencoder import runtime
+    from dualencoder.trainer import BEST_HEADS, train
+
+    extra = ["model.image_trainable=none", "model.text_trainable=none", "optim.epochs=4",
+             "optim.schedule=plateau", "optim.lr=0.3", "model.head_dropout=0.0"]
+    cfg = tiny_cfg(synthetic_records["train"], synthetic_records["val"], extra)
+    straight = str(tmp_path / "straight")
+    summary = train(cfg, straight, log=lambda *_: None)
+    best = summary["best"]["epoch"]
+    last = summary["history"][-1]["val_rsum"]
+    assert 1 < best < summary["epochs"] and last < summary["best"]["val_rsum"], \
+        summary["history"]  # the last epoch is worse than the best one
+    assert not os.path.exists(os.path.join(straight, BEST_HEADS))
+    model = dualencoder.load(os.path.join(straight, "model"))
+    again = runtime.validate(model, cfg, synthetic_records["val"], log=lambda *_: None)
+    assert again["val_rsum"] == pytest.approx(summary["best"]["val_rsum"], abs=1e-6)
+
+    resumed = str(tmp_path / "resumed")
+
+    def crash_after_best(state):
+        if state["epoch"] == best and state["step_in_epoch"] == 1:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        train(cfg, resumed, log=lambda *_: None, on_step=crash_after_best)
+    assert os.path.exists(os.path.join(resumed, BEST_HEADS))
+    assert not os.path.exists(os.path.join(resumed, "model"))
+    train(cfg, resumed, log=lambda *_: None)
+    assert not os.path.exists(os.path.join(resumed, BEST_HEADS))
+    for x, y in zip(final_weights(straight), final_weights(resumed)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_refuses_other_frozen_towers(synthetic_records, tmp_path):
     from dualencoder.checkpoint import CheckpointError
     from dualencoder.trainer import train
