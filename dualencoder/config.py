@@ -80,6 +80,10 @@ class DataConfig:
     locked (cached features), image views cached per training image: view 0 is the plain image,
     views 1.. are fixed random resized crops + flips (the same for every run, so runs share the
     cache); epoch e uses view (index + e + seed) mod N of each image (N=1: no augmentation).
+    lowres_size: with cached_views >= 2, views 1.. are low-resolution renderings instead: the
+    image shrunk to lowres_size px (8-bit, antialiased), then enlarged back to image_size, as
+    small images (CIFAR's 32 px) are at evaluation; view 1 the whole image, views 2.. after
+    their crop + flip. 0 (default): views 1.. are the crops + flips at full resolution.
     """
 
     records: str = ""
@@ -93,6 +97,7 @@ class DataConfig:
     cache_dir: str = ".cache/dualencoder"
     synthetic_images: int = 4000
     cached_views: int = 1
+    lowres_size: int = 0
 
 
 @dataclasses.dataclass
@@ -167,7 +172,8 @@ _POSITIVE = {("data", "batch_size"), ("model", "image_size"), ("model", "sequenc
              ("data", "cached_views")}
 _NON_NEGATIVE = {("optim", "epochs"), ("optim", "max_steps"), ("optim", "warmup_steps"),
                  ("optim", "early_stopping"), ("run", "checkpoint_every"), ("run", "val_subset"),
-                 ("optim", "weight_decay"), ("optim", "clipnorm"), ("model", "extra_loss_weight")}
+                 ("optim", "weight_decay"), ("optim", "clipnorm"), ("model", "extra_loss_weight"),
+                 ("data", "lowres_size")}
 
 
 def _parse_value(text: str) -> Any:
@@ -273,6 +279,13 @@ class Config:
             raise ConfigError("optim.epochs=0 and optim.max_steps=0: nothing to train")
         _check_trainable("model.image_trainable", self.model.image_trainable)
         _check_trainable("model.text_trainable", self.model.text_trainable)
+        if self.data.lowres_size and not 8 <= self.data.lowres_size < self.model.image_size:
+            raise ConfigError(f"data.lowres_size={self.data.lowres_size}: use 0 (off) or a size "
+                              f"from 8 to model.image_size-1 ({self.model.image_size - 1})")
+        if self.data.lowres_size and self.data.cached_views < 2:
+            raise ConfigError(f"data.lowres_size={self.data.lowres_size} renders cached views "
+                              f"1..; it needs data.cached_views >= 2 (got "
+                              f"{self.data.cached_views})")
         if self.data.batch_size % self.optim.grad_accum:
             raise ConfigError(f"data.batch_size={self.data.batch_size} is not divisible by "
                               f"optim.grad_accum={self.optim.grad_accum}")

@@ -743,7 +743,7 @@ def _count_captioned(records_dir, manifest) -> int:
 
 
 def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic",
-                  skip_bad=False, fast_jpeg=True, view=0, seed=0):
+                  skip_bad=False, fast_jpeg=True, view=0, seed=0, lowres=0):
     """Every record's image in record order, for evaluation and embedding caches.
 
     Args:
@@ -757,6 +757,9 @@ def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic
             keyed by `(seed, v, image_index)` (the cached augmented views of
             `data.cached_views`): the same view every time.
         seed: int, the run's seed (views >= 1 only).
+        lowres: int; with `lowres > 0` views >= 1 are low-resolution renderings (see
+            `data.lowres_size`): the image (view 1) or its crop + flip (views >= 2) shrunk
+            to `lowres` px, rounded to 8 bits and enlarged back to `image_size`.
 
     Returns:
         A `tf.data.Dataset` of dicts `images` float32 `[B, S, S, 3]` (0..255),
@@ -778,10 +781,14 @@ def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic
                                                          f["image/index"])]
         with tf.control_dependencies(checks):
             index = f["image/index"]
-            crop_key = _element_key(seed, -int(view), index, _CROP) if view else None
-            img = _decode(f["image/encoded"], size, crop_key=crop_key, fast_jpeg=fast_jpeg)
-            img = _resize(img, size, resize_method)
-            if view:
+            cropped = view >= 2 if lowres else view >= 1
+            crop_key = _element_key(seed, -int(view), index, _CROP) if cropped else None
+            first = int(lowres) if view and lowres else size
+            img = _decode(f["image/encoded"], first, crop_key=crop_key, fast_jpeg=fast_jpeg)
+            img = _resize(img, first, resize_method)
+            if first != size:  # low-res view: 8-bit pixels at `lowres` px, enlarged back
+                img = _resize(tf.cast(tf.round(img), tf.uint8), size, resize_method)
+            if cropped:
                 flip_key = _element_key(seed, -int(view), index, _FLIP)
                 flip = tf.random.stateless_uniform([], flip_key, alg=_RNG_ALG) < 0.5
                 img = tf.cond(flip, lambda: tf.reverse(img, axis=[1]), lambda: img)

@@ -92,7 +92,7 @@ def _manifest_digest(records: str) -> dict:
 
 
 def image_key(tower_digest: str, records: str, *, image_size: int, resize_method: str,
-              view: int = 0) -> str:
+              view: int = 0, lowres: int = 0) -> str:
     """The cache key of an image tower's outputs on `records` (see the module doc)."""
     from dualencoder import data
 
@@ -101,6 +101,8 @@ def image_key(tower_digest: str, records: str, *, image_size: int, resize_method
                "antialias_min_shrink": data.ANTIALIAS_MIN_SHRINK}
     if view:
         payload["view"] = int(view)
+        if lowres:
+            payload["lowres"] = int(lowres)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -115,7 +117,7 @@ def text_key(tower_digest: str, records: str, *, sequence_length: int, pooling: 
 def image_cache_key(model, cfg: Config, records: str, view: int = 0) -> str:
     return image_key(variables_digest(model.image_tower.weights), records,
                      image_size=cfg.model.image_size, resize_method=cfg.data.resize_method,
-                     view=view)
+                     view=view, lowres=cfg.data.lowres_size)
 
 
 def text_cache_key(model, cfg: Config, records: str) -> str:
@@ -169,7 +171,8 @@ def tower_functions(model):
 
 
 def compute_image_features(model, records: str, *, image_size: int, resize_method: str,
-                           batch_size: int = 32, view: int = 0, progress: bool = True):
+                           batch_size: int = 32, view: int = 0, lowres: int = 0,
+                           progress: bool = True):
     """Image-tower outputs of every image of `records` (augmented view `view`, see
     `data.image_dataset`): {"image_features", "image_index"}."""
     from tqdm.auto import tqdm
@@ -185,6 +188,7 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
         for batch in data.image_dataset(records, image_size=image_size,
                                         batch_size=batch_size,
                                         resize_method=resize_method, view=view,
+                                        lowres=lowres,
                                         seed=VIEW_SEED):
             feats.append(np.asarray(image_fn(batch["images"]), dtype=np.float32))
             index.append(batch["image_index"].numpy())
@@ -279,10 +283,11 @@ def image_features(model, cfg: Config, records: str, directory: str, *, view: in
                    log=print) -> dict:
     """The cached image-tower outputs of `records` (computed once per key and view)."""
     path = os.path.join(directory, f"image-{image_cache_key(model, cfg, records, view)}.npz")
-    what = f"image features of {records}" + (f" (augmented view {view})" if view else "")
+    kind = f"low-res {cfg.data.lowres_size} px" if cfg.data.lowres_size else "augmented"
+    what = f"image features of {records}" + (f" ({kind} view {view})" if view else "")
     return cached(path, lambda: compute_image_features(
         model, records, image_size=cfg.model.image_size, resize_method=cfg.data.resize_method,
-        view=view),
+        view=view, lowres=cfg.data.lowres_size),
                   log=log, what=what)
 
 

@@ -115,3 +115,47 @@ def test_cached_views_need_locked_towers():
         features.use_cache(locked_cfg("data.cached_views=2", "model.image_trainable=all"))
     with pytest.raises(Exception, match="data.cached_views"):
         locked_cfg("data.cached_views=0")
+
+
+def test_lowres_views(synthetic_records, tmp_path):
+    """`data.lowres_size`: view 1 is the whole image at lowres px (8-bit) enlarged back, view
+    2 the same after its crop + flip; their features are cached under their own keys."""
+    import tensorflow as tf
+
+    from dualencoder import data
+
+    train = synthetic_records["train"]
+    cfg = locked_cfg("data.cached_views=3", "data.lowres_size=8")
+    size = cfg.model.image_size
+    kw = dict(image_size=size, batch_size=64, resize_method="bicubic", seed=features.VIEW_SEED)
+    small = next(iter(data.image_dataset(train, image_size=8, batch_size=64)))["images"]
+    expected = tf.clip_by_value(tf.image.resize(tf.cast(tf.round(small), tf.uint8),
+                                                [size, size], method="bicubic"), 0.0, 255.0)
+    view1 = next(iter(data.image_dataset(train, view=1, lowres=8, **kw)))["images"]
+    np.testing.assert_allclose(view1.numpy(), expected.numpy(), atol=1e-4)
+    view2 = next(iter(data.image_dataset(train, view=2, lowres=8, **kw)))["images"].numpy()
+    crop2 = next(iter(data.image_dataset(train, view=2, **kw)))["images"].numpy()
+    assert not np.allclose(view2, view1.numpy())  # cropped and flipped
+    # view 2 is its full-resolution counterpart's crop, only blurred: closer to it than to
+    # the uncropped low-res view
+    assert np.abs(view2 - crop2).mean() < np.abs(view1.numpy() - crop2).mean()
+    model = runtime.build(cfg)
+    src = features.CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
+    n = len(src.arrays["image_index"])
+    feats = src.arrays["image_features"].reshape(3, n, -1)
+    image_fn, _ = features.tower_functions(model)
+    np.testing.assert_allclose(feats[1][:64], np.asarray(image_fn(view1)), rtol=1e-4, atol=1e-5)
+    # other files than the full-resolution crop views (same view numbers)
+    features.CachedPairs(model, locked_cfg("data.cached_views=3"), train, str(tmp_path),
+                         log=lambda *_: None)
+    assert sum(n.startswith("image-") for n in os.listdir(tmp_path)) == 5
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["data.lowres_size=8"], "needs data.cached_views >= 2"),
+    (["data.cached_views=2", "data.lowres_size=4"], "data.lowres_size=4"),
+    (["data.cached_views=2", "data.lowres_size=-1"], "data.lowres_size=-1"),
+])
+def test_lowres_size_is_checked(sets, needle):
+    with pytest.raises(Exception, match=needle):
+        locked_cfg(*sets)
