@@ -7,8 +7,12 @@ python retrieval.py search --index INDEX --query "cars on the street at night" [
                            [--grid out.png] [--backend exact|faiss]
 python retrieval.py search --index INDEX --image query.jpg         # image -> image
 python retrieval.py search --index INDEX --queries queries.txt     # one per line -> JSONL
+python retrieval.py hubness --index INDEX --bank TRAIN_RECORDS|captions.txt [--bank-k 10]
 python retrieval.py serve  --index INDEX [--host 127.0.0.1] [--port 8000]
 ```
+
+`hubness` stores each indexed image's CSLS penalty against a bank of training captions; text
+queries then rank by CSLS (`--no-csls` to rank by cosine) until the index changes.
 
 `--model` takes a training workdir (containing `model/`) or a saved model folder; `search` and
 `serve` default to the model recorded in the index and refuse a model with another fingerprint.
@@ -75,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="also write the results as a PNG grid (single query)")
     p.add_argument("--backend", choices=["exact", "faiss"], default="exact")
     p.add_argument("--model", help="model to embed queries with (default: the index's model)")
+    p.add_argument("--no-csls", action="store_true",
+                   help="rank text queries by cosine even when the index has hubness penalties")
+
+    p = sub.add_parser("hubness", help="store CSLS penalties against a bank of training captions")
+    p.add_argument("--index", required=True, help="index folder (complete)")
+    p.add_argument("--bank", required=True,
+                   help="captioned records dir (e.g. the training records) or a text file with "
+                        "one caption per line; not captions of the indexed photos themselves")
+    p.add_argument("--bank-k", type=positive_int, default=10,
+                   help="bank captions averaged per image (default 10)")
+    p.add_argument("--model", help="the index's model (default: the one it records)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("serve", help="JSON API and a web page over an index")
     p.add_argument("--index", required=True, help="index folder")
@@ -82,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=["exact", "faiss"], default="exact")
     p.add_argument("--model", help="model to embed queries with (default: the index's model)")
+    p.add_argument("--no-csls", action="store_true",
+                   help="rank text queries by cosine even when the index has hubness penalties")
     return parser
 
 
@@ -161,24 +179,47 @@ def cmd_search(args) -> int:
                                                                   encoder.image_size)[None])
     else:
         queries = encoder.encode_texts(texts)
-    all_hits = index.search(queries, k, backend=args.backend)
+    csls = texts is not None and not args.no_csls and index.has_csls
+    if texts is not None and not args.no_csls and index.hubness_problem:
+        print("warning: " + index.hubness_problem, file=sys.stderr)
+    similarity = "csls" if csls else "cosine"
+    all_hits = index.search(queries, k, backend=args.backend, csls=csls)
     labels = texts if texts is not None else [args.image]
     if args.queries is not None:
         for text, hits in zip(labels, all_hits):
-            print(json.dumps({"query": text, "results": _results(hits)}))
+            print(json.dumps({"query": text, "similarity": similarity,
+                              "results": _results(hits)}))
         return EXIT_OK
     hits = all_hits[0]
     if args.json:
         key = "query" if texts is not None else "image"
         print(json.dumps({key: labels[0], "k": k, "backend": args.backend,
-                          "results": _results(hits)}, indent=1))
+                          "similarity": similarity, "results": _results(hits)}, indent=1))
     else:
-        print(f"top {len(hits)} for {labels[0]!r} ({args.backend}, {len(index)} images):")
+        how = (f"CSLS against {index.hubness['num_captions']} bank captions, "
+               f"k={index.hubness['k']}" if csls else "cosine")
+        print(f"top {len(hits)} for {labels[0]!r} ({args.backend}, {how}, "
+              f"{len(index)} images):")
         for r, hit in enumerate(hits):
             print(f"{r + 1:4d}  {hit.score:7.4f}  {hit.path}")
     if args.grid:
         index_lib.save_grid(index, hits, args.grid, title=labels[0])
         print(f"wrote {args.grid}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_hubness(args) -> int:
+    from dualencoder import index as index_lib  # noqa: PLC0415
+
+    index = index_lib.EmbeddingIndex.open(args.index)
+    if not os.path.exists(args.bank):  # fail fast, before TensorFlow
+        raise index_lib.RetrievalError(f"--bank {args.bank} does not exist")
+    encoder = _open_model(index, args.model)
+    info = index_lib.add_hubness(args.index, encoder, args.bank, k=args.bank_k,
+                                 progress=not args.no_progress)
+    print(f"hubness penalties of {info['images']} images against {info['bank_captions']} bank "
+          f"captions (k={info['k']}, mean {info['mean_penalty']:.4f}) -> {info['path']}; text "
+          "queries now rank by CSLS")
     return EXIT_OK
 
 
@@ -191,7 +232,10 @@ def cmd_serve(args) -> int:
     index = index_lib.EmbeddingIndex.open(args.index)
     index.searcher(args.backend)
     encoder = _open_model(index, args.model)
-    service = server.RetrievalService(index, encoder, backend=args.backend)
+    if not args.no_csls and index.hubness_problem:
+        print("warning: " + index.hubness_problem, file=sys.stderr)
+    service = server.RetrievalService(index, encoder, backend=args.backend,
+                                      csls=not args.no_csls)
     service.warmup()
     return server.serve(service, host=args.host, port=args.port)
 
@@ -202,7 +246,8 @@ def main(argv=None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        command = {"index": cmd_index, "search": cmd_search, "serve": cmd_serve}[args.command]
+        command = {"index": cmd_index, "search": cmd_search, "hubness": cmd_hubness,
+                   "serve": cmd_serve}[args.command]
         return command(args)
     except (_UsageError, RetrievalError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)

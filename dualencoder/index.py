@@ -662,11 +662,16 @@ class EmbeddingIndex:
     reading anything heavy, so a broken folder fails fast with a `RetrievalError`.
     """
 
-    def __init__(self, index_dir: str, state: dict, embeddings: np.ndarray, paths: list[str]):
+    def __init__(self, index_dir: str, state: dict, embeddings: np.ndarray, paths: list[str],
+                 penalty: np.ndarray | None = None, hubness: dict | None = None,
+                 hubness_problem: str | None = None):
         self.index_dir = index_dir
         self.state = state
         self.embeddings = embeddings
         self.paths = paths
+        self.penalty = penalty  # r(image) against bank captions (`retrieval.py hubness`)
+        self.hubness = hubness
+        self.hubness_problem = hubness_problem
         self._searchers = {}
         self._source = None
         self._lock = threading.Lock()
@@ -704,7 +709,10 @@ class EmbeddingIndex:
             emb[row:row + n] = data["embeddings"]
             paths.extend(data["paths"].tolist())
             row += n
-        return cls(index_dir, state, emb, paths)
+        from dualencoder.hubness import load_index_penalties  # noqa: PLC0415 (NumPy only)
+
+        penalty, meta, problem = load_index_penalties(index_dir, state)
+        return cls(index_dir, state, emb, paths, penalty, meta, problem)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -733,6 +741,10 @@ class EmbeddingIndex:
             if backend not in self._searchers:
                 if backend == "exact":
                     self._searchers[backend] = search_lib.ExactSearcher(self.embeddings)
+                elif backend == "exact-csls":  # [e, -r/2] . [q, 1] = cos - r(image) / 2
+                    shift = (-0.5 * self.penalty)[:, None].astype(self.embeddings.dtype)
+                    self._searchers[backend] = search_lib.ExactSearcher(
+                        np.concatenate([self.embeddings, shift], axis=1))
                 elif backend == "faiss":
                     self._searchers[backend] = search_lib.load_or_build_faiss(
                         self.index_dir, self.embeddings, self.state["generation"], **options)
@@ -740,14 +752,37 @@ class EmbeddingIndex:
                     raise RetrievalError(f"unknown backend {backend!r} (use exact or faiss)")
             return self._searchers[backend]
 
-    def search(self, queries, k: int, backend: str = "exact") -> list[list[Hit]]:
-        """Top-k hits for each query embedding `[Q, D]` (or `[D]`), best first."""
+    @property
+    def has_csls(self) -> bool:
+        """Whether current hubness penalties are stored (`retrieval.py hubness`)."""
+        return self.penalty is not None
+
+    def search(self, queries, k: int, backend: str = "exact",
+               csls: bool = False) -> list[list[Hit]]:
+        """Top-k hits for each query embedding `[Q, D]` (or `[D]`), best first.
+
+        With `csls=True` and stored penalties (text queries; `has_csls`), hits rank by
+        `cos - r(image) / 2` (text→image CSLS against the bank; the score returned). The exact
+        backend ranks all images by it; faiss re-ranks its top max(4k, k + 64) by cosine.
+        """
         k = check_k(k)
         q = normalize(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
         if q.shape[1] != self.embeddings.shape[1]:
             raise RetrievalError(f"query embeddings are {q.shape[1]}-d, the index holds "
                                  f"{self.embeddings.shape[1]}-d ones")
-        scores, ids = self.searcher(backend).search(q, min(k, len(self)))
+        k = min(k, len(self))
+        if not (csls and self.has_csls):
+            scores, ids = self.searcher(backend).search(q, k)
+        elif backend == "exact":
+            ones = np.ones((len(q), 1), np.float32)
+            scores, ids = self.searcher("exact-csls").search(np.concatenate([q, ones], 1), k)
+        else:
+            scores, ids = self.searcher(backend).search(q, min(len(self), max(4 * k, k + 64)))
+            adjusted = np.where(ids >= 0, scores - 0.5 * self.penalty[np.maximum(ids, 0)],
+                                -np.inf)
+            order = np.argsort(-adjusted, axis=1, kind="stable")[:, :k]
+            scores = np.take_along_axis(adjusted, order, 1)
+            ids = np.where(np.isfinite(scores), np.take_along_axis(ids, order, 1), -1)
         return [[Hit(int(i), self.paths[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
                 for srow, irow in zip(scores, ids)]
 
@@ -760,6 +795,68 @@ class EmbeddingIndex:
         if not 0 <= i < len(self.paths):
             raise ImageAccessError(f"no image with id {i} (the index holds {len(self.paths)})")
         return self.source.read_bytes(self.paths[i]), self.paths[i]
+
+
+def read_bank_captions(bank) -> list[str]:
+    """The captions of a CSLS bank: a captioned records directory (every caption, in record
+    order) or a UTF-8 text file with one caption per line."""
+    bank = os.fspath(bank)
+    if os.path.isdir(bank):
+        if not os.path.isfile(os.path.join(bank, "manifest.json")):
+            raise RetrievalError(f"--bank {bank}: a folder without manifest.json; give a records "
+                                 "directory (`python -m records build ...`) or a text file "
+                                 "with one caption per line")
+        from dualencoder.data import read_captions  # noqa: PLC0415 (imports TensorFlow)
+
+        texts = read_captions(bank)[0]
+    elif os.path.isfile(bank):
+        try:
+            with open(bank, encoding="utf-8") as fh:
+                texts = [line.strip() for line in fh if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RetrievalError(f"cannot read --bank {bank}: {exc}") from exc
+    else:
+        raise RetrievalError(f"--bank {bank} does not exist")
+    if not texts:
+        raise RetrievalError(f"--bank {bank} holds no captions")
+    return texts
+
+
+def add_hubness(index_dir, encoder, bank, *, k: int = 10, progress: bool = True) -> dict:
+    """Compute and store every indexed image's hubness penalty r(image): its mean cosine to
+    its `k` nearest captions of `bank` (training captions, not the photos' own), so that text
+    queries rank by CSLS (`EmbeddingIndex.search(..., csls=True)`).
+
+    Args:
+        index_dir: a complete index.
+        encoder: the index's model (its fingerprint is checked).
+        bank: a captioned records directory or a text file with one caption per line.
+        k: bank neighbours averaged (1 to the number of bank captions).
+        progress: progress bar while the captions are embedded.
+
+    Returns:
+        `{"path", "images", "bank_captions", "k", "mean_penalty"}`.
+    """
+    from dualencoder import hubness  # noqa: PLC0415
+    from dualencoder.embed_cache import embed_texts  # noqa: PLC0415
+
+    index = EmbeddingIndex.open(index_dir)
+    check_fingerprint(index.state, encoder, index.index_dir)
+    texts = read_bank_captions(bank)
+    if not 1 <= int(k) <= len(texts):
+        raise RetrievalError(f"--bank-k {k}: must be between 1 and the bank's {len(texts)} "
+                             "captions")
+    records = bank if os.path.isdir(bank) else None
+    bank_emb = normalize(embed_texts(encoder, texts, progress=progress, cache_dir=False,
+                                     desc="encoding bank captions", records_dir=records))
+    penalty = np.empty(len(index), np.float32)
+    for start in range(0, len(index), 65536):  # float32 copies of one block at a time
+        rows = normalize(index.embeddings[start:start + 65536])
+        penalty[start:start + len(rows)] = hubness.mean_topk_similarity(rows, bank_emb, int(k))
+    path = hubness.save_index_penalties(index.index_dir, penalty, state=index.state, k=int(k),
+                                        bank=os.path.abspath(bank), num_captions=len(texts))
+    return {"path": path, "images": len(index), "bank_captions": len(texts), "k": int(k),
+            "mean_penalty": float(penalty.mean())}
 
 
 def check_k(k) -> int:

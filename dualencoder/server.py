@@ -51,12 +51,15 @@ class RetrievalService:
         index: an `EmbeddingIndex`.
         encoder: an Encoder-protocol object whose fingerprint matches the index.
         backend: "exact" or "faiss".
+        csls: rank text queries by CSLS when the index stores hubness penalties
+            (`retrieval.py hubness`); image queries always rank by cosine.
     """
 
-    def __init__(self, index, encoder, backend: str = "exact"):
+    def __init__(self, index, encoder, backend: str = "exact", csls: bool = True):
         self.index = index
         self.encoder = encoder
         self.backend = backend
+        self.csls = bool(csls) and index.has_csls  # text queries rank by CSLS when stored
         self._encode_lock = threading.Lock()
         self.index.searcher(backend)
 
@@ -88,8 +91,10 @@ class RetrievalService:
             with self._encode_lock:
                 query = np.asarray(self.encoder.encode_texts([text]), dtype=np.float32)
             label = {"query": text}
-        hits = self.index.search(query, k, backend=self.backend)[0]
+        csls = self.csls and image_id is None
+        hits = self.index.search(query, k, backend=self.backend, csls=csls)[0]
         return {**label, "k": k, "backend": self.backend, "count": len(self.index),
+                "similarity": "csls" if csls else "cosine",
                 "ms": round((time.perf_counter() - t0) * 1e3, 2),
                 "results": [{"rank": r + 1, **h.to_dict(), "url": f"/image/{h.id}"}
                             for r, h in enumerate(hits)]}

@@ -70,3 +70,56 @@ def test_csls_against_a_training_bank_demotes_a_hub():
 
     assert hub_wins(gal_txt, gal_img) >= 15 and hub_wins(b, a) <= 3
     assert (csls_t2i == 1).sum() >= (plain_t2i == 1).sum() + 15
+
+
+def _penalised_index(tmp_path, n=40, dim=8):
+    from dualencoder import index as index_lib
+
+    rng = np.random.default_rng(3)
+    emb = _unit(rng.normal(size=(n, dim)))
+    index_lib.write_embeddings_index(tmp_path / "idx", emb, [f"im{i}.png" for i in range(n)],
+                                     fingerprint="fp", dtype="float32", chunk_size=16)
+    state = index_lib.read_state(str(tmp_path / "idx"))
+    penalty = rng.uniform(0.0, 0.8, n).astype(np.float32)
+    H.save_index_penalties(str(tmp_path / "idx"), penalty, state=state, k=3, bank="bank.txt",
+                           num_captions=12)
+    return index_lib, emb, penalty
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_index_search_ranks_text_queries_by_csls(tmp_path, backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e '.[index]')")
+    index_lib, emb, penalty = _penalised_index(tmp_path)
+    index = index_lib.EmbeddingIndex.open(tmp_path / "idx")
+    assert index.has_csls and index.hubness["k"] == 3 and index.hubness_problem is None
+    q = _unit(np.random.default_rng(4).normal(size=(5, emb.shape[1])))
+    want = q @ emb.T - 0.5 * penalty[None, :]
+    for row, hits in zip(want, index.search(q, 7, backend=backend, csls=True)):
+        assert [h.id for h in hits] == list(np.argsort(-row, kind="stable")[:7])
+        np.testing.assert_allclose([h.score for h in hits], np.sort(row)[::-1][:7], atol=1e-5)
+    # cosine when not asked for: a different ranking (the penalties are large)
+    plain = index.search(q, 7, backend=backend)
+    assert [[h.id for h in hs] for hs in plain] == [list(np.argsort(-r)[:7]) for r in q @ emb.T]
+    assert plain != index.search(q, 7, backend=backend, csls=True)
+
+
+def test_index_penalties_of_another_index_version_are_not_used(tmp_path):
+    index_lib, emb, _ = _penalised_index(tmp_path)
+    state_path = tmp_path / "idx" / "state.json"
+    import json
+
+    state = json.loads(state_path.read_text())
+    state["generation"] += 1  # what `retrieval.py index --update` does
+    state_path.write_text(json.dumps(state))
+    index = index_lib.EmbeddingIndex.open(tmp_path / "idx")
+    assert not index.has_csls and "generation" in index.hubness_problem
+    assert "retrieval.py hubness" in index.hubness_problem
+    q = emb[:2]
+    assert index.search(q, 3, csls=True) == index.search(q, 3)  # falls back to cosine
+    (tmp_path / "idx" / H.INDEX_PENALTIES).write_bytes(b"garbage")
+    index = index_lib.EmbeddingIndex.open(tmp_path / "idx")
+    assert not index.has_csls and "unreadable" in index.hubness_problem
+    with pytest.raises(ValueError, match="penalties for an index of"):
+        H.save_index_penalties(str(tmp_path / "idx"), np.zeros(3), state=state, k=1, bank="b",
+                               num_captions=1)

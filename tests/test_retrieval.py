@@ -189,8 +189,9 @@ def test_cli_process_exit_code_without_tensorflow(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: index folder"), proc.stderr
 
 
-def test_real_tiny_model_index_and_search(tmp_path, capsys):
-    """The real `DualEncoder` (tiny towers) through save_dir, index, search and its fingerprint."""
+def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
+    """The real `DualEncoder` (tiny towers) through save_dir, index, search and its fingerprint;
+    hubness penalties against the captions of a records bank."""
     testing = pytest.importorskip("dualencoder.testing")
     model = testing.tiny_model()
     work = tmp_path / "work"
@@ -215,6 +216,20 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys):
     assert [r["id"] for r in data["results"]] == [h.id for h in ref]
     px = index_lib.decode_image((images / index.paths[0]).read_bytes(), model.image_size)
     np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
+
+    from dualencoder import hubness
+    from dualencoder.data import read_captions
+
+    bank = synthetic_records["train"]
+    rc = retrieval.main(["hubness", "--index", str(out), "--bank", bank, "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    captions = read_captions(bank)[0]
+    index = index_lib.EmbeddingIndex.open(out)
+    assert index.hubness["num_captions"] == len(captions) and index.hubness["k"] == 10
+    want = hubness.mean_topk_similarity(index_lib.normalize(index.embeddings),
+                                        index_lib.normalize(model.encode_texts(captions)), 10)
+    np.testing.assert_allclose(index.penalty, want, atol=2e-3)
 
 
 def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
@@ -262,3 +277,58 @@ def test_serve_command_wires_the_server(env, capsys, monkeypatch):
     assert len(seen["service"].index) == 9
     rc, out, err = run(["serve", "--index", str(env["index"]), "--port", "70000"], capsys)
     one_line_error(rc, err, "not a port number")
+
+
+def test_hubness_command_makes_text_search_csls(env, capsys):
+    from dualencoder import hubness
+
+    idx = str(env["index"])
+    bank = env["tmp"] / "bank.txt"
+    captions = ["red car on a street", "blue sky", "a dog in the grass", "night street",
+                "green field", "red red red", "people walking"]
+    bank.write_text("\n".join(captions) + "\n\n")
+    rc, out, err = run(["hubness", "--index", idx, "--bank", str(bank), "--bank-k", "3",
+                        "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "9 images against 7 bank captions (k=3" in out
+    enc = FakeEncoder()
+    index = index_lib.EmbeddingIndex.open(idx)
+    emb = index_lib.normalize(index.embeddings)
+    want_pen = hubness.mean_topk_similarity(emb, enc.encode_texts(captions), 3)
+    np.testing.assert_allclose(index.penalty, want_pen, atol=1e-3)  # float16 embeddings
+
+    def search(*extra):
+        rc, out, err = run(["search", "--index", idx, "--query", "red car", "-k", "9", "--json",
+                            *extra], capsys)
+        assert rc == 0, err
+        return json.loads(out), err
+
+    data, _ = search()
+    q = enc.encode_texts(["red car"])[0]
+    csls = emb @ q - 0.5 * index.penalty
+    assert data["similarity"] == "csls"
+    assert [r["id"] for r in data["results"]] == list(np.argsort(-csls, kind="stable"))
+    plain, _ = search("--no-csls")
+    assert plain["similarity"] == "cosine"
+    assert [r["id"] for r in plain["results"]] == list(np.argsort(-(emb @ q), kind="stable"))
+    # image queries are not penalised
+    rc, out, err = run(["search", "--index", idx, "--image", str(env["images"] / index.paths[2]),
+                        "--json"], capsys)
+    assert rc == 0 and json.loads(out)["similarity"] == "cosine"
+
+    # an update makes the penalties stale: a warning, and cosine until `hubness` runs again
+    make_images(env["images"], 1, start=30)
+    assert run(["index", "--model", str(env["work"]), "--images", str(env["images"]),
+                "--out", idx, "--update", "--no-progress"], capsys)[0] == 0
+    data, err = search()
+    assert data["similarity"] == "cosine" and "warning:" in err and "retrieval.py hubness" in err
+
+    one_line_error(*run(["hubness", "--index", idx, "--bank", str(env["tmp"] / "nope.txt")],
+                        capsys)[::2], "does not exist")
+    one_line_error(*run(["hubness", "--index", idx, "--bank", str(bank), "--bank-k", "8",
+                         "--no-progress"], capsys)[::2], "between 1 and the bank's 7")
+    (env["tmp"] / "empty.txt").write_text("\n \n")
+    one_line_error(*run(["hubness", "--index", idx, "--bank", str(env["tmp"] / "empty.txt"),
+                         "--no-progress"], capsys)[::2], "holds no captions")
+    one_line_error(*run(["hubness", "--index", idx, "--bank", str(env["images"]),
+                         "--no-progress"], capsys)[::2], "without manifest.json")
