@@ -152,8 +152,16 @@ for summ in sorted(glob.glob(os.path.join(out, "*", "summary.json"))):
     temp = next((r.get("train_temperature") for r in hist if r.get("epoch") == b.get("epoch")), None)
     m, d, o = cfg.get("model", {}), cfg.get("data", {}), cfg.get("optim", {})
     rows.append((name, b, temp, m, d, o, cfg.get("run", {}).get("seed")))
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                        "unknown CPU")
+    except OSError:
+        return "unknown CPU"
 L = ["# Flickr8k LiT recipe — report", "",
-     f"Written by scripts/flickr8k.sh (this invocation: {wall} s wall; all stage times in "
+     f"Written by scripts/flickr8k.sh (this invocation: {wall} s wall on {os.cpu_count()} "
+     f"cores of {cpu_name()}; all stage times in "
      f"{out}/times.tsv). Dev split only (1,000 images, 5,000 captions); the test split is "
      "never used. Numbers are the best epoch selected on dev val_rsum.", "",
      "| run | head | loss | px | views | batch | lr | wd | seed | best epoch | temp | i2t R@1 | R@5 "
@@ -165,7 +173,7 @@ for name, b, temp, m, d, o, seed in rows:
     loss = m.get("loss", "") + (f"+{m['extra_loss']}×{m.get('extra_loss_weight')}"
                                 if m.get("extra_loss") else "")
     L.append(f"| {name} | {m.get('head')} | {loss} | {m.get('image_size')} | "
-             f"{d.get('cached_views', 1)} | {d.get('batch_size')} | {o.get('lr')} | {o.get('weight_decay')} | {seed} | "
+             f"{d.get('cached_views', 1)}{' (low-res ' + str(d['lowres_size']) + ' px)' if d.get('lowres_size') else ''} | {d.get('batch_size')} | {o.get('lr')} | {o.get('weight_decay')} | {seed} | "
              f"{b.get('epoch')} | {temp if temp is None else round(temp, 4)} | "
              + " | ".join(f"{b.get(f'val_{k}', float('nan')):.1f}" for k in
                           ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"))
