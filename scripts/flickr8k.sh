@@ -18,9 +18,10 @@
 #      XRES_SIZES (default "224": one more head per size, seed 0, on the same locked towers
 #      at that image size, ${RUN}_px224, added to the ensemble: a cross-resolution ensemble;
 #      "" = none),
-#      XRES_LOWRES (default 0: off; N: each cross-resolution member also trains on a second
-#      cached view, the image shrunk to N px and enlarged back, as CIFAR-10's 32 px images
-#      are at evaluation: --set data.cached_views=2 data.lowres_size=N, ${RUN}_px224_lrN),
+#      XRES_LOWRES (default 32: each cross-resolution member also trains on a second cached
+#      view, the image shrunk to N px and enlarged back, as CIFAR-10's 32 px images are at
+#      evaluation: --set data.cached_views=2 data.lowres_size=N, workdir ${RUN}_px224_lrN;
+#      0 = the plain member ${RUN}_px224, one view),
 #      BANK (default 1: dev retrieval ranks by CSLS against the train records, the report
 #      keeps the cosine numbers too; 0 = plain cosine),
 #      SKIP_ZEROSHOT=1, SKIP_EVAL=1 (use the training's dev numbers only), EXTRA_SET
@@ -98,7 +99,7 @@ for seed in $SEEDS; do
   train_head "$name" "run.seed=$seed"
 done
 XTAG=""
-XRES_LOWRES="${XRES_LOWRES:-0}"
+XRES_LOWRES="${XRES_LOWRES:-32}"
 for size in ${XRES_SIZES-224}; do  # cross-resolution members: the same towers at another size
   if [ "$XRES_LOWRES" != 0 ]; then
     train_head "${RUN}_px${size}_lr$XRES_LOWRES" "run.seed=0" "model.image_size=$size" \

@@ -40,7 +40,8 @@ def _tiny_coco(root, make_image):
 
 def test_recipe_script_end_to_end_on_tiny_coco(tmp_path, make_image):
     """scripts/flickr8k.sh on a tiny COCO layout with tiny towers: two seeds plus a 40 px
-    cross-resolution head, evaluated as one ensemble with CSLS against the train records."""
+    cross-resolution head (trained on a second, low-res view: XRES_LOWRES defaults to 32),
+    evaluated as one ensemble with CSLS against the train records."""
     _tiny_coco(tmp_path / "coco", make_image)
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps({
@@ -57,9 +58,9 @@ def test_recipe_script_end_to_end_on_tiny_coco(tmp_path, make_image):
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "flickr8k.sh")], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rep = json.loads((out / "eval" / "recipe_ens3_px40_dev_csls" / "report.json").read_text())
+    rep = json.loads((out / "eval" / "recipe_ens3_px40_lr32_dev_csls" / "report.json").read_text())
     assert [m["spec"] for m in rep["model"]["members"]] == [
-        str(out / "recipe"), str(out / "recipe_seed1"), str(out / "recipe_px40")]
+        str(out / "recipe"), str(out / "recipe_seed1"), str(out / "recipe_px40_lr32")]
     assert rep["settings"]["bank"]["num_images"] == 12 and "metrics_cosine" in rep
     # heads ran on training's cached features, one file per (tower, image size): the tiny
     # towers are random per seed, so (seed 0, 32 px), (seed 1, 32 px), (seed 0, 40 px)
@@ -68,4 +69,7 @@ def test_recipe_script_end_to_end_on_tiny_coco(tmp_path, make_image):
     assert all(p.startswith(str(out / "features")) for p in features)
     report = (out / "REPORT.md").read_text()
     assert "(CSLS against the train records, k=10)" in report and "(plain cosine)" in report
-    assert "| recipe_px40 |" in report
+    assert "| recipe_px40_lr32 | linear | clip | 40 | 2 (low-res 32 px) |" in report
+    assert "cores of" in report
+    cfg40 = json.loads((out / "recipe_px40_lr32" / "config.json").read_text())
+    assert cfg40["data"]["cached_views"] == 2 and cfg40["data"]["lowres_size"] == 32
