@@ -15,9 +15,11 @@
 #      CONFIG (configs/flickr8k_lit.json), RUN (workdir name, default recipe),
 #      SEEDS (default "0 1 2": one head per seed on the same cached features, $RUN for the
 #      first and ${RUN}_seedN for the others, evaluated as one ensemble; "0" = a single model),
-#      XRES_SIZES (default "224": one more head per size, seed 0, on the same locked towers
-#      at that image size, ${RUN}_px224, added to the ensemble: a cross-resolution ensemble;
+#      XRES_SIZES (default "224": more heads per size (XRES_SEEDS) on the same locked
+#      towers at that image size, added to the ensemble: a cross-resolution ensemble;
 #      "" = none),
+#      XRES_SEEDS (default "0 1 2": one cross-resolution head per seed, ${RUN}_px224_lr32
+#      for the first and ${RUN}_px224_lr32_seedN for the others),
 #      XRES_LOWRES (default 32: each cross-resolution member also trains on a second cached
 #      view, the image shrunk to N px and enlarged back, as CIFAR-10's 32 px images are at
 #      evaluation: --set data.cached_views=2 data.lowres_size=N, workdir ${RUN}_px224_lrN;
@@ -100,15 +102,18 @@ for seed in $SEEDS; do
 done
 XTAG=""
 XRES_LOWRES="${XRES_LOWRES:-32}"
+XRES_SEEDS="${XRES_SEEDS:-0 1 2}"
 for size in ${XRES_SIZES-224}; do  # cross-resolution members: the same towers at another size
+  xsets=("model.image_size=$size"); xname="${RUN}_px$size"
   if [ "$XRES_LOWRES" != 0 ]; then
-    train_head "${RUN}_px${size}_lr$XRES_LOWRES" "run.seed=0" "model.image_size=$size" \
-      "data.cached_views=2" "data.lowres_size=$XRES_LOWRES"
-    XTAG="${XTAG}_px${size}_lr$XRES_LOWRES"
-  else
-    train_head "${RUN}_px$size" "run.seed=0" "model.image_size=$size"
-    XTAG="${XTAG}_px$size"
+    xsets+=("data.cached_views=2" "data.lowres_size=$XRES_LOWRES"); xname="${xname}_lr$XRES_LOWRES"
   fi
+  first=1
+  for seed in $XRES_SEEDS; do  # one head per seed, like the main members
+    name="$xname"; [ $first = 1 ] || name="${xname}_seed$seed"; first=0
+    train_head "$name" "run.seed=$seed" "${xsets[@]}"
+  done
+  XTAG="${XTAG}${xname#"$RUN"}"
 done
 if [ ${#MEMBERS[@]} -eq 1 ]; then
   MODEL="${MEMBERS[0]}"; EVAL="$RUN"

@@ -39,8 +39,8 @@ def _tiny_coco(root, make_image):
 
 
 def test_recipe_script_end_to_end_on_tiny_coco(tmp_path, make_image):
-    """scripts/flickr8k.sh on a tiny COCO layout with tiny towers: two seeds plus a 40 px
-    cross-resolution head (trained on a second, low-res view: XRES_LOWRES defaults to 32),
+    """scripts/flickr8k.sh on a tiny COCO layout with tiny towers: two seeds plus two 40 px
+    cross-resolution heads (trained on a second, low-res view: XRES_LOWRES defaults to 32),
     evaluated as one ensemble with CSLS against the train records."""
     _tiny_coco(tmp_path / "coco", make_image)
     cfg = tmp_path / "tiny.json"
@@ -54,18 +54,20 @@ def test_recipe_script_end_to_end_on_tiny_coco(tmp_path, make_image):
     out = tmp_path / "out"
     env = {**os.environ, "PY": sys.executable, "DATASET": "coco",
            "COCO_DIR": str(tmp_path / "coco"), "OUT": str(out), "CONFIG": str(cfg),
-           "SEEDS": "0 1", "XRES_SIZES": "40", "SKIP_ZEROSHOT": "1"}
+           "SEEDS": "0 1", "XRES_SIZES": "40", "XRES_SEEDS": "0 3", "SKIP_ZEROSHOT": "1"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "flickr8k.sh")], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rep = json.loads((out / "eval" / "recipe_ens3_px40_lr32_dev_csls" / "report.json").read_text())
+    rep = json.loads((out / "eval" / "recipe_ens4_px40_lr32_dev_csls" / "report.json").read_text())
     assert [m["spec"] for m in rep["model"]["members"]] == [
-        str(out / "recipe"), str(out / "recipe_seed1"), str(out / "recipe_px40_lr32")]
+        str(out / "recipe"), str(out / "recipe_seed1"), str(out / "recipe_px40_lr32"),
+        str(out / "recipe_px40_lr32_seed3")]
     assert rep["settings"]["bank"]["num_images"] == 12 and "metrics_cosine" in rep
     # heads ran on training's cached features, one file per (tower, image size): the tiny
-    # towers are random per seed, so (seed 0, 32 px), (seed 1, 32 px), (seed 0, 40 px)
+    # towers are random per seed, so (seed 0, 32 px), (seed 1, 32 px), (seed 0, 40 px),
+    # (seed 3, 40 px)
     features = rep["timing"]["tower_features"]
-    assert len(set(features)) == 3
+    assert len(set(features)) == 4
     assert all(p.startswith(str(out / "features")) for p in features)
     report = (out / "REPORT.md").read_text()
     assert "(CSLS against the train records, k=10)" in report and "(plain cosine)" in report
