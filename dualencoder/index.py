@@ -644,7 +644,8 @@ def write_embeddings_index(index_dir, embeddings, paths, *, fingerprint: str,
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    """One search result: row id in the index, image path (entry name), cosine score."""
+    """One search result: row id in the index, image path (entry name), score (the cosine, or
+    `cos - r(image) / 2` for a text query ranked by CSLS)."""
 
     id: int
     path: str

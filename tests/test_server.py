@@ -120,3 +120,28 @@ def test_internal_error_is_generic_500(running, monkeypatch, capsys):
     monkeypatch.setattr(running["service"].encoder, "encode_texts", boom)
     status, data = get_json(running["port"], "/search?q=car")
     assert status == 500 and data == {"error": "internal server error"}
+
+
+def test_service_ranks_text_queries_by_csls_when_the_index_has_penalties(tmp_path):
+    import numpy as np
+
+    from dualencoder import hubness
+
+    images, out = tmp_path / "images", tmp_path / "index"
+    make_images(images, 8)
+    enc = FakeEncoder()
+    index_lib.build_index(enc, out, images=images, progress=False)
+    state = index_lib.read_state(str(out))
+    penalty = np.linspace(0.9, 0.0, 8).astype(np.float32)
+    hubness.save_index_penalties(str(out), penalty, state=state, k=1, bank="b.txt",
+                                 num_captions=1)
+    index = index_lib.EmbeddingIndex.open(out)
+    emb = index_lib.normalize(index.embeddings)
+    q = enc.encode_texts(["red car"])[0]
+    for csls, want in ((True, emb @ q - 0.5 * penalty), (False, emb @ q)):
+        service = server_lib.RetrievalService(index, enc, csls=csls)
+        res = service.search(q="red car", k=8)
+        assert res["similarity"] == ("csls" if csls else "cosine")
+        assert [r["id"] for r in res["results"]] == list(np.argsort(-want, kind="stable"))
+    by_image = server_lib.RetrievalService(index, enc).search(image_id=3, k=2)
+    assert by_image["similarity"] == "cosine" and by_image["results"][0]["id"] == 3
