@@ -90,7 +90,9 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in rates.items()}
     base = med.get("batch_32")
     chunk = features.image_chunk_size()
-    print(f"\nImage tower {args.tower} at {args.size} px, inference, {os.cpu_count()} CPU cores, "
+    cpu = cpu_model()
+    print(f"\nImage tower {args.tower} at {args.size} px, inference, {os.cpu_count()} CPU cores "
+          f"({cpu}), "
           f"TF {tf.__version__}, GPU: {bool(tf.config.list_logical_devices('GPU'))}; "
           f"image_chunk_size() = {chunk}\ncommand: {command}")
     print(f"{'variant':26s} {'median img/s':>12s} {'vs batch 32':>12s}   rounds")
@@ -104,12 +106,26 @@ def main(argv=None):
     print(f"product vs one batch-32 call: max |difference| {diff:.2e}")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "cpu_count": os.cpu_count(),
+    out.write_text(json.dumps({"command": command, "cpu_count": os.cpu_count(), "cpu": cpu,
                                "tensorflow": tf.__version__, "tower": args.tower,
                                "size": args.size, "image_chunk_size": chunk,
                                "images_per_round": args.images, "rows": rows,
                                "product_max_abs_difference": diff}, indent=2))
     print(f"wrote {out}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else platform.processor()."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
