@@ -49,7 +49,7 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
 
-    from dualencoder import features
+    from dualencoder import features, machine
     from dualencoder.model import build_model
 
     model = build_model({"image_tower": args.tower, "image_weights": None,
@@ -90,7 +90,7 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in rates.items()}
     base = med.get("batch_32")
     chunk = features.image_chunk_size()
-    cpu = cpu_model()
+    cpu = machine.cpu_model()
     print(f"\nImage tower {args.tower} at {args.size} px, inference, {os.cpu_count()} CPU cores "
           f"({cpu}), "
           f"TF {tf.__version__}, GPU: {bool(tf.config.list_logical_devices('GPU'))}; "
@@ -112,20 +112,6 @@ def main(argv=None):
                                "images_per_round": args.images, "rows": rows,
                                "product_max_abs_difference": diff}, indent=2))
     print(f"wrote {out}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else platform.processor()."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ fi
 # ---------------------------------------------------------------- 4. report
 "$PY" - "$OUT" "$EVAL" "$(( $(date +%s) - T_START ))" "$RUN" "$DEV_EVAL" <<'PYEOF'
 import glob, json, os, sys
+from dualencoder.machine import cpu_model
 out, main_run, wall, first_run, dev_eval = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
                                              sys.argv[4], sys.argv[5])
 def load(p):
@@ -158,16 +159,9 @@ for summ in sorted(glob.glob(os.path.join(out, "*", "summary.json"))):
     temp = next((r.get("train_temperature") for r in hist if r.get("epoch") == b.get("epoch")), None)
     m, d, o = cfg.get("model", {}), cfg.get("data", {}), cfg.get("optim", {})
     rows.append((name, b, temp, m, d, o, cfg.get("run", {}).get("seed")))
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                        "unknown CPU")
-    except OSError:
-        return "unknown CPU"
 L = ["# Flickr8k LiT recipe — report", "",
      f"Written by scripts/flickr8k.sh (this invocation: {wall} s wall on {os.cpu_count()} "
-     f"cores of {cpu_name()}; all stage times in "
+     f"cores of {cpu_model()}; all stage times in "
      f"{out}/times.tsv). Dev split only (1,000 images, 5,000 captions); the test split is "
      "never used. Numbers are the best epoch selected on dev val_rsum.", "",
      "| run | head | loss | px | views | batch | lr | wd | seed | best epoch | temp | i2t R@1 | R@5 "
