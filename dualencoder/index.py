@@ -758,6 +758,20 @@ class EmbeddingIndex:
         """Whether current hubness penalties are stored (`retrieval.py hubness`)."""
         return self.penalty is not None
 
+    def ranking(self, backend: str = "exact", csls: bool = False) -> str:
+        """How `search(..., backend, csls)` ranks: "cosine", "exact-csls" (one scan of the
+        CSLS-shifted embeddings) or "rerank-csls" (the backend's cosine top hits re-ranked)."""
+        if not (csls and self.has_csls):
+            return "cosine"
+        return "exact-csls" if backend == "exact" else "rerank-csls"
+
+    def prepare(self, backend: str = "exact", csls: bool = False) -> None:
+        """Build now every searcher `search(..., backend, csls)` and a cosine query on
+        `backend` use (a server does this at start, not on its first request)."""
+        self.searcher(backend)
+        if self.ranking(backend, csls) == "exact-csls":
+            self.searcher("exact-csls")
+
     def search(self, queries, k: int, backend: str = "exact",
                csls: bool = False) -> list[list[Hit]]:
         """Top-k hits for each query embedding `[Q, D]` (or `[D]`), best first.
@@ -772,9 +786,10 @@ class EmbeddingIndex:
             raise RetrievalError(f"query embeddings are {q.shape[1]}-d, the index holds "
                                  f"{self.embeddings.shape[1]}-d ones")
         k = min(k, len(self))
-        if not (csls and self.has_csls):
+        ranking = self.ranking(backend, csls)
+        if ranking == "cosine":
             scores, ids = self.searcher(backend).search(q, k)
-        elif backend == "exact":
+        elif ranking == "exact-csls":
             ones = np.ones((len(q), 1), np.float32)
             scores, ids = self.searcher("exact-csls").search(np.concatenate([q, ones], 1), k)
         else:

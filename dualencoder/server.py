@@ -60,10 +60,8 @@ class RetrievalService:
         self.encoder = encoder
         self.backend = backend
         self.csls = bool(csls) and index.has_csls  # text queries rank by CSLS when stored
-        if self.csls and backend == "exact":
-            self.index.searcher("exact-csls")  # built now, not on the first request
         self._encode_lock = threading.Lock()
-        self.index.searcher(backend)
+        self.index.prepare(backend, csls=self.csls)  # searchers built now, not on a request
 
     def warmup(self) -> None:
         """Run one text query so that the first real request does not pay for tracing."""

@@ -138,8 +138,10 @@ def test_service_ranks_text_queries_by_csls_when_the_index_has_penalties(tmp_pat
     index = index_lib.EmbeddingIndex.open(out)
     emb = index_lib.normalize(index.embeddings)
     q = enc.encode_texts(["red car"])[0]
-    for csls, want in ((True, emb @ q - 0.5 * penalty), (False, emb @ q)):
+    for csls, want in ((False, emb @ q), (True, emb @ q - 0.5 * penalty)):
         service = server_lib.RetrievalService(index, enc, csls=csls)
+        # the searchers this ranking uses are built when the service starts
+        assert ("exact-csls" in index._searchers) == csls and "exact" in index._searchers
         res = service.search(q="red car", k=8)
         assert res["similarity"] == ("csls" if csls else "cosine")
         assert [r["id"] for r in res["results"]] == list(np.argsort(-want, kind="stable"))
