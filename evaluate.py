@@ -29,9 +29,7 @@ import os
 import sys
 
 from dualencoder.argtypes import int_list, positive_int
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from dualencoder.machine import tensorflow_defaults
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,6 +229,7 @@ def _run(args) -> None:
 
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
+    tensorflow_defaults()  # before TensorFlow loads
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

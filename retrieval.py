@@ -27,6 +27,7 @@ import os
 import sys
 
 from dualencoder.argtypes import positive_int
+from dualencoder.machine import tensorflow_defaults
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -242,6 +243,7 @@ def cmd_serve(args) -> int:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input)."""
+    tensorflow_defaults()  # before TensorFlow loads
     from dualencoder.index import RetrievalError  # noqa: PLC0415 (light: NumPy only)
 
     try:

@@ -85,6 +85,9 @@ def help_config() -> str:
 
 
 def main(argv=None) -> int:
+    from dualencoder.machine import tensorflow_defaults
+
+    tensorflow_defaults()  # before TensorFlow loads
     args = parse_args(argv)
     if args.help_config:
         print(help_config())

@@ -31,6 +31,7 @@ __all__ = [
     "siglip_loss",
     "max_violation_loss",
     "positive_mask",
+    "group_ids",
     "get_loss",
     "LOSSES",
 ]
@@ -68,6 +69,24 @@ def _cross_entropy(logits, targets):
     return ops.mean(-ops.sum(targets * log_probs, axis=-1))
 
 
+def group_ids(image_index):
+    """`[B]` int32 group number of each pair: pairs of the same image share one, numbered
+    0..U-1 in order of image id (no `[B, B]` matrix; sort-based, so XLA compiles it).
+
+    Example:
+    >>> [int(g) for g in group_ids([7, 3, 7, 9])]
+    [1, 0, 1, 2]
+    """
+    image_index = ops.reshape(ops.convert_to_tensor(image_index), (-1,))
+    order = ops.argsort(image_index)
+    ordered = ops.take(image_index, order)
+    starts = ops.concatenate(
+        [ops.ones((1,), "int32"),
+         ops.cast(ops.not_equal(ordered[1:], ordered[:-1]), "int32")], axis=0)
+    groups_in_order = ops.cumsum(starts) - 1
+    return ops.take(groups_in_order, ops.argsort(order))
+
+
 def clip_loss(image_emb, text_emb, logit_scale, image_index=None, bias=None):
     """Symmetric InfoNCE (CLIP) with multi-positive targets.
 
@@ -76,6 +95,15 @@ def clip_loss(image_emb, text_emb, logit_scale, image_index=None, bias=None):
     image in the batch is distinct, which is plain CLIP); likewise for the
     columns. The loss is the mean of the image->text and text->image
     cross-entropies.
+
+    Computed without materialising targets: a row's cross-entropy against
+    uniform targets over its `n` positives is `logsumexp(row) - mean of its
+    positive logits`, and the positive logits of a group of pairs that show
+    one image sum to `scale * <sum of its image embeddings, sum of its text
+    embeddings>`. So the only `[B, B]` work is the logits and their row and
+    column log-sum-exps (on a CPU the elementwise passes over `[B, B]` cost
+    more than the matmul: `bench/head_step.py` times a head-only step at batch
+    4,096 against the explicit-target form).
 
     Args:
         image_emb: `[B, D]` normalised image embeddings.
@@ -95,14 +123,22 @@ def clip_loss(image_emb, text_emb, logit_scale, image_index=None, bias=None):
     """
     del bias
     image_emb, text_emb, scale = _prepare(image_emb, text_emb, logit_scale)
-    logits = scale * ops.matmul(image_emb, ops.transpose(text_emb))
-    positives = positive_mask(image_index, _batch_size(image_emb))
-    # The positive mask is symmetric, so the row-normalised targets serve both
-    # directions (the text->image logits are the transpose).
-    targets = positives / ops.sum(positives, axis=-1, keepdims=True)
-    image_to_text = _cross_entropy(logits, targets)
-    text_to_image = _cross_entropy(ops.transpose(logits), targets)
-    return (image_to_text + text_to_image) / 2.0
+    batch = _batch_size(image_emb)
+    logits = ops.matmul(image_emb * scale, ops.transpose(text_emb))
+    row_lse = ops.logsumexp(logits, axis=1)
+    col_lse = ops.logsumexp(logits, axis=0)
+    if image_index is None:  # one positive per row: the diagonal
+        positive = 2.0 * scale * ops.sum(image_emb * text_emb)
+    else:
+        groups = group_ids(image_index)
+        image_sums = ops.segment_sum(image_emb, groups, num_segments=batch)
+        text_sums = ops.segment_sum(text_emb, groups, num_segments=batch)
+        sizes = ops.segment_sum(ops.ones_like(image_emb[:, 0]), groups, num_segments=batch)
+        # sum over pairs (i, j) of one group of logits[i, j] * (1/n_i + 1/n_j)
+        positive = 2.0 * scale * ops.sum(
+            ops.sum(image_sums * text_sums, axis=1) / ops.maximum(sizes, 1.0))
+    n = ops.cast(batch, "float32")
+    return (ops.sum(row_lse) + ops.sum(col_lse) - positive) / (2.0 * n)
 
 
 def soft_loss(

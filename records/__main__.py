@@ -23,8 +23,7 @@ import os
 import sys
 
 from dualencoder.argtypes import positive_int
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads (lazily, below)
+from dualencoder.machine import tensorflow_defaults
 
 SKIPPED_SHOWN = 20
 
@@ -149,6 +148,7 @@ def _error(message) -> int:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
+    tensorflow_defaults()  # before TensorFlow loads
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0)

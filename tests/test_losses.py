@@ -215,3 +215,19 @@ def test_get_loss_registry():
     assert losses.get_loss(losses.soft_loss) is losses.soft_loss
     with pytest.raises(ValueError, match="clip.*max_violation.*siglip.*soft"):
         losses.get_loss("triplet")
+
+
+def test_group_ids_number_images_in_id_order():
+    assert [int(g) for g in losses.group_ids([7, 3, 7, 9, 3])] == [1, 0, 1, 2, 0]
+    assert [int(g) for g in losses.group_ids(tf.constant([5], tf.int64))] == [0]
+
+
+def test_clip_loss_matches_explicit_targets_on_a_large_batch():
+    # The log-sum-exp form against the textbook one (targets materialised), with many
+    # repeated images, as in an all-captions batch.
+    rng = np.random.default_rng(1)
+    img, txt = _embeddings(batch=256, dim=32, seed=5)
+    index = rng.integers(0, 60, 256)
+    expected = ref_clip(img.astype(np.float64), txt.astype(np.float64), 12.0, index)
+    np.testing.assert_allclose(float(losses.clip_loss(img, txt, 12.0, image_index=index)),
+                               expected, rtol=1e-5)
