@@ -3,8 +3,13 @@
 import os
 import pathlib
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from dualencoder.machine import tensorflow_defaults  # noqa: E402  (stdlib only)
+
+# The command-line programs' TensorFlow settings (oneDNN on x86-64 among them), before any
+# test imports TensorFlow: in-process runs and the programs the tests start as subprocesses
+# then use the same kernels, so their numbers can be compared exactly (the kill-and-resume
+# tests compare a subprocess's final weights with an in-process reference run).
+tensorflow_defaults()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
