@@ -32,9 +32,10 @@ def tensorflow_defaults(environ=None) -> dict:
 
     - `KERAS_BACKEND=tensorflow`, `TF_CPP_MIN_LOG_LEVEL=2` (no C++ info logs).
     - `TF_ENABLE_ONEDNN_OPTS=1` on x86-64: TensorFlow turns its oneDNN kernels on by default
-      only on CPUs with AVX-512 VNNI/BF16 or AMX. On the 2-core AVX2 reference machine they
-      ran Xception inference ~1.15x faster (299 px and 224 px) and stopped ~750,000 page
-      faults per 48 images that the default allocator made (`bench/onednn.py`).
+      only on CPUs with AVX-512 VNNI/BF16 or AMX, so this changes AVX2-only CPUs. On a 2-core
+      AMD AVX2 machine (an earlier session, not kept as a result file) they ran Xception
+      inference ~1.15x faster at 299 and 224 px, with far fewer page faults;
+      `bench/onednn.py` measures both settings on the machine at hand.
 
     Args:
         environ: the mapping to update (default `os.environ`).

@@ -1,0 +1,110 @@
+"""Image-tower inference with TensorFlow's oneDNN kernels on and off (`TF_ENABLE_ONEDNN_OPTS`).
+
+TensorFlow turns oneDNN on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; the
+command-line programs set `TF_ENABLE_ONEDNN_OPTS=1` on x86-64 (`machine.tensorflow_defaults`).
+The variable is read when TensorFlow loads, so each measurement is a fresh child process
+(this file with `--child`), the two settings alternating round by round so machine noise hits
+both alike. A child times the product's compiled tower (`features.tower_functions`: chunks of
+8 images on a CPU) on random images and reports images/s, its user and system CPU seconds
+and minor page faults. The table shows the medians and the ratio on/off.
+
+Usage:
+    python bench/onednn.py                      # Xception at 299 and 224 px, 3 rounds
+    python bench/onednn.py --sizes 224 --rounds 2 --images 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def child(size: int, images: int, tower: str) -> dict:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import numpy as np
+
+    from dualencoder import features
+    from dualencoder.model import build_model
+
+    model = build_model({"image_tower": tower, "image_weights": None, "image_size": size,
+                         "text_tower": "tiny", "image_trainable": "none"})
+    image_fn, _ = features.tower_functions(model)
+    pixels = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
+    np.asarray(image_fn(pixels[:16]))  # tracing, warm-up
+    r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(max(1, images // 32)):
+        np.asarray(image_fn(pixels))
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"img_per_s": max(1, images // 32) * 32 / wall, "user_s": r1.ru_utime - r0.ru_utime,
+            "sys_s": r1.ru_stime - r0.ru_stime, "minor_faults": r1.ru_minflt - r0.ru_minflt}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tower", default="xception")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[299, 224])
+    parser.add_argument("--images", type=int, default=64, help="images per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "onednn.json"))
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.sizes[0], args.images, args.tower)))
+        return
+    from dualencoder.machine import cpu_model
+
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    results = {}
+    for r in range(args.rounds):
+        for size in args.sizes:
+            for flag in (("1", "0") if r % 2 == 0 else ("0", "1")):
+                env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag, TF_CPP_MIN_LOG_LEVEL="2",
+                           KERAS_BACKEND="tensorflow")
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", "--sizes", str(size), "--images",
+                     str(args.images), "--tower", args.tower],
+                    env=env, capture_output=True, text=True, check=True)
+                results.setdefault((size, flag), []).append(
+                    json.loads(out.stdout.strip().splitlines()[-1]))
+    cpu = cpu_model()
+    print(f"\n{args.tower} inference, oneDNN on vs off, {os.cpu_count()} CPU cores ({cpu})"
+          f"\ncommand: {command}")
+    print(f"{'size':>5s} {'oneDNN':>7s} {'img/s':>7s} {'on/off':>7s} {'sys s':>6s} "
+          f"{'page faults':>12s}   rounds img/s")
+    rows = []
+    for size in args.sizes:
+        med = {f: statistics.median(x["img_per_s"] for x in results[(size, f)]) for f in "10"}
+        for f in "10":
+            runs = results[(size, f)]
+            row = {"size": size, "onednn": f == "1", "median_img_per_s": med[f],
+                   "on_over_off": med["1"] / med["0"],
+                   "median_sys_s": statistics.median(x["sys_s"] for x in runs),
+                   "median_minor_faults": statistics.median(x["minor_faults"] for x in runs),
+                   "rounds": runs}
+            rows.append(row)
+            print(f"{size:5d} {'on' if f == '1' else 'off':>7s} {med[f]:7.2f} "
+                  f"{row['on_over_off']:6.2f}x {row['median_sys_s']:6.1f} "
+                  f"{row['median_minor_faults']:12.0f}   "
+                  + " ".join(f"{x['img_per_s']:.2f}" for x in runs))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "cpu": cpu, "cpu_count": os.cpu_count(),
+                               "tower": args.tower, "images": args.images, "rows": rows},
+                              indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
