@@ -33,14 +33,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "reference"))
 
+from dualencoder.argtypes import positive_int  # noqa: E402
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    parser.add_argument("--batch", type=positive_int, default=4096,
+                        help="pairs per step, 5 per image (at least 5)")
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--steps", type=positive_int, default=3,
+                        help="steps per variant per round")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "head_step.json"))
     args = parser.parse_args(argv)
+    if args.batch < 5:
+        parser.error(f"argument --batch: expected at least 5 (5 captions per image), "
+                     f"got {args.batch}")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     from dualencoder.machine import cpu_model, tensorflow_defaults
 

@@ -29,10 +29,15 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dualencoder.argtypes import positive_int  # noqa: E402
+
 
 def child(size: int, images: int, tower: str) -> dict:
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from dualencoder.machine import tensorflow_defaults
+
+    tensorflow_defaults()  # keeps the TF_ENABLE_ONEDNN_OPTS the parent set
     import numpy as np
+    from tensorflow.python.util import _pywrap_util_port
 
     from dualencoder import features
     from dualencoder.model import build_model
@@ -43,20 +48,29 @@ def child(size: int, images: int, tower: str) -> dict:
     pixels = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
     np.asarray(image_fn(pixels[:16]))  # tracing, warm-up
     r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    for _ in range(max(1, images // 32)):
+    for _ in range(images // 32):
         np.asarray(image_fn(pixels))
     wall = time.perf_counter() - t
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"img_per_s": max(1, images // 32) * 32 / wall, "user_s": r1.ru_utime - r0.ru_utime,
+    return {"onednn": bool(_pywrap_util_port.IsMklEnabled()),  # what TensorFlow really ran
+            "img_per_s": images / wall, "user_s": r1.ru_utime - r0.ru_utime,
             "sys_s": r1.ru_stime - r0.ru_stime, "minor_faults": r1.ru_minflt - r0.ru_minflt}
+
+
+def multiple_of_32(text: str) -> int:
+    value = positive_int(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 32 (the batch), got {text!r}")
+    return value
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tower", default="xception")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[299, 224])
-    parser.add_argument("--images", type=int, default=64, help="images per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[299, 224])
+    parser.add_argument("--images", type=multiple_of_32, default=64,
+                        help="images per measurement (a multiple of 32)")
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "onednn.json"))
     args = parser.parse_args(argv)
@@ -70,14 +84,21 @@ def main(argv=None):
     for r in range(args.rounds):
         for size in args.sizes:
             for flag in (("1", "0") if r % 2 == 0 else ("0", "1")):
-                env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag, TF_CPP_MIN_LOG_LEVEL="2",
-                           KERAS_BACKEND="tensorflow")
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", "--sizes", str(size), "--images",
                      str(args.images), "--tower", args.tower],
-                    env=env, capture_output=True, text=True, check=True)
-                results.setdefault((size, flag), []).append(
-                    json.loads(out.stdout.strip().splitlines()[-1]))
+                    env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag), capture_output=True,
+                    text=True)
+                if out.returncode:
+                    last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+                    parser.exit(1, f"error: the measurement of {args.tower} at {size} px with "
+                                   f"TF_ENABLE_ONEDNN_OPTS={flag} failed: {last}\n")
+                measured = json.loads(out.stdout.strip().splitlines()[-1])
+                if measured["onednn"] != (flag == "1"):
+                    parser.exit(1, f"error: TF_ENABLE_ONEDNN_OPTS={flag} did not set TensorFlow's "
+                                   f"oneDNN state (it ran with oneDNN "
+                                   f"{'on' if measured['onednn'] else 'off'}): nothing to compare\n")
+                results.setdefault((size, flag), []).append(measured)
     cpu = cpu_model()
     print(f"\n{args.tower} inference, oneDNN on vs off, {os.cpu_count()} CPU cores ({cpu})"
           f"\ncommand: {command}")

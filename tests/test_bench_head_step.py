@@ -56,11 +56,41 @@ def test_head_step_bench_writes_its_table_and_json(tmp_path):
     assert "product" in done.stdout and "vs explicit" in done.stdout
 
 
-def test_onednn_child_reports_throughput_and_resources():
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_onednn_child_runs_with_the_requested_kernels(flag):
+    import os
+
     done = subprocess.run([sys.executable, "bench/onednn.py", "--child", "--sizes", "32",
                            "--images", "32", "--tower", "tiny"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(result) == {"img_per_s", "user_s", "sys_s", "minor_faults"}
+    assert set(result) == {"onednn", "img_per_s", "user_s", "sys_s", "minor_faults"}
+    assert result["onednn"] is (flag == "1")  # TensorFlow's own state, not the variable
     assert result["img_per_s"] > 0 and result["user_s"] >= 0
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("head_step.py", ["--batch", "3"], "--batch: expected at least 5"),
+    ("head_step.py", ["--steps", "0"], "--steps: expected a positive integer"),
+    ("onednn.py", ["--images", "40"], "--images: expected a multiple of 32"),
+    ("onednn.py", ["--rounds", "0"], "--rounds: expected a positive integer"),
+])
+def test_bench_bad_arguments_exit_2_and_write_nothing(tmp_path, script, args, message):
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, f"bench/{script}", *args, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-1000:]
+    assert not out.exists()
+
+
+def test_onednn_names_a_failed_measurement(tmp_path):
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, "bench/onednn.py", "--tower", "nope", "--rounds", "1",
+                           "--sizes", "32", "--images", "32", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "error: the measurement of nope at 32 px" in done.stderr
+    assert "Unknown image tower 'nope'" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
