@@ -28,22 +28,13 @@ import argparse
 import os
 import sys
 
-from dualencoder.argtypes import int_list, positive_int
-from dualencoder.machine import tensorflow_defaults
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2
-        raise _UsageError(message)
-
-
-class _UsageError(Exception):
-    pass
+from records.cli import Parser, UsageError, int_list, positive_int
+from records.machine import tensorflow_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def common(sp, model=True):
         if model:
@@ -233,7 +224,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except _UsageError as exc:
+    except UsageError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     from dualencoder.evaluation import EvaluationError

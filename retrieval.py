@@ -26,19 +26,10 @@ import json
 import os
 import sys
 
-from dualencoder.argtypes import positive_int
-from dualencoder.machine import tensorflow_defaults
+from records.cli import EXIT_USAGE, Parser, UsageError, positive_int
+from records.machine import tensorflow_defaults
 
-EXIT_OK, EXIT_USAGE = 0, 2
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        raise _UsageError(f"{message} (see {self.prog} --help)")
+EXIT_OK = 0
 
 
 def load_encoder(path):
@@ -49,8 +40,8 @@ def load_encoder(path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="retrieval.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="retrieval.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("index", help="embed every image of a folder or records dir into an index")
     p.add_argument("--model", required=True, help="training workdir or saved model folder")
@@ -251,7 +242,7 @@ def main(argv=None) -> int:
         command = {"index": cmd_index, "search": cmd_search, "hubness": cmd_hubness,
                    "serve": cmd_serve}[args.command]
         return command(args)
-    except (_UsageError, RetrievalError) as exc:
+    except (UsageError, RetrievalError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -18,15 +18,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SYNTHETIC_CONFIG = os.path.join(HERE, "configs", "synthetic_default.json")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2 (no usage dump)
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from records.cli import Parser
+
+    p = Parser(prog="train.py", description=__doc__)
     p.add_argument("--records", help="training records dir (python -m records build ...); "
                    "default: the synthetic default, built into data.cache_dir")
     p.add_argument("--val-records", help="validation records dir (selection, early stopping)")
@@ -85,10 +80,15 @@ def help_config() -> str:
 
 
 def main(argv=None) -> int:
-    from dualencoder.machine import tensorflow_defaults
+    from records.machine import tensorflow_defaults
+
+    from records.cli import UsageError, report_error
 
     tensorflow_defaults()  # before TensorFlow loads
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        return report_error(exc)
     if args.help_config:
         print(help_config())
         return 0

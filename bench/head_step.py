@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "reference"))
 
-from dualencoder.argtypes import positive_int  # noqa: E402
+from records.cli import positive_int  # noqa: E402
 
 
 def main(argv=None):
@@ -49,7 +49,7 @@ def main(argv=None):
         parser.error(f"argument --batch: expected at least 5 (5 captions per image), "
                      f"got {args.batch}")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    from dualencoder.machine import cpu_model, tensorflow_defaults
+    from records.machine import cpu_model, tensorflow_defaults
 
     tensorflow_defaults()
     import keras

@@ -29,11 +29,11 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualencoder.argtypes import positive_int  # noqa: E402
+from records.cli import positive_int  # noqa: E402
 
 
 def child(size: int, images: int, tower: str) -> dict:
-    from dualencoder.machine import tensorflow_defaults
+    from records.machine import tensorflow_defaults
 
     tensorflow_defaults()  # keeps the TF_ENABLE_ONEDNN_OPTS the parent set
     import numpy as np
@@ -77,7 +77,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(args.sizes[0], args.images, args.tower)))
         return
-    from dualencoder.machine import cpu_model
+    from records.machine import cpu_model
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     results = {}

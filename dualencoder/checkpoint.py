@@ -27,7 +27,8 @@ import warnings
 
 import numpy as np
 
-from records.writer import sha256_file
+from records import files
+from records.files import sha256_file
 
 POINTER = "checkpoint.json"
 
@@ -37,13 +38,8 @@ class CheckpointError(RuntimeError):
 
 
 def write_json_atomic(path: str, payload) -> None:
-    """Write JSON to `path` via a temporary file and `os.replace` (never a half file)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Checkpoint metadata as sorted, indented JSON, written atomically."""
+    files.write_json_atomic(path, payload, indent=2, sort_keys=True)
 
 
 def _alive(pid: int) -> bool:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
+from records.files import atomic_write
 
 __all__ = ["default_cache_dir", "manifest_checksum", "texts_checksum", "embed_images",
            "embed_texts", "encoder_fingerprint"]
@@ -105,17 +105,8 @@ def _load(path, key):
 
 def _save(path, key, arrays: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)), **arrays)
 
 
 def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",

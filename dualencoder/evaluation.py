@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 from dualencoder import metrics as M
 from dualencoder import plots
 from dualencoder import zeroshot as Z
+from records.files import IMAGE_EXTENSIONS, jsonable, write_json_atomic, write_text_atomic
 
 __all__ = ["EvaluationError", "ClassData", "class_folder_counts", "prepare_class_data",
            "prepare_caption_data", "check_model_spec", "load_encoder", "FrozenEncoder",
@@ -41,12 +41,6 @@ class EvaluationError(ValueError):
 # ============================================================================ inputs
 
 
-def _image_extensions():
-    try:
-        from records.sources.base import IMAGE_EXTENSIONS
-        return tuple(IMAGE_EXTENSIONS)
-    except ImportError:  # pragma: no cover
-        return (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def is_records_dir(path: str) -> bool:
@@ -63,7 +57,7 @@ def class_folder_counts(path: str) -> dict:
         raise EvaluationError(f"{path}: no such directory")
     if not os.path.isdir(path):
         raise EvaluationError(f"{path}: not a directory")
-    exts = _image_extensions()
+    exts = IMAGE_EXTENSIONS
     counts = {}
     for entry in sorted(os.listdir(path)):
         full = os.path.join(path, entry)
@@ -409,36 +403,13 @@ class FrozenEncoder:
 # ============================================================================ reports
 
 
-def _atomic_write(path, text):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
 def write_report(out_dir: str, report: dict, markdown: str) -> dict:
     """Write `report.json` and `report.md` into `out_dir` (atomically); returns the report."""
     os.makedirs(out_dir, exist_ok=True)
-    report = _jsonable({**report, "created": datetime.datetime.now().isoformat(
+    report = jsonable({**report, "created": datetime.datetime.now().isoformat(
         timespec="seconds")})
-    _atomic_write(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
-    _atomic_write(os.path.join(out_dir, "report.md"), markdown.rstrip() + "\n")
+    write_json_atomic(os.path.join(out_dir, "report.json"), report, indent=2)
+    write_text_atomic(os.path.join(out_dir, "report.md"), markdown.rstrip() + "\n")
     return report
 
 

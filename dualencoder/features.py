@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from dualencoder.config import Config, ConfigError
+from records.files import atomic_write
 
 FEATURES_VERSION = 1
 # Augmented views are a property of the cached data set, not of a run: every run (any
@@ -270,13 +271,8 @@ def write_npz(path: str, arrays: dict) -> None:
     """Store `arrays` at `path` atomically (a temporary file renamed into place; an
     interrupted write leaves no half file behind)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + f".tmp-{os.getpid()}.npz"
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def image_features(model, cfg: Config, records: str, directory: str, *, view: int = 0,

@@ -38,6 +38,8 @@ import os
 
 import numpy as np
 
+from records.files import atomic_write
+
 INDEX_PENALTIES = "hubness.npz"
 
 
@@ -123,16 +125,8 @@ def save_index_penalties(index_dir: str, penalty, *, state: dict, k: int, bank: 
             "fingerprint": state["fingerprint"], "k": int(k), "bank": bank,
             "num_captions": int(num_captions)}
     path = os.path.join(index_dir, INDEX_PENALTIES)
-    tmp = os.path.join(index_dir, f"{INDEX_PENALTIES}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, penalty=penalty, meta=np.array(json.dumps(meta)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, penalty=penalty, meta=np.array(json.dumps(meta)))
     return path
 
 

@@ -41,11 +41,11 @@ import re
 import threading
 
 import numpy as np
+from records.files import IMAGE_EXTENSIONS, atomic_write, write_json_atomic
 
 FORMAT = "dualencoder-embedding-index"
 FORMAT_VERSION = 1
 STATE_NAME = "state.json"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _CHUNK_RE = re.compile(r"^chunk-(\d{5,})\.npz$")
 STATE_KEYS = (
     "format",  # FORMAT
@@ -294,38 +294,10 @@ def normalize(x: np.ndarray) -> np.ndarray:
 # Atomic files
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write JSON to `path` through a temporary file and `os.replace`."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
 def _write_chunk(path: str, embeddings, paths, sizes, mtimes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         np.savez(fh, embeddings=embeddings, paths=np.asarray(paths, dtype=str),
                  sizes=np.asarray(sizes, dtype=np.int64), mtimes=np.asarray(mtimes, dtype=np.int64))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _read_chunk(path: str, with_embeddings: bool = True) -> dict:

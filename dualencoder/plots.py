@@ -10,6 +10,7 @@ import os
 import textwrap
 
 import numpy as np
+from records.files import atomic_write
 
 __all__ = ["plot_confusion_matrix", "plot_prediction_grid", "plot_kshot_curve",
            "plot_retrieval_examples", "plot_grouped_bars", "plot_history"]
@@ -24,9 +25,8 @@ def _plt():
 
 def _save(fig, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return path
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from dualencoder.checkpoint import write_json_atomic
+from records.files import write_json_atomic
 
 
 def synthetic_report(workdir: str, cfg) -> dict:

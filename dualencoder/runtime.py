@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from dualencoder.config import Config, ConfigError
+from records.files import atomic_write
 
 SYNTHETIC_VERSION = 1
 
@@ -317,7 +318,6 @@ def plot_curves(history: list[dict], path: str) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+from records.files import remove_quietly, temporary_path, write_json_atomic
 
 FAISS_INDEX_NAME = "faiss-{kind}.index"
 FAISS_META_NAME = "faiss.json"
@@ -294,12 +295,14 @@ class FaissSearcher:
     def save(self, folder: str, generation: int) -> None:
         """Write the faiss index and `faiss.json` (atomically) beside an embedding index."""
         faiss = _import_faiss()
-        from dualencoder.index import write_json_atomic  # noqa: PLC0415
-
         name = FAISS_INDEX_NAME.format(kind=self.info["kind"])
-        tmp = os.path.join(folder, f"{name}.tmp-{os.getpid()}")
-        faiss.write_index(self.index, tmp)
-        os.replace(tmp, os.path.join(folder, name))
+        final = os.path.join(folder, name)
+        tmp = temporary_path(final)
+        try:
+            faiss.write_index(self.index, tmp)
+            os.replace(tmp, final)
+        finally:
+            remove_quietly(tmp)
         write_json_atomic(os.path.join(folder, FAISS_META_NAME),
                           {**self.info, "file": name, "generation": int(generation)})
 

@@ -24,7 +24,8 @@ import os
 import time
 import warnings
 
-from dualencoder.checkpoint import CheckpointError, CheckpointManager, write_json_atomic
+from dualencoder.checkpoint import CheckpointError, CheckpointManager
+from records.files import atomic_write, write_json_atomic
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 
 
@@ -317,12 +318,8 @@ def save_variables_atomic(path: str, variables) -> None:
     """The values of `variables` (in order) to an .npz at `path`, via a temporary file."""
     import numpy as np
 
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         np.savez(fh, **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_best_model(model, variables, workdir: str) -> None:

@@ -22,8 +22,8 @@ import argparse
 import os
 import sys
 
-from dualencoder.argtypes import positive_int
-from dualencoder.machine import tensorflow_defaults
+from records.cli import Parser, UsageError, positive_int
+from records.machine import tensorflow_defaults
 
 SKIPPED_SHOWN = 20
 
@@ -85,28 +85,19 @@ _SOURCES = {
 }
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2 (no usage dump)
-        raise _UsageError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="python -m records", description="Build, verify and inspect sharded TFRecords of "
         "images with captions (or class labels).", epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_Parser)
+                                     parser_class=Parser)
 
     build = commands.add_parser("build", help="write records from a source",
                                 description="Write a source to sharded TFRecords plus "
                                 "manifest.json (atomically; the manifest last).")
     sources = build.add_subparsers(dest="source", required=True, metavar="SOURCE",
-                                   parser_class=_Parser)
+                                   parser_class=Parser)
     for name, (help_text, options) in _SOURCES.items():
         sub = sources.add_parser(name, help=help_text, description=help_text)
         for flags, kwargs in options:
@@ -153,7 +144,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0)
         return int(exc.code or 0)
-    except _UsageError as exc:
+    except UsageError as exc:
         return _error(exc)
     path = getattr(args, "dir", None)
     if path is not None and not os.path.isdir(path):  # bad argument (2), not a failed check (1)

@@ -15,6 +15,7 @@ from records import images as images_lib
 from records import writer as writer_lib
 from records.schema import MANIFEST_NAME, SCHEMA_VERSION, RecordsError, encode_example
 from records.sources import get_source
+from records.files import jsonable, write_json_atomic
 
 
 def build_records(source, out_dir, *, shard_size=1000, max_side=None, skip_bad=False,
@@ -139,15 +140,15 @@ def build_records(source, out_dir, *, shard_size=1000, max_side=None, skip_bad=F
         "class_names": list(class_names) if class_names is not None else None,
         "image_stats": _image_stats(heights, widths, formats, reencoded),
         "build": {
-            "args": _jsonable({"source": source_name, "shard_size": shard_size,
+            "args": jsonable({"source": source_name, "shard_size": shard_size,
                                "max_side": max_side, "skip_bad": skip_bad, **source_options}),
             "skipped": skipped,
             "num_skipped": len(skipped),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         },
-        "source_info": _jsonable(getattr(src, "info", {}) or {}),
+        "source_info": jsonable(getattr(src, "info", {}) or {}),
     }
-    writer_lib.write_json_atomic(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     writer_lib.remove_stale(out_dir, keep={s["name"] for s in shards})
     return manifest
 
@@ -168,16 +169,6 @@ def _image_stats(heights, widths, formats, reencoded):
         "min_width": min(widths), "max_width": max(widths), "mean_width": sum(widths) / n,
         "formats": formats, "reencoded": reencoded,
     }
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
 class _NoProgress:

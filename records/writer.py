@@ -7,23 +7,13 @@ holds a half-written file. The manifest is written the same way, last.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 import tensorflow as tf
 
+from records.files import TMP_PREFIX, remove_quietly, sha256_file
+
 SHARD_PATTERN = "shard-{:05d}.tfrecord"
-TMP_PREFIX = ".tmp-"
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardWriter:
@@ -64,7 +54,7 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb):
         self._writer.close()
         if exc_type is not None:
-            _remove_quietly(self.tmp_path)
+            remove_quietly(self.tmp_path)
             return False
         try:
             self.entry = {
@@ -78,25 +68,9 @@ class ShardWriter:
             }
             os.replace(self.tmp_path, self.final_path)
         except BaseException:
-            _remove_quietly(self.tmp_path)
+            remove_quietly(self.tmp_path)
             raise
         return False
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write `data` as JSON to `path` via a temporary file, fsync and `os.replace`."""
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{base}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 def remove_stale(out_dir: str, keep: set[str]) -> None:
@@ -104,11 +78,4 @@ def remove_stale(out_dir: str, keep: set[str]) -> None:
     for name in os.listdir(out_dir):
         is_shard = name.startswith("shard-") and name.endswith(".tfrecord")
         if (is_shard and name not in keep) or name.startswith(TMP_PREFIX):
-            _remove_quietly(os.path.join(out_dir, name))
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+            remove_quietly(os.path.join(out_dir, name))

@@ -141,7 +141,7 @@ fi
 # ---------------------------------------------------------------- 4. report
 "$PY" - "$OUT" "$EVAL" "$(( $(date +%s) - T_START ))" "$RUN" "$DEV_EVAL" <<'PYEOF'
 import glob, json, os, sys
-from dualencoder.machine import cpu_model
+from records.machine import cpu_model
 out, main_run, wall, first_run, dev_eval = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
                                              sys.argv[4], sys.argv[5])
 def load(p):

@@ -3,7 +3,7 @@
 import os
 import pathlib
 
-from dualencoder.machine import tensorflow_defaults  # stdlib only: TensorFlow is not loaded
+from records.machine import tensorflow_defaults  # stdlib only: TensorFlow is not loaded
 
 # The command-line programs' TensorFlow settings (oneDNN on x86-64 among them), before any
 # test imports TensorFlow: in-process runs and the programs the tests start as subprocesses

@@ -2,7 +2,7 @@
 
 import os
 
-from dualencoder import machine
+from records import machine
 
 
 def test_cpu_model_reads_proc_cpuinfo_model_name():

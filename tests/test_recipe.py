@@ -72,7 +72,7 @@ def test_recipe_script_end_to_end_on_tiny_coco(tmp_path, make_image):
     report = (out / "REPORT.md").read_text()
     assert "(CSLS against the train records, k=10)" in report and "(plain cosine)" in report
     assert "| recipe_px40_lr32 | linear | clip | 40 | 2 (low-res 32 px) |" in report
-    from dualencoder.machine import cpu_model
+    from records.machine import cpu_model
 
     assert f"cores of {cpu_model()};" in report
     cfg40 = json.loads((out / "recipe_px40_lr32" / "config.json").read_text())

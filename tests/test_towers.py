@@ -1,7 +1,6 @@
 """Image and text towers: names, weights files, pooling, top-N trainable."""
 
 import sys
-import types
 
 import keras
 import numpy as np

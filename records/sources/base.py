@@ -14,8 +14,6 @@ from typing import Iterator, NamedTuple
 
 from records.schema import RecordsError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
 
 class SourceItem(NamedTuple):
     """One image of a source: its own id, bytes or path, captions and label (-1: none)."""

@@ -18,7 +18,8 @@ import json
 import os
 
 from records.schema import RecordsError
-from records.sources.base import IMAGE_EXTENSIONS, Source, SourceItem, require_dir
+from records.files import IMAGE_EXTENSIONS
+from records.sources.base import Source, SourceItem, require_dir
 
 SHIPPED_MAPS = {"animals10": "animals10_map.json"}
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from faultkit import ROOT, TINY, run_cli, set_args
+from faultkit import ROOT, run_cli, set_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

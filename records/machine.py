@@ -12,7 +12,7 @@ def cpu_model() -> str:
 
     Example:
     ```python
-    from dualencoder.machine import cpu_model
+    from records.machine import cpu_model
     print(f"2 cores of {cpu_model()}")   # e.g. "2 cores of AMD EPYC"
     ```
     """
@@ -45,7 +45,7 @@ def tensorflow_defaults(environ=None) -> dict:
 
     Example:
     ```python
-    from dualencoder.machine import tensorflow_defaults
+    from records.machine import tensorflow_defaults
     tensorflow_defaults()        # before `import tensorflow`
     import tensorflow as tf
     ```
