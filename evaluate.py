@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from dualencoder import evaluation as E
+    from dualencoder.encoders.load import check_model_spec, load_encoder
+    from dualencoder.eval import tasks as E
 
     progress = not getattr(args, "quiet", False)
     if args.command == "compare":
@@ -126,7 +127,7 @@ def _run(args) -> None:
     records_cache = args.cache_dir  # records built from raw folders are always cached
 
     if args.command == "baseline":
-        from dualencoder import baselines
+        from dualencoder.eval import baselines
         if not 0.0 < args.validation_split < 1.0:
             raise E.EvaluationError("--validation-split must be between 0 and 1")
         baselines.check_arch(args.arch, args.weights)
@@ -144,16 +145,16 @@ def _run(args) -> None:
                                cache_dir=cache, progress=progress)
         return
 
-    E.check_model_spec(args.model)  # cheap checks first: nothing heavy before input is valid
+    check_model_spec(args.model)  # cheap checks first: nothing heavy before input is valid
     if args.command == "zeroshot":
-        from dualencoder.zeroshot import load_templates
+        from dualencoder.eval.zeroshot import load_templates
         try:
             load_templates(args.templates)  # validate before any heavy work
         except ValueError as exc:
             raise E.EvaluationError(str(exc)) from exc
         data = E.prepare_class_data(args.data, class_map=args.class_map, cache_dir=records_cache,
                                     skip_bad=args.skip_bad, build=True, name=args.name)
-        encoder, info = E.load_encoder(args.model)
+        encoder, info = load_encoder(args.model)
         E.run_zeroshot(encoder, data, args.out, model_info=info, templates=args.templates,
                        resize=args.resize, batch_size=args.batch_size, cache_dir=cache,
                        progress=progress)
@@ -174,7 +175,7 @@ def _run(args) -> None:
             bank, _, _ = E.prepare_caption_data(args.bank, cache_dir=records_cache,
                                                 skip_bad=args.skip_bad, build=True)
             E.check_bank(bank, records_dir, args.bank_k)
-        encoder, info = E.load_encoder(args.model)
+        encoder, info = load_encoder(args.model)
         E.run_retrieval(encoder, records_dir, args.out, model_info=info,
                         name=args.name or name, ks=args.ks, resize=args.resize,
                         batch_size=args.batch_size, cache_dir=cache, progress=progress,
@@ -189,7 +190,7 @@ def _run(args) -> None:
     E._check_same_classes(train, test)
     templates = getattr(args, "templates", None)
     if templates is not None:
-        from dualencoder.zeroshot import load_templates
+        from dualencoder.eval.zeroshot import load_templates
         try:
             load_templates(templates)
         except ValueError as exc:
@@ -205,7 +206,7 @@ def _run(args) -> None:
         elif args.shots > smallest:
             raise E.EvaluationError(f"--shots {args.shots} is more than the smallest training "
                                     f"class has ({smallest} images)")
-    encoder, info = E.load_encoder(args.model)
+    encoder, info = load_encoder(args.model)
     kwargs = dict(model_info=info, resize=args.resize, batch_size=args.batch_size,
                   cache_dir=cache, progress=progress)
     if args.command == "linear-probe":
@@ -227,10 +228,11 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
-    from dualencoder.evaluation import EvaluationError
+    from dualencoder.encoders.load import ModelSpecError
+    from dualencoder.eval.tasks import EvaluationError
     try:
         _run(args)
-    except EvaluationError as exc:
+    except (EvaluationError, ModelSpecError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     out = getattr(args, "out", None)

@@ -14,8 +14,9 @@ python retrieval.py serve  --index INDEX [--host 127.0.0.1] [--port 8000]
 `hubness` stores each indexed image's CSLS penalty against a bank of training captions; text
 queries then rank by CSLS (`--no-csls` to rank by cosine) until the index changes.
 
-`--model` takes a training workdir (containing `model/`) or a saved model folder; `search` and
-`serve` default to the model recorded in the index and refuse a model with another fingerprint.
+`--model` takes every model spec `evaluate.py` takes: a training workdir (containing `model/`), a
+saved model folder, `ensemble:A,B,...` or `clip:PRESET`; `search` and `serve` default to the
+model recorded in the index and refuse a model with another fingerprint.
 Bad input prints one line `error: ...` and exits with status 2.
 """
 
@@ -32,11 +33,21 @@ from records.machine import tensorflow_defaults
 EXIT_OK = 0
 
 
-def load_encoder(path):
-    """Load the model at `path` (tests replace this with a fake encoder)."""
-    from dualencoder.index import load_encoder as _load  # noqa: PLC0415
+def load_encoder(spec):
+    """Load the encoder for a model spec (tests replace this with a fake encoder)."""
+    from dualencoder.encoders.load import load_encoder as _load  # noqa: PLC0415
 
-    return _load(path)
+    return _load(spec)[0]
+
+
+def _checked_spec(spec, index_lib) -> dict:
+    """`check_model_spec` with its error as a RetrievalError (no TensorFlow yet)."""
+    from dualencoder.encoders.load import ModelSpecError, check_model_spec  # noqa: PLC0415
+
+    try:
+        return check_model_spec(spec)
+    except ModelSpecError as exc:
+        raise index_lib.RetrievalError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,36 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_model(index, model_arg):
-    from dualencoder import index as index_lib  # noqa: PLC0415
+    from dualencoder.search import store as index_lib  # noqa: PLC0415
 
-    path = model_arg or index.model_path
-    if not path:
+    spec = model_arg or index.model_path
+    if not spec:
         raise index_lib.RetrievalError(f"index {index.index_dir} records no model path; pass --model")
-    model_dir = index_lib.resolve_model_dir(path)
-    index_lib.check_saved_fingerprint(index.state, model_dir, index.index_dir)  # before TF
-    encoder = load_encoder(model_dir)
+    info = _checked_spec(spec, index_lib)
+    if info["family"] == "ours":  # its recorded fingerprint is checked before TensorFlow loads
+        index_lib.check_saved_fingerprint(index.state, info["model_dir"], index.index_dir)
+    encoder = load_encoder(spec)
     index_lib.check_fingerprint(index.state, encoder, index.index_dir)
     return encoder
 
 
 def cmd_index(args) -> int:
-    from dualencoder import index as index_lib  # noqa: PLC0415
+    from dualencoder.search import store as index_lib  # noqa: PLC0415
 
-    model_dir = index_lib.resolve_model_dir(args.model)  # fail fast, before TensorFlow
+    info = _checked_spec(args.model, index_lib)  # fail fast, before TensorFlow
     for flag, path in (("--images", args.images), ("--records", args.records)):
         if path is not None and not os.path.isdir(path):
             raise index_lib.RetrievalError(f"{flag} {path} is not a folder")
     index_lib.open_source("images" if args.images else "records", args.images or args.records)
     state = index_lib.read_state(args.out) if os.path.isdir(args.out) else None
     if state is not None:
-        index_lib.check_saved_fingerprint(state, model_dir, args.out)
+        if info["family"] == "ours":
+            index_lib.check_saved_fingerprint(state, info["model_dir"], args.out)
         if state["complete"] and not args.update:
             raise index_lib.RetrievalError(
                 f"index {args.out} already exists and is complete; pass --update to add "
                 "new/changed images and drop deleted ones")
-    encoder = load_encoder(model_dir)
+    encoder = load_encoder(args.model)
     report = index_lib.build_index(
-        encoder, args.out, images=args.images, records=args.records, model_path=model_dir,
+        encoder, args.out, images=args.images, records=args.records, model_path=args.model,
         update=args.update, chunk_size=args.chunk_size, batch_size=args.batch_size,
         dtype=args.dtype, progress=not args.no_progress)
     for entry in report.skipped:
@@ -142,7 +155,7 @@ def _results(hits):
 
 
 def cmd_search(args) -> int:
-    from dualencoder import index as index_lib  # noqa: PLC0415
+    from dualencoder.search import store as index_lib  # noqa: PLC0415
 
     k = index_lib.check_k(args.k) if args.k is not None else 9
     if args.query is not None:
@@ -201,7 +214,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_hubness(args) -> int:
-    from dualencoder import index as index_lib  # noqa: PLC0415
+    from dualencoder.search import store as index_lib  # noqa: PLC0415
 
     index = index_lib.EmbeddingIndex.open(args.index)
     if not os.path.exists(args.bank):  # fail fast, before TensorFlow
@@ -216,8 +229,8 @@ def cmd_hubness(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from dualencoder import index as index_lib  # noqa: PLC0415
-    from dualencoder import server  # noqa: PLC0415
+    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search import server  # noqa: PLC0415
 
     if not 0 <= args.port <= 65535:
         raise index_lib.RetrievalError(f"--port {args.port} is not a port number")
@@ -235,7 +248,7 @@ def cmd_serve(args) -> int:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input)."""
     tensorflow_defaults()  # before TensorFlow loads
-    from dualencoder.index import RetrievalError  # noqa: PLC0415 (light: NumPy only)
+    from dualencoder.search.store import RetrievalError  # noqa: PLC0415 (light: NumPy only)
 
     try:
         args = build_parser().parse_args(argv)

@@ -118,8 +118,8 @@ def main(argv=None) -> int:
               "\"none\" or a local weights file)", file=sys.stderr)
         return 2
 
-    from dualencoder.checkpoint import CheckpointError
-    from dualencoder.trainer import TrainingDiverged, train
+    from dualencoder.train.checkpoint import CheckpointError
+    from dualencoder.train.loop import TrainingDiverged, train
     from records.schema import RecordsError
 
     try:
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     best = summary.get("best") or {}
     print(f"trained {summary['steps']} steps in {workdir}; best epoch {best.get('epoch')}")
     if not cfg.data.records and cfg.run.eval_after and not args.no_eval:
-        from dualencoder.report import synthetic_report
+        from dualencoder.train.report import synthetic_report
 
         report = synthetic_report(workdir, cfg)
         print(report["text"])

@@ -75,7 +75,8 @@ def make_records(out: str, num_images: int, captions: int) -> str:
 
 def cached_pairs(records: str, batch_size: int, seed: int):
     """A `CachedPairs` over random feature tables (no towers): the object the trainer uses."""
-    from dualencoder import data, features
+    from dualencoder.data import pipeline as data
+    from dualencoder.train import features
     from dualencoder.config import Config
 
     cfg = Config.from_sources(None, [f"data.batch_size={batch_size}", "data.all_captions=true",
@@ -115,7 +116,7 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
 
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
 
     records = args.records or make_records(
         os.path.join(args.workdir, f"records_{args.images}x{args.captions}"), args.images,

@@ -51,7 +51,7 @@ def _random_gallery(n_img, n_txt, dim, seed=0, captions_per_image=5):
 
 
 def bench_retrieval(n_img=5000, n_txt=25000, dim=256):
-    from dualencoder import metrics
+    from dualencoder.eval import metrics
 
     img, txt, owner = _random_gallery(n_img, n_txt, dim)
     t = time.perf_counter()
@@ -63,7 +63,7 @@ def bench_retrieval(n_img=5000, n_txt=25000, dim=256):
 
 def _big_child(n_img, n_txt, dim):
     """Runs in the child process: full-size chunked retrieval."""
-    from dualencoder import metrics
+    from dualencoder.eval import metrics
 
     img, txt, owner = _random_gallery(n_img, n_txt, dim)
     print("ready", flush=True)
@@ -141,14 +141,15 @@ def _color_folders(root, per_class=50):
 
 
 def bench_zeroshot(tmp):
-    from dualencoder import evaluation as E
+    from dualencoder.encoders.load import load_encoder
+    from dualencoder.eval import tasks as E
     from dualencoder.testing import tiny_model
 
     shared = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_dev")
     data_dir = shared if os.path.isdir(shared) else _color_folders(os.path.join(tmp, "colors"))
     model_dir = os.path.join(tmp, "work", "model")
     tiny_model().save_dir(model_dir)
-    encoder, info = E.load_encoder(os.path.dirname(model_dir))
+    encoder, info = load_encoder(os.path.dirname(model_dir))
     data = E.prepare_class_data(data_dir, cache_dir=os.path.join(tmp, "cache"))
     t = time.perf_counter()
     rep = E.run_zeroshot(encoder, data, os.path.join(tmp, "zs"), model_info=info,
@@ -173,7 +174,7 @@ def bench_encoders(skip_xception=False):
     model.encode_images(x)
     out["tiny_images_per_second"] = len(x) / (time.perf_counter() - t)
     if not skip_xception:
-        from dualencoder.baselines import FeatureEncoder
+        from dualencoder.eval.baselines import FeatureEncoder
         enc = FeatureEncoder("xception", "none", 299)
         x = rng.uniform(0, 255, (16, 299, 299, 3)).astype(np.float32)
         enc.encode_images(x[:16])  # trace

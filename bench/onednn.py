@@ -39,8 +39,8 @@ def child(size: int, images: int, tower: str) -> dict:
     import numpy as np
     from tensorflow.python.util import _pywrap_util_port
 
-    from dualencoder import features
-    from dualencoder.model import build_model
+    from dualencoder.train import features
+    from dualencoder.model.dual_encoder import build_model
 
     model = build_model({"image_tower": tower, "image_weights": None, "image_size": size,
                          "text_tower": "tiny", "image_trainable": "none"})

@@ -1,9 +1,9 @@
-"""Input pipeline throughput: `dualencoder.data` vs the keras-io example's pipeline vs bare decode.
+"""Input pipeline throughput: `dualencoder.data.pipeline` vs the keras-io example's pipeline vs bare decode.
 
 Measures ready batches per second (reported as pairs/s and images/s) from records on this
 machine, on the same images for every pipeline, side by side in one process:
 
-* `ours`: `dualencoder.data.pair_dataset` (one caption drawn per image per epoch), and
+* `ours`: `dualencoder.data.pipeline.pair_dataset` (one caption drawn per image per epoch), and
   `ours_all_captions` (`all_captions=True`: every caption its own pair, the reference's work);
 * `keras_io`: `bench/reference/keras_io_pipeline.py` (one record per pair, decode + resize
   each epoch, tokenization of each batch);
@@ -45,8 +45,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.reference import keras_io_pipeline as ref  # noqa: E402
-from dualencoder import data  # noqa: E402
-from dualencoder.tokenizer import Tokenizer  # noqa: E402
+from dualencoder.data import pipeline as data  # noqa: E402
+from dualencoder.model.tokenizer import Tokenizer  # noqa: E402
 from records import schema  # noqa: E402
 
 FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"

@@ -1,7 +1,7 @@
 """Retrieval benchmark: exact vs faiss search over 1M clustered 256-d unit vectors.
 
-Measures, for the on-disk index of `dualencoder.index` and the backends of
-`dualencoder.search`:
+Measures, for the on-disk index of `dualencoder.search.store` and the backends of
+`dualencoder.search.backends`:
   * index write / load time, disk size and resident memory,
   * p50 / p99 latency of one top-10 query (query embedding excluded) and batch throughput,
   * faiss build time and memory, recall@10 against exact search on held-out queries,
@@ -90,7 +90,7 @@ def text_end_to_end(index, query_text: str, repeats: int, faiss_searcher) -> dic
     """Tokenize + MiniLM text tower + search for one text query."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from dualencoder.model import build_model  # noqa: PLC0415
+    from dualencoder.model.dual_encoder import build_model  # noqa: PLC0415
 
     t0 = time.perf_counter()
     model = build_model({"image_tower": "tiny", "image_weights": "none", "image_size": 32,
@@ -129,8 +129,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.n, args.queries, args.latency_queries = 100_000, 300, 100
 
-    from dualencoder import index as index_lib  # noqa: PLC0415
-    from dualencoder import search as search_lib  # noqa: PLC0415
+    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search import backends as search_lib  # noqa: PLC0415
 
     results = {"config": {k: v for k, v in vars(args).items() if k != "out"},
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

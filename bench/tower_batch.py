@@ -49,8 +49,9 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
 
-    from dualencoder import features, machine
-    from dualencoder.model import build_model
+    from dualencoder.train import features
+    from dualencoder import machine
+    from dualencoder.model.dual_encoder import build_model
 
     model = build_model({"image_tower": args.tower, "image_weights": None,
                          "image_size": args.size, "text_tower": "tiny",

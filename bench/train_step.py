@@ -1,4 +1,4 @@
-"""Training-step throughput: `dualencoder.trainer.make_train_step` vs the keras-io example's step,
+"""Training-step throughput: `dualencoder.train.loop.make_train_step` vs the keras-io example's step,
 and cached-feature (LiT) epochs vs uncached ones.
 
 Part 1, pairs/s of one optimizer step, Xception + all-MiniLM-L6-v2, both towers fully
@@ -128,8 +128,8 @@ def our_variants(image_size, batch_size, *, xla=True, precision="float32", names
     """Our model/optimizer plus one step function per variant (sharing model and optimizer)."""
     import keras
 
-    from dualencoder import runtime
-    from dualencoder.trainer import make_train_step
+    from dualencoder.train import runtime
+    from dualencoder.train.loop import make_train_step
 
     names = names or {False: "ours", True: "ours_xla"}
     cfg = our_config(image_size, batch_size, precision=precision)
@@ -183,7 +183,7 @@ def keras_utils_seed():
 
 
 def text_backbone_path():
-    from dualencoder.towers import TextTower
+    from dualencoder.model.towers import TextTower
 
     return TextTower.resolve_preset(TEXT_TOWER)
 
@@ -275,8 +275,9 @@ def lit_epochs(args, log):
     """Steady epoch seconds of our loop with both towers locked: uncached vs cached features."""
     import keras
 
-    from dualencoder import features, runtime
-    from dualencoder.trainer import make_train_step
+    from dualencoder.train import features
+    from dualencoder.train import runtime
+    from dualencoder.train.loop import make_train_step
     from records.build import build_records
     from records.schema import RecordsError
     from records.verify import verify_records
@@ -294,7 +295,7 @@ def lit_epochs(args, log):
     runtime.set_precision("float32")
     keras.utils.set_random_seed(0)
     strategy = runtime.make_strategy("auto")
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
 
     steps = data.steps_per_epoch(records, bs)
     with strategy.scope():
@@ -425,7 +426,7 @@ def gpu_rows(args, log):
                          "device": tf.config.list_physical_devices("GPU")[0].name})
             del model, optimizer, variants
             gc.collect()
-    from dualencoder import runtime
+    from dualencoder.train import runtime
 
     runtime.set_precision("float32")
     return rows, None

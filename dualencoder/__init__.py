@@ -16,7 +16,7 @@ __all__ = ["build_model", "load"]
 
 def __getattr__(name):
     if name in ("build_model", "load"):
-        from dualencoder import model
+        from dualencoder.model import dual_encoder as model
 
         return getattr(model, name)
     raise AttributeError(f"module 'dualencoder' has no attribute {name!r}")

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The dual encoder (see `dualencoder.model.build_model`).
+    """The dual encoder (see `dualencoder.model.dual_encoder.build_model`).
 
     image_tower: a `keras.applications` name (xception, efficientnetb0..b7, resnet50, ...) or
         "tiny" (tests). image_weights: "imagenet", "none" or a local weights file.

@@ -45,7 +45,7 @@ def tiny_config(**overrides):
 
 def tiny_model(**overrides):
     """`build_model(tiny_config(**overrides))` (builds in well under 2 s)."""
-    from dualencoder.model import build_model
+    from dualencoder.model.dual_encoder import build_model
 
     return build_model(tiny_config(**overrides))
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from dualencoder.checkpoint import CheckpointError, CheckpointManager
+from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
 
 
 class Var:

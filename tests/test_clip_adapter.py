@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 
 import evaluate
-from dualencoder import evaluation as E
+from dualencoder.eval import tasks as E
 
 from fake_encoders import make_color_folders
 
 
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory):
-    from dualencoder.clip_adapter import save_tiny_clip_preset
+    from dualencoder.encoders.clip import save_tiny_clip_preset
 
     return save_tiny_clip_preset(str(tmp_path_factory.mktemp("clip") / "tiny_clip"))
 
 
 def test_tiny_preset_satisfies_the_encoder_protocol(tiny_preset):
-    from dualencoder.clip_adapter import CLIPEncoder
+    from dualencoder.encoders.clip import CLIPEncoder
 
     enc = CLIPEncoder(tiny_preset)
     assert enc.image_size == 32
@@ -41,7 +41,7 @@ def test_tiny_preset_satisfies_the_encoder_protocol(tiny_preset):
 
 
 def test_offline_named_preset_gives_a_clear_message(monkeypatch):
-    from dualencoder import clip_adapter
+    from dualencoder.encoders import clip as clip_adapter
 
     import keras_hub
 

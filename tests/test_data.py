@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dualencoder import data
-from dualencoder.tokenizer import Tokenizer, tiny_vocabulary
+from dualencoder.data import pipeline as data
+from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 from records import schema
 
 N = 40  # captioned fixture: image i has 1 + i % 3 captions; image 7 has none

@@ -1,10 +1,10 @@
-"""dualencoder.ensemble: the mean-cosine ensemble, shared-tower fast path, `ensemble:` specs."""
+"""dualencoder.encoders.ensemble: the mean-cosine ensemble, shared-tower fast path, `ensemble:` specs."""
 
 import numpy as np
 import pytest
 
-from dualencoder import evaluation
-from dualencoder.ensemble import EnsembleEncoder, resize_images
+from dualencoder.encoders import load as load_lib
+from dualencoder.encoders.ensemble import EnsembleEncoder, resize_images
 from dualencoder.testing import TINY_CAPTIONS, same_towers_new_heads, tiny_model
 
 
@@ -69,14 +69,14 @@ def test_ensemble_spec(tmp_path):
     a, b = locked_pair()
     a.save_dir(str(tmp_path / "a")), b.save_dir(str(tmp_path / "b"))
     spec = f"ensemble:{tmp_path / 'a'},{tmp_path / 'b'}"
-    info = evaluation.check_model_spec(spec)
+    info = load_lib.check_model_spec(spec)
     assert info["family"] == "ensemble" and len(info["members"]) == 2
-    encoder, info = evaluation.load_encoder(spec)
+    encoder, info = load_lib.load_encoder(spec)
     assert info["fingerprint"] and encoder.image_size == a.image_size
     texts = list(TINY_CAPTIONS[:2])
     expected = EnsembleEncoder([a, b]).encode_texts(texts)
     np.testing.assert_allclose(encoder.encode_texts(texts), expected, atol=1e-5)
-    with pytest.raises(evaluation.EvaluationError, match="at least two"):
-        evaluation.check_model_spec(f"ensemble:{tmp_path / 'a'}")
-    with pytest.raises(evaluation.EvaluationError, match="no such model"):
-        evaluation.check_model_spec(f"ensemble:{tmp_path / 'a'},{tmp_path / 'nope'}")
+    with pytest.raises(load_lib.ModelSpecError, match="at least two"):
+        load_lib.check_model_spec(f"ensemble:{tmp_path / 'a'}")
+    with pytest.raises(load_lib.ModelSpecError, match="no such model"):
+        load_lib.check_model_spec(f"ensemble:{tmp_path / 'a'},{tmp_path / 'nope'}")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import evaluate
-from dualencoder import evaluation as E
+from dualencoder.encoders.load import FrozenEncoder, load_encoder
+from dualencoder.eval import tasks as E
 
 from fake_encoders import ColorEncoder, make_color_folders
 
@@ -85,7 +86,7 @@ def test_unreadable_images_error_or_skip(capsys, tmp_path, tiny_workdir):
     assert "--skip-bad" in err
     # with skip_bad the image is skipped and counted (library call: no slow model load)
     data = E.prepare_class_data(colors, skip_bad=True)
-    rep = E.run_zeroshot(E.FrozenEncoder(ColorEncoder(), "c"), data, str(tmp_path / "o2"),
+    rep = E.run_zeroshot(FrozenEncoder(ColorEncoder(), "c"), data, str(tmp_path / "o2"),
                          model_info={"spec": "fake", "name": "fake"}, progress=False)
     rep = json.load(open(tmp_path / "o2" / "report.json"))
     assert rep["dataset"]["skipped_images"] == 1
@@ -105,10 +106,10 @@ def test_retrieval_k_larger_than_gallery(capsys, tmp_path, tiny_workdir):
 def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
     """--bank ranks by CSLS against training records; the report keeps the plain cosine
     numbers (equal to a run without a bank) and the CSLS ones equal a direct computation."""
-    from dualencoder import hubness as H
-    from dualencoder import metrics as M
-    from dualencoder.data import read_captions
-    from dualencoder.embed_cache import embed_images, embed_texts
+    from dualencoder.eval import hubness as H
+    from dualencoder.eval import metrics as M
+    from dualencoder.data.pipeline import read_captions
+    from dualencoder.encoders.cache import embed_images, embed_texts
     from records.build import build_records
 
     gallery, bank = str(tmp_path / "gallery"), str(tmp_path / "bank")
@@ -126,7 +127,7 @@ def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
     assert rep["settings"]["bank"]["num_images"] == 20 and rep["settings"]["bank"]["k"] == 3
     assert rep["settings"]["similarity"].startswith("CSLS")
 
-    encoder, _ = E.load_encoder(tiny_workdir)
+    encoder, _ = load_encoder(tiny_workdir)
     img = embed_images(encoder, gallery, resize_method="bicubic", progress=False)
     texts, owner = read_captions(gallery)
     txt = embed_texts(encoder, texts, progress=False)
@@ -185,7 +186,7 @@ def test_main_end_to_end_on_tiny_data(capsys, tmp_path, tiny_workdir):
     assert (out / "ks" / "kshot_curve.png").stat().st_size > 0
     # linear-probe and prompt-tune through the library with a fast fake encoder
     data = E.prepare_class_data(colors)
-    enc = E.FrozenEncoder(ColorEncoder(), "color-v1")
+    enc = FrozenEncoder(ColorEncoder(), "color-v1")
     info = {"spec": "fake", "family": "ours", "name": "Our model (fake)"}
     rep = E.run_linear_probe(enc, data, data, str(out / "lp"), model_info=info, progress=False)
     assert rep["metrics"]["accuracy"] == 1.0
@@ -232,7 +233,7 @@ def test_compare_layout_like_table2(tmp_path):
 
 
 def test_probe_recovers_separable_classes():
-    from dualencoder import probe as P
+    from dualencoder.eval import probe as P
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 16))
@@ -275,7 +276,7 @@ def test_baseline_linear_cli(tmp_path):
 
 @pytest.mark.slow
 def test_baseline_finetune(tmp_path):
-    from dualencoder import baselines
+    from dualencoder.eval import baselines
 
     colors = make_color_folders(str(tmp_path / "colors"), per_class=5)
     data = E.prepare_class_data(colors)

@@ -1,4 +1,4 @@
-"""dualencoder.feature_eval: evaluating locked-tower models from cached tower features must give
+"""dualencoder.encoders.locked: evaluating locked-tower models from cached tower features must give
 the towers' embeddings, reuse what training cached, and stay out of the way otherwise."""
 
 import json
@@ -9,10 +9,12 @@ import pytest
 
 import evaluate
 import train as train_cli
-from dualencoder import data, embed_cache, runtime
-from dualencoder import features as F
-from dualencoder.ensemble import EnsembleEncoder
-from dualencoder.feature_eval import LockedHeads, model_feature_dirs
+from dualencoder.data import pipeline as data
+from dualencoder.encoders import cache as embed_cache
+from dualencoder.train import runtime
+from dualencoder.train import features as F
+from dualencoder.encoders.ensemble import EnsembleEncoder
+from dualencoder.encoders.locked import LockedHeads, model_feature_dirs
 from dualencoder.testing import same_towers_new_heads
 from dualencoder.testing import tiny_locked_run_config as locked_cfg
 
@@ -79,7 +81,7 @@ def test_cross_resolution_ensemble_reads_one_feature_file_per_size(synthetic_rec
     got = heads.records_images(val, resize_method="bicubic", progress=False)
     assert len(got["features_path"]) == 2 and len(set(got["features_path"])) == 2
     # the reference: each member through its towers on images resized from the records
-    from dualencoder.ensemble import combine
+    from dualencoder.encoders.ensemble import combine
     per_member = [tower_embeddings(m, val) for m in encoder.members]
     for _, index, _, _ in per_member:
         np.testing.assert_array_equal(index, got["image_index"])
@@ -149,7 +151,7 @@ def test_evaluate_reuses_the_training_feature_cache(synthetic_records, tmp_path)
 
     # the same numbers as running the towers
     import dualencoder
-    from dualencoder import metrics
+    from dualencoder.eval import metrics
 
     model = dualencoder.load(os.path.join(workdir, "model"))
     img, index, txt, _ = tower_embeddings(model, synthetic_records["val"])

@@ -1,4 +1,4 @@
-"""dualencoder.features: the on-disk cache of locked-tower outputs (split per tower), the
+"""dualencoder.train.features: the on-disk cache of locked-tower outputs (split per tower), the
 length-grouped text encoding, and validation from the cache."""
 
 import os
@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from dualencoder import features, runtime
+from dualencoder.train import features
+from dualencoder.train import runtime
 from dualencoder.testing import tiny_locked_run_config
 
 
@@ -122,7 +123,7 @@ def test_lowres_views(synthetic_records, tmp_path):
     2 the same after its crop + flip; their features are cached under their own keys."""
     import tensorflow as tf
 
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
 
     train = synthetic_records["train"]
     cfg = locked_cfg("data.cached_views=3", "data.lowres_size=8")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from dualencoder.heads import AttentionPoolHead, ProjectionHead, build_head
+from dualencoder.model.heads import AttentionPoolHead, ProjectionHead, build_head
 
 
 def _x(*shape, seed=0):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dualencoder import hubness as H
-from dualencoder import metrics as M
+from dualencoder.eval import hubness as H
+from dualencoder.eval import metrics as M
 
 
 def _unit(x):
@@ -73,7 +73,7 @@ def test_csls_against_a_training_bank_demotes_a_hub():
 
 
 def _penalised_index(tmp_path, n=40, dim=8):
-    from dualencoder import index as index_lib
+    from dualencoder.search import store as index_lib
 
     rng = np.random.default_rng(3)
     emb = _unit(rng.normal(size=(n, dim)))

@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from dualencoder import index as index_lib
-from dualencoder import search as search_lib
+from dualencoder.search import store as index_lib
+from dualencoder.search import backends as search_lib
 
 
 class FakeEncoder:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dualencoder import metrics
+from dualencoder.eval import metrics
 
 
 def test_confusion_and_prf_hand_computed():

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from dualencoder import losses
-from dualencoder.model import DEFAULT_CONFIG, DualEncoder, build_model, load
+from dualencoder.model.dual_encoder import DEFAULT_CONFIG, DualEncoder, build_model, load
 from dualencoder.testing import tiny_batch, tiny_config, tiny_model
 
 

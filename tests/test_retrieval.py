@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import retrieval
-from dualencoder import index as index_lib
+from dualencoder.search import store as index_lib
 from test_index import FakeEncoder, make_images, write_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,8 +217,8 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
     px = index_lib.decode_image((images / index.paths[0]).read_bytes(), model.image_size)
     np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
 
-    from dualencoder import hubness
-    from dualencoder.data import read_captions
+    from dualencoder.eval import hubness
+    from dualencoder.data.pipeline import read_captions
 
     bank = synthetic_records["train"]
     rc = retrieval.main(["hubness", "--index", str(out), "--bank", bank, "--no-progress"])
@@ -267,7 +267,7 @@ def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
 
 
 def test_serve_command_wires_the_server(env, capsys, monkeypatch):
-    from dualencoder import server
+    from dualencoder.search import server
 
     seen = {}
     monkeypatch.setattr(server, "serve", lambda service, host, port: seen.update(
@@ -280,7 +280,7 @@ def test_serve_command_wires_the_server(env, capsys, monkeypatch):
 
 
 def test_hubness_command_makes_text_search_csls(env, capsys):
-    from dualencoder import hubness
+    from dualencoder.eval import hubness
 
     idx = str(env["index"])
     bank = env["tmp"] / "bank.txt"

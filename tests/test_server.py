@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from dualencoder import index as index_lib
-from dualencoder import server as server_lib
+from dualencoder.search import store as index_lib
+from dualencoder.search import server as server_lib
 from test_index import FakeEncoder, make_images
 
 
@@ -124,7 +124,7 @@ def test_internal_error_is_generic_500(running, monkeypatch, capsys):
 def test_service_ranks_text_queries_by_csls_when_the_index_has_penalties(tmp_path):
     import numpy as np
 
-    from dualencoder import hubness
+    from dualencoder.eval import hubness
 
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 8)

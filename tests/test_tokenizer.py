@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dualencoder.tokenizer import Tokenizer, tiny_vocabulary
+from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 
 
 def _minilm_dir():

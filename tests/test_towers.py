@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from dualencoder import towers
-from dualencoder.towers import ImageTower, TextTower
+from dualencoder.model import towers
+from dualencoder.model.towers import ImageTower, TextTower
 
 
 def _images(n=2, size=32, seed=0):

@@ -84,7 +84,7 @@ class Interrupt(Exception):
 @pytest.mark.parametrize("locked", [[], ["model.image_trainable=none",
                                          "model.text_trainable=none"]])
 def test_resume_is_exact(synthetic_records, tmp_path, locked):
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     records = synthetic_records["train"]
     extra = ["optim.epochs=2", "model.head_dropout=0.1"] + locked
@@ -129,8 +129,8 @@ def test_frozen_towers_write_the_best_epoch_once(synthetic_records, tmp_path):
     model folder is written once, at the end, with the best epoch's weights, also when the
     run was interrupted after its best epoch and resumed."""
     import dualencoder
-    from dualencoder import runtime
-    from dualencoder.trainer import BEST_HEADS, train
+    from dualencoder.train import runtime
+    from dualencoder.train.loop import BEST_HEADS, train
 
     extra = ["model.image_trainable=none", "model.text_trainable=none", "optim.epochs=4",
              "optim.schedule=plateau", "optim.lr=0.3", "model.head_dropout=0.0"]
@@ -163,8 +163,8 @@ def test_frozen_towers_write_the_best_epoch_once(synthetic_records, tmp_path):
 
 
 def test_resume_refuses_other_frozen_towers(synthetic_records, tmp_path):
-    from dualencoder.checkpoint import CheckpointError
-    from dualencoder.trainer import train
+    from dualencoder.train.checkpoint import CheckpointError
+    from dualencoder.train.loop import train
 
     cfg = tiny_cfg(synthetic_records["train"], extra=[
         "model.image_trainable=none", "model.text_trainable=none", "optim.max_steps=2"])
@@ -198,7 +198,7 @@ def test_incompatible_workdir_is_refused(synthetic_records, tmp_path, capsys):
     (["model.text_trainable=none"], "text"),
 ])
 def test_cached_features_match_uncached(synthetic_records, tmp_path, locked, mode):
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     records = synthetic_records["train"]
     extra = locked + ["optim.max_steps=6", "model.head_dropout=0.0"]
@@ -219,7 +219,7 @@ def test_cached_features_match_uncached(synthetic_records, tmp_path, locked, mod
 # It learns
 # ----------------------------------------------------------------------------------------
 def test_synthetic_training_beats_chance(tmp_path_factory):
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
     from records.build import build_records
 
     root = tmp_path_factory.mktemp("learn")
@@ -249,7 +249,7 @@ def test_xla_and_gradient_accumulation(synthetic_records, tmp_path, extra):
     """`--jit-compile` and `optim.grad_accum` run through the same step (strings stay out)."""
     import warnings
 
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # XLA without a GPU warns

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from dualencoder import index as index_lib
-from dualencoder import server as server_lib
+from dualencoder.search import store as index_lib
+from dualencoder.search import server as server_lib
 from test_index import FakeEncoder, make_images
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from dualencoder import zeroshot as Z
+from dualencoder.eval import zeroshot as Z
 
 from fake_encoders import ColorEncoder, make_color_folders
 
@@ -90,7 +90,7 @@ def test_prompt_tuner_starts_at_zero_shot_and_learns_weights():
 
 
 def test_run_zeroshot_end_to_end_with_fake_encoder(tmp_path):
-    from dualencoder import evaluation as E
+    from dualencoder.eval import tasks as E
 
     root = make_color_folders(str(tmp_path / "colors"), per_class=5)
     data = E.prepare_class_data(root, cache_dir=str(tmp_path / "cache"))

@@ -15,7 +15,7 @@ What the example does, and what this module reproduces:
   caption strings. For a like-for-like cost, `tokenize_fn` (a keras-hub WordPiece tokenizer +
   packer here) is applied to each batch as a last `map`.
 
-This is a benchmark baseline only; the project's pipeline is `dualencoder.data`.
+This is a benchmark baseline only; the project's pipeline is `dualencoder.data.pipeline`.
 """
 
 from __future__ import annotations

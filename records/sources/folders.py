@@ -27,7 +27,7 @@ SHIPPED_MAPS = {"animals10": "animals10_map.json"}
 def load_class_map(spec) -> dict:
     """Read a class map: a shipped name (`"animals10"`), a JSON file, or `src,dst` lines
     (`src=dst` and tab-separated lines too; `#` comments). Used by `records build folders`
-    and by zero-shot evaluation (`dualencoder.zeroshot.load_class_map`).
+    and by zero-shot evaluation (`dualencoder.eval.zeroshot.load_class_map`).
 
     Example:
     >>> load_class_map("animals10")["cane"]

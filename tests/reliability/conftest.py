@@ -12,7 +12,7 @@ from faultkit import checkpoint_arrays, quiet, read_ledger, tiny_cfg
 @pytest.fixture(scope="session")
 def reference_run(synthetic_records, tmp_path_factory):
     """An uninterrupted run: {"workdir", "ledger", "final" (newest checkpoint arrays)}."""
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     workdir = str(tmp_path_factory.mktemp("reference") / "run")
     train(tiny_cfg(synthetic_records["train"]), workdir, log=quiet)

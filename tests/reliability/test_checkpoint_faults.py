@@ -40,7 +40,7 @@ def _digest(folder):
 # ------------------------------------------------------------------------------------------
 def _crash_in_savez(monkeypatch, at_call):
     """The `at_call`-th checkpoint's variables.npz gets half its bytes, then the save raises."""
-    from dualencoder import checkpoint
+    from dualencoder.train import checkpoint
 
     calls = {"n": 0}
 
@@ -61,7 +61,7 @@ def _crash_in_savez(monkeypatch, at_call):
 
 def _crash_before_pointer(monkeypatch, at_call):
     """The `at_call`-th checkpoint is complete and renamed, then the pointer update raises."""
-    from dualencoder import checkpoint
+    from dualencoder.train import checkpoint
 
     real = checkpoint.write_json_atomic
     calls = {"n": 0}
@@ -81,7 +81,7 @@ def _crash_before_pointer(monkeypatch, at_call):
     pytest.param("before_pointer", marks=pytest.mark.slow),
 ])
 def test_crash_while_writing_checkpoint(reference_run, tmp_path, monkeypatch, crash):
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     workdir = str(tmp_path / "run")
     # checkpoints at steps 2, 4, 6, ...: the third (step 6) crashes midway
@@ -124,7 +124,7 @@ def test_crash_while_writing_checkpoint(reference_run, tmp_path, monkeypatch, cr
     pytest.param("state.json", marks=pytest.mark.slow),
 ])
 def test_damaged_newest_checkpoint_falls_back(reference_run, tmp_path, victim):
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     workdir = str(tmp_path / "run")
     shutil.copytree(reference_run["workdir"], workdir)
@@ -151,7 +151,7 @@ def test_damaged_newest_checkpoint_falls_back(reference_run, tmp_path, victim):
 # ------------------------------------------------------------------------------------------
 def test_nan_loss_stops_keeps_last_good_checkpoint_and_restart_works(reference_run, tmp_path,
                                                                      monkeypatch):
-    from dualencoder import trainer
+    from dualencoder.train import loop as trainer
 
     nan_from = 7  # checkpoints at 2, 4, 6: the last good one is step 6
     real_make = trainer.make_train_step

@@ -46,7 +46,7 @@ def files(tmp_path_factory, synthetic_records, reference_run):
     """Paths the cases refer to: records, a saved model, an index, class maps, weights."""
     import numpy as np
 
-    from dualencoder import index as index_lib
+    from dualencoder.search import store as index_lib
     from records.schema import read_manifest
 
     root = tmp_path_factory.mktemp("cli")

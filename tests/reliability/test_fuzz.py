@@ -98,8 +98,8 @@ def test_random_damage_to_a_real_shard(pristine, edits, cut, tail):
 @given(pos=st.integers(0, 10**6), data=st.binary(min_size=1, max_size=64),
        cut=st.booleans())
 def test_random_damage_training_pipeline_skip_bad(pristine, pos, data, cut):
-    from dualencoder import data as data_lib
-    from dualencoder.tokenizer import Tokenizer, tiny_vocabulary
+    from dualencoder.data import pipeline as data_lib
+    from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "rec")
@@ -195,7 +195,7 @@ def test_retrieval_cli_random_strings(tmp_path_factory, k, query, index):
     import numpy as np
 
     import retrieval
-    from dualencoder import index as index_lib
+    from dualencoder.search import store as index_lib
 
     folder = tmp_path_factory.getbasetemp() / "fuzz-index"
     if not folder.exists():

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from dualencoder import index as index_lib
+from dualencoder.search import store as index_lib
 from test_index import FakeEncoder, make_images, write_image
 
 

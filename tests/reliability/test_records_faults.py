@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dualencoder import data
-from dualencoder.tokenizer import Tokenizer, tiny_vocabulary
+from dualencoder.data import pipeline as data
+from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 from records import schema
 from records.__main__ import main as records_main
 from records.build import build_records
@@ -108,8 +108,8 @@ def test_damaged_shard_skip_bad_reads_every_intact_record(records, tok, how):
 # ------------------------------------------------------------------------------------------
 def test_flipped_byte_verify_names_shard_and_training_refuses(records, capsys, monkeypatch):
     from faultkit import tiny_cfg
-    from dualencoder import runtime
-    from dualencoder.trainer import train
+    from dualencoder.train import runtime
+    from dualencoder.train.loop import train
 
     damage(records, "flipped")
     assert records_main(["verify", str(records)]) == 1
@@ -133,7 +133,7 @@ def test_flipped_byte_verify_names_shard_and_training_refuses(records, capsys, m
 
 def test_missing_manifest_verify_fails_and_training_refuses(records, capsys):
     from faultkit import tiny_cfg
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     (records / MANIFEST_NAME).unlink()
     assert records_main(["verify", str(records)]) == 1

@@ -3,8 +3,8 @@ another seed, other ones. Checked on the function training uses (runtime.train_d
 against the ledger of a real run."""
 
 from faultkit import last_per_step, tiny_cfg
-from dualencoder import runtime
-from dualencoder.tokenizer import Tokenizer, tiny_vocabulary
+from dualencoder.train import runtime
+from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 
 FIRST = 5
 

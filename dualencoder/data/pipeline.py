@@ -302,7 +302,7 @@ def _assert_decodable(encoded, image_id, image_index):
     """Strict mode: fail naming the record when the bytes are not an image at all."""
     return tf.debugging.Assert(
         _image_kind_ok(encoded),
-        ["dualencoder.data: record image/id=", image_id, "image/index=", image_index,
+        ["dualencoder.data.pipeline: record image/id=", image_id, "image/index=", image_index,
          "holds bytes that are not a JPEG/PNG/GIF/BMP image (corrupt record). Rebuild the "
          "records, run `python -m records verify`, or pass skip_bad=True to drop it."],
         summarize=3)
@@ -459,7 +459,7 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         records_dir: a records directory (with `manifest.json`).
         image_size: int, output images are `[image_size, image_size, 3]` (squashed,
             aspect ratio not kept).
-        tokenizer: a `dualencoder.tokenizer.Tokenizer` (any callable mapping a string
+        tokenizer: a `dualencoder.model.tokenizer.Tokenizer` (any callable mapping a string
             tensor `[B]` to `{"token_ids", "padding_mask"}` works).
         batch_size: int; only whole batches are produced (drop remainder).
         seed: int, the run's seed.
@@ -570,7 +570,7 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
         if not skip_bad:  # strict: a blank caption is a corrupt record, named
             with tf.control_dependencies([tf.debugging.Assert(
                     tf.logical_not(empty),
-                    ["dualencoder.data: record image/id=", f["image/id"], "image/index=",
+                    ["dualencoder.data.pipeline: record image/id=", f["image/id"], "image/index=",
                      f["image/index"], "has an empty caption (corrupt record). Rebuild the "
                      "records, or pass skip_bad=True to drop it."], summarize=3)]):
                 captions = tf.identity(captions)

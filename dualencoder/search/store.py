@@ -41,6 +41,10 @@ import re
 import threading
 
 import numpy as np
+
+from dualencoder.encoders.load import absolute_spec
+from dualencoder.model.layout import saved_fingerprint
+from dualencoder.search.errors import ImageAccessError, RetrievalError
 from records.files import IMAGE_EXTENSIONS, atomic_write, write_json_atomic
 
 FORMAT = "dualencoder-embedding-index"
@@ -51,7 +55,7 @@ STATE_KEYS = (
     "format",  # FORMAT
     "version",  # FORMAT_VERSION
     "fingerprint",  # str, the encoder's fingerprint()
-    "model_path",  # str or null, the saved model folder the embeddings came from
+    "model_path",  # str or null, the model spec the embeddings came from (absolute folders)
     "source",  # {"kind": "images" | "records", "path": absolute folder}
     "dim",  # int, embedding size
     "dtype",  # "float16" or "float32", as stored
@@ -63,14 +67,6 @@ STATE_KEYS = (
     "skipped",  # [{"path", "size", "mtime_ns", "error"}] unreadable images
     "updated",  # ISO time of the last commit
 )
-
-
-class RetrievalError(ValueError):
-    """Bad retrieval input (query, k, index folder, model): a one-line message saying what to do."""
-
-
-class ImageAccessError(RetrievalError):
-    """An image id or path that must not or cannot be served (unknown, outside the folder)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +241,7 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     """Decode image bytes to float32 `[size, size, 3]` pixels in 0..255.
 
     The image is converted to RGB and resized to `size` x `size` (bicubic, antialiased, aspect
-    ratio not kept), like the evaluation path of the input pipeline (`dualencoder.data`).
+    ratio not kept), like the evaluation path of the input pipeline (`dualencoder.data.pipeline`).
 
     Raises:
         ValueError: the bytes are not a decodable image.
@@ -395,7 +391,8 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
         index_dir: the index folder (created if absent).
         images: an image folder, searched recursively. Exactly one of `images` / `records`.
         records: a records directory.
-        model_path: the saved model folder, recorded so `search` can reload the model.
+        model_path: the model spec (saved model, workdir, `ensemble:`, `clip:`), recorded
+            with absolute folders so `search` can reload the model.
         update: allow refreshing a complete index (otherwise it is an error to rebuild one).
         chunk_size: images per committed chunk file.
         batch_size: images per `encode_images` call.
@@ -443,13 +440,13 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
         os.makedirs(index_dir, exist_ok=True)
         state = {
             "format": FORMAT, "version": FORMAT_VERSION, "fingerprint": fingerprint,
-            "model_path": os.path.abspath(model_path) if model_path else None,
+            "model_path": absolute_spec(model_path) if model_path else None,
             "source": {"kind": source.kind, "path": source.root}, "dim": None, "dtype": dtype,
             "complete": False, "generation": 0, "next_chunk": 0, "chunks": [], "count": 0,
             "skipped": [], "updated": _now(),
         }
     if model_path:
-        state["model_path"] = os.path.abspath(model_path)
+        state["model_path"] = absolute_spec(model_path)
     before = json.dumps(state, sort_keys=True) if report.resumed or state["complete"] else None
 
     listing = source.list(exclude=index_dir)
@@ -682,7 +679,7 @@ class EmbeddingIndex:
             emb[row:row + n] = data["embeddings"]
             paths.extend(data["paths"].tolist())
             row += n
-        from dualencoder.hubness import load_index_penalties  # noqa: PLC0415 (NumPy only)
+        from dualencoder.eval.hubness import load_index_penalties  # noqa: PLC0415 (NumPy only)
 
         penalty, meta, problem = load_index_penalties(index_dir, state)
         return cls(index_dir, state, emb, paths, penalty, meta, problem)
@@ -708,7 +705,7 @@ class EmbeddingIndex:
 
     def searcher(self, backend: str = "exact", **options):
         """The search backend over the stored embeddings ("exact" or "faiss"), built once."""
-        from dualencoder import search as search_lib  # noqa: PLC0415
+        from dualencoder.search import backends as search_lib  # noqa: PLC0415
 
         with self._lock:
             if backend not in self._searchers:
@@ -794,7 +791,7 @@ def read_bank_captions(bank) -> list[str]:
             raise RetrievalError(f"--bank {bank}: a folder without manifest.json; give a records "
                                  "directory (`python -m records build ...`) or a text file "
                                  "with one caption per line")
-        from dualencoder.data import read_captions  # noqa: PLC0415 (imports TensorFlow)
+        from dualencoder.data.pipeline import read_captions  # noqa: PLC0415 (imports TensorFlow)
 
         texts = read_captions(bank)[0]
     elif os.path.isfile(bank):
@@ -825,8 +822,8 @@ def add_hubness(index_dir, encoder, bank, *, k: int = 10, progress: bool = True)
     Returns:
         `{"path", "images", "bank_captions", "k", "mean_penalty"}`.
     """
-    from dualencoder import hubness  # noqa: PLC0415
-    from dualencoder.embed_cache import embed_texts  # noqa: PLC0415
+    from dualencoder.eval import hubness  # noqa: PLC0415
+    from dualencoder.encoders.cache import embed_texts  # noqa: PLC0415
 
     index = EmbeddingIndex.open(index_dir)
     check_fingerprint(index.state, encoder, index.index_dir)
@@ -869,28 +866,6 @@ def check_query(text) -> str:
 # Models and result grids
 
 
-def resolve_model_dir(path) -> str:
-    """The saved model folder for `--model`: a training workdir (with `model/`) or the folder."""
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "model", "config.json")):
-        return os.path.join(path, "model")
-    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
-            os.path.join(path, "model.weights.h5")):
-        return path
-    raise RetrievalError(f"--model {path}: neither a saved model folder (config.json + "
-                         "model.weights.h5) nor a training workdir containing model/")
-
-
-def saved_fingerprint(model_dir) -> str | None:
-    """The fingerprint recorded in a saved model's config.json (no TensorFlow), if any."""
-    try:
-        with open(os.path.join(os.fspath(model_dir), "config.json"), encoding="utf-8") as fh:
-            fp = json.load(fh).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return fp if isinstance(fp, str) and fp else None
-
-
 def check_saved_fingerprint(state: dict, model_dir, index_dir) -> None:
     """Fail fast (before loading the model) when a saved model's recorded fingerprint differs."""
     fp = saved_fingerprint(model_dir)
@@ -899,17 +874,6 @@ def check_saved_fingerprint(state: dict, model_dir, index_dir) -> None:
             f"index {index_dir} was built by a different model (fingerprint "
             f"{state['fingerprint'][:16]} from {state.get('model_path')}, {model_dir} is "
             f"{fp[:16]}); re-index with this model or pass the matching --model")
-
-
-def load_encoder(path):
-    """Load the Encoder-protocol model saved at `path` (a workdir or a saved model folder)."""
-    model_dir = resolve_model_dir(path)
-    from dualencoder import model as model_lib  # noqa: PLC0415 (imports TensorFlow)
-
-    try:
-        return model_lib.load(model_dir)
-    except (OSError, ValueError) as exc:
-        raise RetrievalError(f"cannot load the model from {model_dir}: {exc}") from exc
 
 
 def save_grid(index: EmbeddingIndex, hits: list[Hit], out_path, *, thumb: int = 192,

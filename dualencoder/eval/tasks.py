@@ -22,13 +22,13 @@ import time
 
 import numpy as np
 
-from dualencoder import metrics as M
-from dualencoder import plots
-from dualencoder import zeroshot as Z
+from dualencoder.eval import metrics as M
+from dualencoder.eval import plots
+from dualencoder.eval import zeroshot as Z
 from records.files import IMAGE_EXTENSIONS, jsonable, write_json_atomic, write_text_atomic
 
 __all__ = ["EvaluationError", "ClassData", "class_folder_counts", "prepare_class_data",
-           "prepare_caption_data", "check_model_spec", "load_encoder", "FrozenEncoder",
+           "prepare_caption_data",
            "run_zeroshot",
            "run_retrieval", "run_linear_probe", "run_kshot", "run_prompt_tune", "run_compare",
            "write_report", "record_labels", "check_bank"]
@@ -111,7 +111,7 @@ class ClassData:
 
 
 def _cache_root(cache_dir):
-    from dualencoder.embed_cache import default_cache_dir
+    from dualencoder.encoders.cache import default_cache_dir
     return cache_dir or default_cache_dir()
 
 
@@ -230,7 +230,7 @@ def _map(folders, mapping):
 
 def record_labels(records_dir: str) -> np.ndarray:
     """The label of every record in record order (parses labels only; no image decoding)."""
-    from dualencoder import data as D
+    from dualencoder.data import pipeline as D
 
     return D.read_labels(records_dir)
 
@@ -290,114 +290,6 @@ def prepare_caption_data(spec: str, *, cache_dir=None, skip_bad=False, build=Tru
     out, manifest = _build_cached_records(kind, key, cache_dir, skip_bad, **options)
     return out, name, {"spec": spec, "skipped": len((manifest.get("build") or {}).get(
         "skipped") or [])}
-
-
-def check_model_spec(spec: str) -> dict:
-    """Validate `--model` without loading anything heavy.
-
-    `clip:PRESET` (a keras-hub preset name or a local preset folder), or a
-    training workdir holding `model/`, or the saved model directory itself, or
-    `ensemble:A,B[,...]` (the mean-cosine ensemble of such models, see
-    `dualencoder.ensemble`).
-    """
-    if spec.startswith("ensemble:"):
-        parts = [p for p in spec[len("ensemble:"):].split(",") if p]
-        if len(parts) < 2:
-            raise EvaluationError(f"--model {spec}: an ensemble needs at least two models, "
-                                  "e.g. ensemble:runs/a,runs/b")
-        members = [check_model_spec(p) for p in parts]
-        if any(m["family"] == "ensemble" for m in members):
-            raise EvaluationError(f"--model {spec}: ensembles do not nest")
-        return {"spec": spec, "family": "ensemble", "members": members,
-                "name": "Ensemble of " + ", ".join(
-                    os.path.basename(os.path.normpath(p)) for p in parts)}
-    if spec.startswith("clip:"):
-        preset = spec[5:]
-        if not preset:
-            raise EvaluationError("--model clip: needs a preset, e.g. clip:clip_vit_base_patch32")
-        if (os.sep in preset or preset.startswith(".")) and not os.path.isdir(preset):
-            raise EvaluationError(f"{preset}: no such CLIP preset folder")
-        return {"spec": spec, "family": "clip", "preset": preset,
-                "name": f"Pre-trained CLIP ({os.path.basename(os.path.normpath(preset))})"}
-    if not os.path.exists(spec):
-        raise EvaluationError(f"{spec}: no such model directory (a training workdir with "
-                              "model/, a saved model directory, or clip:PRESET)")
-    model_dir = os.path.join(spec, "model") if os.path.isdir(os.path.join(spec, "model")) \
-        else spec
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise EvaluationError(f"{spec}: no saved model here (expected config.json in it or in "
-                              "its model/ folder)")
-    return {"spec": spec, "family": "ours", "model_dir": model_dir,
-            "name": f"Our model ({os.path.basename(os.path.normpath(spec))})"}
-
-
-def load_encoder(spec: str):
-    """Load the encoder for a `--model` spec; returns `(encoder, model_info)`."""
-    info = check_model_spec(spec)
-    if info["family"] == "ensemble":
-        from dualencoder.ensemble import EnsembleEncoder
-
-        loaded = [load_encoder(m["spec"])[0] for m in info["members"]]
-        try:
-            encoder = EnsembleEncoder([m.encoder for m in loaded])
-        except ValueError as exc:
-            raise EvaluationError(f"--model {spec}: {exc}") from exc
-        encoder = FrozenEncoder(encoder, encoder.fingerprint(), feature_dirs=list(
-            dict.fromkeys(d for m in loaded for d in m.feature_dirs)))
-        info["fingerprint"] = encoder.fingerprint()
-        info["image_size"] = int(encoder.image_size)
-        return encoder, info
-    if info["family"] == "clip":
-        from dualencoder.clip_adapter import CLIPEncoder, ClipUnavailableError
-        try:
-            encoder = CLIPEncoder(info["preset"])
-        except ClipUnavailableError as exc:
-            raise EvaluationError(str(exc)) from exc
-    else:
-        try:
-            from dualencoder.model import load
-        except ImportError:  # pragma: no cover - the DESIGN also names dualencoder.load
-            from dualencoder import load
-        try:
-            encoder = load(info["model_dir"])
-        except ValueError as exc:
-            raise EvaluationError(str(exc).splitlines()[0]) from exc
-    from dualencoder.embed_cache import encoder_fingerprint
-    from dualencoder.feature_eval import model_feature_dirs
-    dirs = model_feature_dirs(spec) if info["family"] == "ours" else []
-    encoder = FrozenEncoder(encoder, encoder_fingerprint(encoder), feature_dirs=dirs)
-    info["fingerprint"] = encoder.fingerprint()
-    info["image_size"] = int(encoder.image_size)
-    return encoder, info
-
-
-class FrozenEncoder:
-    """An Encoder whose weights will not change: the fingerprint is computed once.
-
-    `DualEncoder.fingerprint()` hashes every weight (seconds for big models) and
-    evaluation asks for it several times (image cache, text cache, report).
-
-    Args:
-        encoder: the wrapped Encoder.
-        fingerprint: its fingerprint (or None: no caching).
-        feature_dirs: where its training cached locked-tower features (see
-            `dualencoder.feature_eval`).
-    """
-
-    def __init__(self, encoder, fingerprint, feature_dirs=()):
-        self.encoder = encoder
-        self._fingerprint = fingerprint
-        self.feature_dirs = list(feature_dirs)
-        self.image_size = int(encoder.image_size)
-
-    def fingerprint(self):
-        return self._fingerprint
-
-    def encode_images(self, images):
-        return self.encoder.encode_images(images)
-
-    def encode_texts(self, texts):
-        return self.encoder.encode_texts(texts)
 
 
 # ============================================================================ reports
@@ -494,7 +386,7 @@ def load_images(records_dir: str, indices, size: int) -> dict:
 
 def _embed_class_data(encoder, data: ClassData, *, resize, batch_size, cache_dir, progress,
                       skip_bad=False):
-    from dualencoder.embed_cache import embed_images
+    from dualencoder.encoders.cache import embed_images
 
     ensure_records(data)
     try:
@@ -591,14 +483,14 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
     """Image↔text retrieval over the whole gallery of a captioned records directory.
 
     With `bank` (a captioned records directory of *training* data, never the gallery),
-    rankings use CSLS against that bank (`dualencoder.hubness`): each gallery image is
+    rankings use CSLS against that bank (`dualencoder.eval.hubness`): each gallery image is
     penalised by its mean cosine to its `bank_k` nearest bank captions, each gallery caption
     by its mean cosine to its `bank_k` nearest bank images. The report's `metrics` are then
     the CSLS numbers and `metrics_cosine` the plain cosine ones.
     """
-    from dualencoder import data as D
-    from dualencoder import hubness as H
-    from dualencoder.embed_cache import embed_images, embed_texts
+    from dualencoder.data import pipeline as D
+    from dualencoder.eval import hubness as H
+    from dualencoder.encoders.cache import embed_images, embed_texts
 
     if bank is not None:
         check_bank(bank, records_dir, bank_k)
@@ -757,7 +649,7 @@ def run_linear_probe(encoder, train: ClassData, test: ClassData, out_dir: str, *
                      model_info: dict, resize="bicubic", batch_size=64, cache_dir=None,
                      progress=True, seed=0) -> dict:
     """Softmax-regression probe on frozen image embeddings (L2 chosen on held-out train)."""
-    from dualencoder import probe as P
+    from dualencoder.eval import probe as P
 
     _check_same_classes(train, test)
     tr = _embed_class_data(encoder, train, resize=resize, batch_size=batch_size,
@@ -804,7 +696,7 @@ def run_kshot(encoder, train: ClassData, test: ClassData, out_dir: str, *, model
               shots, seeds=3, templates="simple", resize="bicubic", batch_size=64,
               cache_dir=None, progress=True) -> dict:
     """k-shot linear probes (balanced, several seeds) with zero-shot as the k=0 point."""
-    from dualencoder import probe as P
+    from dualencoder.eval import probe as P
 
     _check_same_classes(train, test)
     tmpl = templates if isinstance(templates, list) else Z.load_templates(templates)
@@ -872,7 +764,7 @@ def run_prompt_tune(encoder, train: ClassData, test: ClassData, out_dir: str, *,
                     batch_size=64, cache_dir=None, progress=True, seed=0, steps=300) -> dict:
     """Learn per-template weights and a temperature on k shots; compare with zero-shot and a
     linear probe trained on the same shots."""
-    from dualencoder import probe as P
+    from dualencoder.eval import probe as P
 
     _check_same_classes(train, test)
     tmpl = templates if isinstance(templates, list) else Z.load_templates(templates)

@@ -18,8 +18,10 @@ from records.files import write_json_atomic
 def synthetic_report(workdir: str, cfg) -> dict:
     """Evaluate `workdir/model` on the held-out synthetic splits; returns {"text", ...}."""
     import dualencoder
-    from dualencoder import data, metrics, runtime, zeroshot
-
+    from dualencoder.data import pipeline as data
+    from dualencoder.eval import metrics
+    from dualencoder.train import runtime
+    from dualencoder.eval import zeroshot
     model = dualencoder.load(os.path.join(workdir, "model"))
     dirs = runtime.synthetic_default(cfg.data.cache_dir, cfg.data.synthetic_images,
                                      seed=cfg.run.seed)

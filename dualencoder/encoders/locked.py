@@ -2,21 +2,21 @@
 
 A LiT model's towers are frozen: its embeddings of a data set are its heads applied to tower
 outputs that never change. Training already stored those outputs for its train and validation
-records (`dualencoder.features`, `run.features_dir`), so evaluating the model on the same
+records (`dualencoder.train.features`, `run.features_dir`), so evaluating the model on the same
 records needs the heads only, and evaluating a second head (another seed, an ensemble) on new
 records needs the towers once. `LockedHeads` finds such an encoder's tower features by their
 content key (records checksums, tower weights digest, image size and resize method, or
 sequence length and pooling) in the model's feature directories, computes and stores them when
 they are missing, and applies the heads.
 
-Used by `dualencoder.embed_cache.embed_images` / `embed_texts`, so `evaluate.py` takes this
+Used by `dualencoder.encoders.cache.embed_images` / `embed_texts`, so `evaluate.py` takes this
 path by itself for a model whose towers are locked. The result equals running the towers
 (up to float rounding of a different batch size): `tests/test_feature_eval.py` checks it.
 
 Example:
 ```python
-from dualencoder.feature_eval import LockedHeads
-from dualencoder.model import load
+from dualencoder.encoders.locked import LockedHeads
+from dualencoder.model.dual_encoder import load
 heads = LockedHeads.of(load("runs/f8k/recipe/model"), feature_dirs=["runs/f8k/features"])
 emb = heads.records_images("runs/f8k/records/dev", resize_method="bicubic")
 ```
@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from dualencoder import features as F
+from dualencoder.train import features as F
 
 
 class LockedHeads:
@@ -58,7 +58,7 @@ class LockedHeads:
     @classmethod
     def of(cls, encoder, *, feature_dirs=(), write_dir=None):
         """`LockedHeads` for `encoder` (unwrapping `FrozenEncoder`), or None."""
-        from dualencoder.ensemble import group_towers
+        from dualencoder.encoders.ensemble import group_towers
 
         inner = getattr(encoder, "encoder", encoder)
         if hasattr(inner, "tower_groups"):  # an EnsembleEncoder: its towers are grouped
@@ -99,7 +99,7 @@ class LockedHeads:
 
     def _combine(self, kind: str, features_of_group) -> np.ndarray:
         """Every member's heads on its group's features, combined in member order."""
-        from dualencoder.ensemble import combine, head_embeddings
+        from dualencoder.encoders.ensemble import combine, head_embeddings
 
         parts = [None] * len(self.members)
         for key, idx in self.groups[kind]:

@@ -4,7 +4,7 @@
   with the architecture's own `preprocess_input` inside, so callers pass raw
   0..255 float images.
 - `TextTower`: a BERT `keras_hub.models.BertBackbone` with masked-mean or CLS
-  pooling, and the matching `dualencoder.tokenizer.Tokenizer`.
+  pooling, and the matching `dualencoder.model.tokenizer.Tokenizer`.
 
 Both take `trainable="all" | "none" | N` (top-N blocks / transformer layers).
 Nothing is built or downloaded at import.
@@ -427,7 +427,7 @@ class TextTower(keras.layers.Layer):
         super().__init__(**kwargs)
         import keras_hub
 
-        from dualencoder.tokenizer import Tokenizer, tiny_vocabulary
+        from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 
         if pooling not in ("mean", "cls", "none"):
             raise ValueError(f'pooling must be "mean", "cls" or "none", got {pooling!r}')

@@ -45,7 +45,7 @@ def _offline_help(preset: str) -> str:
             "keras-hub preset folder and pass --model clip:/path/to/folder; create it on a "
             "machine with internet: keras_hub.models.CLIPBackbone.from_preset(NAME)"
             ".save_to_preset(DIR), and the same for keras_hub.models.CLIPTokenizer and "
-            "keras_hub.layers.CLIPImageConverter (see dualencoder/clip_adapter.py)")
+            "keras_hub.layers.CLIPImageConverter (see dualencoder/encoders/clip.py)")
 
 
 class CLIPEncoder:

@@ -96,7 +96,7 @@ def model_config(cfg: Config) -> dict:
 
 def build(cfg: Config):
     """The model; a bad tower name, weights file or preset becomes a `ConfigError`."""
-    from dualencoder.model import build_model
+    from dualencoder.model.dual_encoder import build_model
 
     try:
         return build_model(model_config(cfg))
@@ -161,7 +161,7 @@ def input_shards(strategy) -> int:
 def train_dataset(cfg: Config, records: str, tokenizer, *, epoch: int, skip_batches: int = 0,
                   num_shards: int = 1, shard_index: int = 0):
     """One epoch of training pairs for input worker `shard_index` of `num_shards`."""
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
 
     if cfg.data.batch_size % num_shards:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
@@ -189,8 +189,8 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     `cached_features`: tower outputs of `records` already at hand (`features.image_features`
     and/or `features.text_features` arrays, from the on-disk cache); those towers do not run.
     """
-    from dualencoder import data
-    from dualencoder.features import tower_functions
+    from dualencoder.data import pipeline as data
+    from dualencoder.train.features import tower_functions
 
     cache = tower_cache if tower_cache is not None else {}
     if "functions" not in cache:
@@ -247,8 +247,8 @@ def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = No
 
     With `feature_dir`, the outputs of locked towers on the validation records come from the
     same on-disk cache as the training features (computed once, shared by every run)."""
-    from dualencoder import features, metrics
-
+    from dualencoder.train import features
+    from dualencoder.eval import metrics
     cached_features = {}
     if feature_dir and tower_cache is not None and "disk_features" in tower_cache:
         cached_features = tower_cache["disk_features"]  # locked towers: read once per run

@@ -81,7 +81,7 @@ def locked_heads(encoder, cache_root):
     """A `feature_eval.LockedHeads` for an encoder with locked towers (None otherwise): it reads
     the tower features training cached (`encoder.feature_dirs`) and stores missing ones in
     `<cache root>/features`."""
-    from dualencoder.feature_eval import LockedHeads
+    from dualencoder.encoders.locked import LockedHeads
 
     write_dir = os.path.join(os.path.dirname(cache_root), "features") if cache_root else None
     return LockedHeads.of(encoder, feature_dirs=getattr(encoder, "feature_dirs", ()),
@@ -145,7 +145,7 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
         if hit is not None:
             return {**hit, "cached": True, "seconds": 0.0, "images_per_second": None}
 
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
 
     heads = None if skip_bad else locked_heads(encoder, cache_root)
     if heads is not None:

@@ -6,7 +6,7 @@ history and the data position (epoch, batch within the epoch) restored, so no ex
 twice or skipped. Layout of a workdir:
 
     config.json        the resolved configuration (resume refuses an incompatible model section)
-    checkpoints/       see `dualencoder.checkpoint`
+    checkpoints/       see `dualencoder.train.checkpoint`
     model/             the best model (selected on validation), `dualencoder.load`-able; with
                        frozen towers it is written once, when training ends, and until then
                        best_heads.npz holds the best epoch's other variables (a few MB instead
@@ -24,7 +24,7 @@ import os
 import time
 import warnings
 
-from dualencoder.checkpoint import CheckpointError, CheckpointManager
+from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
 from records.files import atomic_write, write_json_atomic
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 
@@ -53,8 +53,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from dualencoder import data, features, runtime
-
+    from dualencoder.data import pipeline as data
+    from dualencoder.train import features
+    from dualencoder.train import runtime
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(cfg, workdir)
     cached = features.use_cache(cfg)  # "both", "text" or None; bad combinations fail here
@@ -185,7 +186,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
 def epoch_batches(cfg, records, model, source, cached, *, epoch, skip_batches, num_shards=1,
                   shard_index=0):
     """One epoch's batches for this input worker: decoded pairs, or cached features."""
-    from dualencoder import runtime
+    from dualencoder.train import runtime
 
     kwargs = dict(epoch=epoch, skip_batches=skip_batches, num_shards=num_shards,
                   shard_index=shard_index)
@@ -351,7 +352,7 @@ def checkpoint_groups(model, optimizer):
     """What a checkpoint stores: every variable except those of frozen towers (they never
     change; a locked Xception is 180 MB per checkpoint), and the frozen towers' digests,
     checked on resume."""
-    from dualencoder import features
+    from dualencoder.train import features
 
     frozen, skip = {}, set()
     for name in ("image_tower", "text_tower"):

@@ -240,7 +240,7 @@ def evaluate_zero_shot(image_embeddings, labels, class_embeddings, class_names,
         `num_pairs` pairs with the highest confusion rate), `predictions` and
         `scores` (NumPy arrays; not JSON-serialisable, pop them before dumping).
     """
-    from dualencoder import metrics
+    from dualencoder.eval import metrics
 
     scores = zero_shot_scores(image_embeddings, class_embeddings)
     pred = scores.argmax(axis=1)

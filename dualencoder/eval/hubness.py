@@ -19,7 +19,7 @@ ranking (`metrics.retrieval_ranks`, a search index) computes CSLS unchanged.
 
 Example:
 ```python
-from dualencoder import hubness
+from dualencoder.eval import hubness
 r_img = hubness.mean_topk_similarity(gallery_images, bank_captions, k=10)
 r_txt = hubness.mean_topk_similarity(gallery_captions, bank_images, k=10)
 img, txt = hubness.csls_embeddings(gallery_images, gallery_captions, r_img, r_txt)

@@ -22,6 +22,8 @@ import sys
 import time
 
 import numpy as np
+
+from dualencoder.search.errors import RetrievalError
 from records.files import remove_quietly, temporary_path, write_json_atomic
 
 FAISS_INDEX_NAME = "faiss-{kind}.index"
@@ -177,8 +179,6 @@ def _import_faiss():
     try:
         import faiss  # noqa: PLC0415
     except ImportError as exc:
-        from dualencoder.index import RetrievalError  # noqa: PLC0415
-
         raise RetrievalError("the faiss backend needs faiss-cpu: pip install -e '.[index]' "
                              "(or use --backend exact)") from exc
     return faiss
@@ -264,8 +264,7 @@ class FaissSearcher:
             index.add(x)
             settings = {"nlist": nlist}
         else:
-            from dualencoder.index import RetrievalError  # noqa: PLC0415
-
+    
             raise RetrievalError(f"unknown faiss kind {kind!r} (use hnsw or ivf)")
         build_s = time.perf_counter() - t0
         exact = exact or ExactSearcher(x)

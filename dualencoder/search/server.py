@@ -35,7 +35,7 @@ import urllib.parse
 
 import numpy as np
 
-from dualencoder.index import ImageAccessError, RetrievalError, check_k, check_query
+from dualencoder.search.store import ImageAccessError, RetrievalError, check_k, check_query
 
 MAX_K = 200
 MAX_QUERY_CHARS = 1000

@@ -21,8 +21,10 @@ import numpy as np
 from keras import ops
 
 from dualencoder import losses as losses_lib
-from dualencoder.heads import HEAD_KINDS, build_head
-from dualencoder.towers import DEFAULT_TEXT_TOWER, ImageTower, TextTower
+from dualencoder.model.heads import HEAD_KINDS, build_head
+from dualencoder.model.towers import DEFAULT_TEXT_TOWER, ImageTower, TextTower
+from dualencoder.model.layout import (CONFIG_FILE, SAVE_FORMAT, SAVE_FORMAT_VERSION, VOCAB_FILE,
+                                      WEIGHTS_FILE)
 
 __all__ = ["DualEncoder", "build_model", "load", "DEFAULT_CONFIG", "SAVE_FORMAT"]
 
@@ -63,11 +65,6 @@ DEFAULT_CONFIG = {
     "init_logit_bias": -10.0,
 }
 
-SAVE_FORMAT = "dualencoder"
-SAVE_FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
-VOCAB_FILE = "vocab.txt"
 
 
 def _resolve_config(config):
@@ -434,7 +431,7 @@ class DualEncoder(keras.Model):
         """
         import tensorflow as tf
 
-        from dualencoder.features import image_chunk_size
+        from dualencoder.train.features import image_chunk_size
 
         chunk = image_chunk_size()
         batch_size = min(batch_size, chunk) if chunk else batch_size
@@ -581,7 +578,8 @@ def build_model(config=None, **overrides):
 
 
 def load(path):
-    """Load a `DualEncoder` saved with `model.save_dir(path)`.
+    """Load a `DualEncoder` saved with `model.save_dir(path)`, or the `model/` of a training
+    workdir `path`.
 
     Raises:
         ValueError: when `path` is not a complete, consistent save (missing
@@ -589,6 +587,8 @@ def load(path):
             fingerprint mismatch), naming the problem.
     """
     path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "model", CONFIG_FILE)):  # a training workdir
+        path = os.path.join(path, "model")
     expected = f"a folder with {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE} written by DualEncoder.save_dir"
     if not os.path.isdir(path):
         raise ValueError(f"{path}: no such model folder (expected {expected})")

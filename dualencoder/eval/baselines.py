@@ -36,7 +36,7 @@ DEFAULT_SIZES = {"xception": 299, "inceptionv3": 299, "inceptionresnetv2": 299,
 
 
 def _error(msg):
-    from dualencoder.evaluation import EvaluationError
+    from dualencoder.eval.tasks import EvaluationError
     return EvaluationError(msg)
 
 
@@ -82,7 +82,7 @@ def build_backbone(arch: str, weights: str, image_size: int):
     model = ctor(weights=None, **kwargs)
     if weights != "none":
         try:
-            from dualencoder.towers import _load_weights_quietly
+            from dualencoder.model.towers import _load_weights_quietly
 
             _load_weights_quietly(model, weights)
         except Exception as exc:
@@ -162,11 +162,11 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
     """
     import keras
 
-    from dualencoder import evaluation as E
-    from dualencoder import metrics as M
-    from dualencoder import plots
-    from dualencoder.embed_cache import embed_images
-    from dualencoder.probe import stratified_split
+    from dualencoder.eval import tasks as E
+    from dualencoder.eval import metrics as M
+    from dualencoder.eval import plots
+    from dualencoder.encoders.cache import embed_images
+    from dualencoder.eval.probe import stratified_split
 
     if mode not in ("linear", "finetune"):
         raise _error(f"--mode {mode!r}: choose linear or finetune")
@@ -249,7 +249,7 @@ def _finetune(enc, head, train, test, tr, te, fit_idx, val_idx, num_classes, *, 
     import keras
     import tensorflow as tf
 
-    from dualencoder import data as D
+    from dualencoder.data import pipeline as D
 
     size = enc.image_size
     inputs = keras.Input((size, size, 3))

@@ -5,7 +5,7 @@ later epoch reads the stored features. With both towers locked (LiT with a locke
 training touches only the heads and the temperature. With only the text tower locked (the
 synthetic default: a pretrained MiniLM, a CNN learning from scratch), images still flow through
 the image tower and the text features come from the cache. Batches follow exactly the order and caption choice of the uncached
-pipeline (`dualencoder.data.pair_order`), so the loss trajectory is the same for the same seed.
+pipeline (`dualencoder.data.pipeline.pair_order`), so the loss trajectory is the same for the same seed.
 
 Image and text features are cached separately, as `image-<key>.npz` and `text-<key>.npz` in
 `WORKDIR/features/` (or the shared `run.features_dir`). An image key hashes the records' shard
@@ -95,7 +95,7 @@ def _manifest_digest(records: str) -> dict:
 def image_key(tower_digest: str, records: str, *, image_size: int, resize_method: str,
               view: int = 0, lowres: int = 0) -> str:
     """The cache key of an image tower's outputs on `records` (see the module doc)."""
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
 
     payload = {"version": FEATURES_VERSION, "kind": "image", **_manifest_digest(records),
                "tower": tower_digest, "image_size": int(image_size), "resize": resize_method,
@@ -178,7 +178,7 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
     `data.image_dataset`): {"image_features", "image_index"}."""
     from tqdm.auto import tqdm
 
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
     from records.schema import read_manifest
 
     image_fn, _ = tower_functions(model)
@@ -234,7 +234,7 @@ def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None,
 def compute_text_features(model, records: str, *, progress: bool = True):
     """Text-tower outputs of every caption of `records` (each distinct caption once):
     {"text_features" [M, F], "caption_image_index" [M]} with captions grouped by image."""
-    from dualencoder import data
+    from dualencoder.data import pipeline as data
 
     texts, owner = data.read_captions(records)
     # Each distinct caption goes through the tower once (templated captions repeat a lot).
@@ -307,7 +307,7 @@ class CachedPairs:
 
     def __init__(self, model, cfg: Config, records: str, directory: str, *, mode: str = "both",
                  log=print):
-        from dualencoder import data
+        from dualencoder.data import pipeline as data
 
         self.cfg, self.records, self.mode = cfg, records, mode
         arrays = dict(text_features(model, cfg, records, directory, log=log))
@@ -374,7 +374,7 @@ class CachedPairs:
         from the feature tables: no tf.data pipeline, so nothing to build or tear down per
         epoch (a single-device trainer iterates these directly; `epoch` wraps them for
         distribution strategies)."""
-        from dualencoder import data
+        from dualencoder.data import pipeline as data
 
         if self.mode != "both":
             raise ValueError("host_batches needs cached image and text features (mode 'both')")

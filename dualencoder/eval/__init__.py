@@ -1,0 +1,1 @@
+"""Evaluation tasks (zero-shot, retrieval, probes, baselines, compare), metrics and reports."""

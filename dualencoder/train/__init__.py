@@ -1,0 +1,1 @@
+"""Training: the loop, the step, checkpoints, the locked-tower feature cache, validation."""
