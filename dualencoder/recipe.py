@@ -271,7 +271,8 @@ def run_recipe(recipe: dict, recipe_path: str, project: str) -> str:
         t0 = time.time()
         print(f"{stamp}  {label} (log: {log_path}) ...", end="", flush=True)
         with open(log_path, "w", encoding="utf-8") as fh:
-            code = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                  check=False).returncode
         seconds = time.time() - t0
         print(f" {'done' if code == 0 else 'FAILED'} in {seconds:.0f}s")
         if code != 0:
@@ -336,11 +337,10 @@ def _retrieval_lines(report: dict, rel: str, spec: dict) -> list:
 
 def _zeroshot_lines(report: dict, rel: str, spec: dict) -> list:
     m, s = report.get("metrics", {}), report.get("settings", {})
-    return [f"- zero-shot {spec.get('title', 'zeroshot')} ({m.get('num_examples', 0):,} images, "
-            f"resized {s.get('resize')} to {s.get('image_size')} px, {s.get('templates')} "
-            "templates): top-1 "
-            f"{100 * m.get('accuracy', float('nan')):.1f}%, top-5 "
-            f"{100 * m.get('top5_accuracy', float('nan')):.1f}% ({rel})"]
+    return [(f"- zero-shot {spec.get('title', 'zeroshot')} ({m.get('num_examples', 0):,} images, "
+             f"resized {s.get('resize')} to {s.get('image_size')} px, {s.get('templates')} "
+             f"templates): top-1 {100 * m.get('accuracy', float('nan')):.1f}%, top-5 "
+             f"{100 * m.get('top5_accuracy', float('nan')):.1f}% ({rel})")]
 
 
 REPORT_LINES = {"retrieval": _retrieval_lines, "zeroshot": _zeroshot_lines}  # per kind
@@ -363,13 +363,13 @@ def write_report(recipe: dict, recipe_path: str, stages: list, wall: float) -> s
     rows = [r for r in (_member_row(out, n) for n in names + others) if r]
     cpu = cpu_model()
     lines = [f"# {ds['name']} recipe — report", "",
-             f"Written by `recipe.py {recipe_path}` (this invocation: {wall:.0f} s wall on "
+             (f"Written by `recipe.py {recipe_path}` (this invocation: {wall:.0f} s wall on "
              f"{os.cpu_count()} cores of {cpu}; stage times below and in {out}/times.tsv). "
              f"Training config {recipe['config']}; {ds['name']} train split ({counts['train']})"
              f", dev split only for selection and evaluation ({counts['dev']}); no test split "
-             "is used. Numbers are the best epoch selected on dev val_rsum.", "",
-             "| " + " | ".join(COLUMNS) + " | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | "
-             "rsum |", "|---" * 3 + "|---:" * 15 + "|"]
+             "is used. Numbers are the best epoch selected on dev val_rsum."), "",
+             "| " + " | ".join(COLUMNS) + " | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum |",
+             "|---" * 3 + "|---:" * 15 + "|"]
     lines += ["| " + " | ".join([str(r[k]) for k in COLUMNS] + [
         "—" if v is None else f"{v:.1f}" for v in r["dev"].values()]) + " |" for r in rows]
     lines += ["", f"## Evaluation of `{ensemble_name(recipe)}` (evaluate.py)", ""]
@@ -379,9 +379,10 @@ def write_report(recipe: dict, recipe_path: str, stages: list, wall: float) -> s
         rep = evals[kind] = rel and _load(os.path.join(out, rel, "report.json"))
         lines += REPORT_LINES[kind](rep, rel, evaluations[kind]) if rep else [
             f"- {kind}: {'not run' if rel else 'not in this recipe'}"]
-    lines += ["", f"Training curves: {names[0]}/curves.png (loss, temperature, in-batch "
-              "accuracy, dev Recall@K per epoch).", "", "## Stage times (this invocation; "
-              "kept = already done)", "", "| stage | s |", "|---|---:|"]
+    lines += ["", (f"Training curves: {names[0]}/curves.png (loss, temperature, in-batch "
+              "accuracy, dev Recall@K per epoch).")]
+    lines += ["", "## Stage times (this invocation; kept = done before)", "", "| stage | s |",
+              "|---|---:|"]
     lines += [f"| {s['stage']} | {s['seconds']:.0f} |" if s["ran"] else
               f"| {s['stage']} | kept |" for s in stages]
     lines.append(f"| **total** | {wall:.0f} |")
