@@ -31,7 +31,8 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The Flickr8k LiT recipe (docs/flickr8k.md): records -> train -> evaluate -> runs/flickr8k/REPORT.md
+# The Flickr8k LiT recipe (docs/flickr8k.md, configs/recipes/flickr8k.json):
+# records -> six heads -> evaluations -> runs/flickr8k/REPORT.md. RECIPE_ARGS: e.g. --out DIR
 .PHONY: flickr8k
 flickr8k: $(STAMP)
-	PY=$(PY) bash scripts/flickr8k.sh
+	$(PY) recipe.py configs/recipes/flickr8k.json $(RECIPE_ARGS)
