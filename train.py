@@ -73,7 +73,9 @@ def help_config() -> str:
     lines = []
     for section in dataclasses.fields(Config):
         body = getattr(Config(), section.name)
-        lines.append(f"[{section.name}]  {type(body).__doc__.splitlines()[0]}")
+        doc = type(body).__doc__.strip().splitlines()
+        lines.append(f"[{section.name}]  {doc[0]}")
+        lines.extend("  # " + line.strip() for line in doc[1:] if line.strip())
         for f in dataclasses.fields(body):
             lines.append(f"  {section.name}.{f.name} = {getattr(body, f.name)!r}")
     return "\n".join(lines)

@@ -108,7 +108,15 @@ class OptimConfig:
     to 0 over the run) or "plateau" (ReduceLROnPlateau on val loss: factor, patience).
     epochs: passes over the training records; max_steps > 0 stops earlier.
     early_stopping: epochs without val improvement before stopping (0 = off).
-    grad_accum: micro-batches per optimizer step. clipnorm: global gradient clip (0 = off).
+    micro_batch: gradient caching (0 = off): the batch stays data.batch_size and its loss is
+    computed over the whole batch, but the towers run M pairs at a time (embed all
+    micro-batches without gradients, take the loss's gradient with respect to the embeddings,
+    re-embed each micro-batch and back-propagate its rows): the exact full-batch gradient at
+    the activation memory of batch M, for about one extra forward pass. M must divide the
+    per-replica batch. BatchNorm (trained CNN towers) normalises per micro-batch.
+    split_loss_accum: the older, different thing: N micro-batches per optimizer step, each
+    with its own loss, gradients summed: every caption sees B/N-1 negatives, so it trains like
+    batch B/N (1 = off). clipnorm: global gradient clip (0 = off).
     """
 
     lr: float = 1e-3
@@ -120,7 +128,8 @@ class OptimConfig:
     epochs: int = 10
     max_steps: int = 0
     early_stopping: int = 5
-    grad_accum: int = 1
+    micro_batch: int = 0
+    split_loss_accum: int = 1
     clipnorm: float = 0.0
 
 
@@ -167,13 +176,19 @@ _CHOICES = {
 }
 
 _POSITIVE = {("data", "batch_size"), ("model", "image_size"), ("model", "sequence_length"),
-             ("model", "embed_dim"), ("optim", "grad_accum"), ("model", "head_layers"),
+             ("model", "embed_dim"), ("optim", "split_loss_accum"), ("model", "head_layers"),
              ("run", "keep_checkpoints"), ("data", "synthetic_images"),
              ("data", "cached_views")}
 _NON_NEGATIVE = {("optim", "epochs"), ("optim", "max_steps"), ("optim", "warmup_steps"),
                  ("optim", "early_stopping"), ("run", "checkpoint_every"), ("run", "val_subset"),
                  ("optim", "weight_decay"), ("optim", "clipnorm"), ("model", "extra_loss_weight"),
-                 ("data", "lowres_size")}
+                 ("data", "lowres_size"), ("optim", "micro_batch")}
+
+# Keys that were removed, with what to use instead.
+_RETIRED = {"optim.grad_accum": (
+    "optim.grad_accum is gone: use optim.micro_batch=M (gradient caching: the exact gradient "
+    "of the full-batch loss, B/M micro-batches) or optim.split_loss_accum=N (the old "
+    "behaviour: a loss per micro-batch of B/N, trains like batch B/N)")}
 
 
 def _parse_value(text: str) -> Any:
@@ -247,6 +262,8 @@ class Config:
     def set(self, dotted: str, value: Any, *, origin: str = "--set") -> None:
         """Set `section.key`; the value is converted to the default's type where sensible."""
         section, _, key = dotted.partition(".")
+        if dotted in _RETIRED:
+            raise ConfigError(f"{origin}: {_RETIRED[dotted]}")
         if section not in _SECTIONS or not key:
             raise ConfigError(f"{origin}: unknown key {dotted!r}; keys look like "
                               f"section.key with section in {sorted(_SECTIONS)}")
@@ -286,9 +303,16 @@ class Config:
             raise ConfigError(f"data.lowres_size={self.data.lowres_size} renders cached views "
                               f"1..; it needs data.cached_views >= 2 (got "
                               f"{self.data.cached_views})")
-        if self.data.batch_size % self.optim.grad_accum:
+        if self.data.batch_size % self.optim.split_loss_accum:
             raise ConfigError(f"data.batch_size={self.data.batch_size} is not divisible by "
-                              f"optim.grad_accum={self.optim.grad_accum}")
+                              f"optim.split_loss_accum={self.optim.split_loss_accum}")
+        if self.optim.micro_batch and self.data.batch_size % self.optim.micro_batch:
+            raise ConfigError(f"optim.micro_batch={self.optim.micro_batch} does not divide "
+                              f"data.batch_size={self.data.batch_size}")
+        if self.optim.micro_batch and self.optim.split_loss_accum > 1:
+            raise ConfigError("optim.micro_batch and optim.split_loss_accum > 1 exclude each "
+                              "other: micro_batch keeps the full-batch loss, split_loss_accum "
+                              "splits it; set one")
 
 
 def _coerce(dotted: str, value: Any, default: Any, origin: str) -> Any:

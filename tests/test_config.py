@@ -59,9 +59,9 @@ def test_bad_files(tmp_path):
         Config.from_sources(str(unknown))
 
 
-def test_grad_accum_must_divide_batch():
+def test_split_loss_accum_must_divide_batch():
     with pytest.raises(ConfigError, match="not divisible"):
-        Config.from_sources(None, ["data.batch_size=10", "optim.grad_accum=3"])
+        Config.from_sources(None, ["data.batch_size=10", "optim.split_loss_accum=3"])
 
 
 def test_repo_configs_parse():

@@ -242,11 +242,14 @@ def test_synthetic_training_beats_chance(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra", [
-    ["optim.grad_accum=2"],
-    pytest.param(["run.jit_compile=true", "optim.grad_accum=2"], marks=pytest.mark.slow),
-], ids=["grad_accum", "xla+grad_accum"])
+    ["optim.split_loss_accum=2"],
+    ["optim.micro_batch=4"],
+    pytest.param(["run.jit_compile=true", "optim.split_loss_accum=2"], marks=pytest.mark.slow),
+    pytest.param(["run.jit_compile=true", "optim.micro_batch=4"], marks=pytest.mark.slow),
+], ids=["split_loss_accum", "micro_batch", "xla+split_loss_accum", "xla+micro_batch"])
 def test_xla_and_gradient_accumulation(synthetic_records, tmp_path, extra):
-    """`--jit-compile` and `optim.grad_accum` run through the same step (strings stay out)."""
+    """`--jit-compile`, `optim.split_loss_accum` and `optim.micro_batch` run through the same
+    step (strings stay out)."""
     import warnings
 
     from dualencoder.train.loop import train

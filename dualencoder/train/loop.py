@@ -231,12 +231,13 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables
 
 def make_train_step(model, optimizer, strategy, cfg: Config):
     """A compiled distributed step: forward, multi-positive contrastive loss on the *global*
-    batch (embeddings all-gathered across replicas), gradients (accumulated over
-    `optim.grad_accum` micro-batches), clipping, AdamW update."""
+    batch (embeddings all-gathered across replicas), gradients (with `optim.split_loss_accum`
+    summed over micro-batches that each have their own loss; with `optim.micro_batch`, the
+    full-batch gradient by gradient caching, `dualencoder.grad_cache`), clipping, AdamW update."""
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
-    accum = cfg.optim.grad_accum
+    accum = cfg.optim.split_loss_accum
     train_image = cfg.model.image_trainable != "none"
     train_text = cfg.model.text_trainable != "none"
 
@@ -276,6 +277,11 @@ def make_train_step(model, optimizer, strategy, cfg: Config):
             grads, _ = tf.clip_by_global_norm(grads, cfg.optim.clipnorm)
         optimizer.apply_gradients(zip(grads, variables))
         return metrics
+
+    if cfg.optim.micro_batch:  # gradient caching replaces the step above
+        from dualencoder import grad_cache
+        replica_step = grad_cache.make_replica_step(model, optimizer, cfg, replicas,
+                                                    gather=gather_replicas)
 
     # XLA compiles the per-replica computation; the outer function stays a plain graph.
     run_replica = (tf.function(tf.autograph.experimental.do_not_convert(replica_step),
