@@ -31,7 +31,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualencoder.argtypes import positive_int  # noqa: E402
+from records.cli import positive_int  # noqa: E402
 
 
 def pair(text: str):
@@ -53,16 +53,16 @@ def rss_now_mb() -> float:
 
 def child(spec: dict) -> dict:
     """One configuration in this (fresh) process."""
-    from dualencoder.machine import tensorflow_defaults
+    from records.machine import tensorflow_defaults
 
     tensorflow_defaults()
     import keras
     import tensorflow as tf
 
-    from dualencoder import runtime
+    from dualencoder.train import runtime
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
-    from dualencoder.trainer import make_train_step
+    from dualencoder.train.loop import make_train_step
 
     cfg = Config.from_sources(None, [
         f"model.image_tower={spec['tower']}", "model.image_weights=none",
@@ -119,7 +119,7 @@ def main(argv=None):
         print(json.dumps(child(json.loads(args.child))))
         return 0
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    from dualencoder.machine import cpu_model
+    from records.machine import cpu_model
 
     common = {"tower": args.tower, "size": args.size, "steps": args.steps}
     runs, rows = {}, []

@@ -34,7 +34,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualencoder.argtypes import positive_int  # noqa: E402
+from records.cli import positive_int  # noqa: E402
 
 
 def main(argv=None):
@@ -52,12 +52,12 @@ def main(argv=None):
         parser.error(f"argument --micro: must be smaller than --batch and divide it, got "
                      f"--batch {args.batch} --micro {args.micro}")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    from dualencoder.machine import cpu_model, tensorflow_defaults
+    from records.machine import cpu_model, tensorflow_defaults
 
     tensorflow_defaults()
     from dualencoder.config import Config
-    from dualencoder.report import synthetic_report
-    from dualencoder.trainer import train
+    from dualencoder.train.report import synthetic_report
+    from dualencoder.train.loop import train
 
     b, m = args.batch, args.micro
     n = b // m

@@ -49,7 +49,7 @@ def reference_gradients(model, batch, chunks=1):
     slices (1 = the whole batch at once), the loss on the concatenated embeddings."""
     import tensorflow as tf
 
-    from dualencoder.grad_cache import embed
+    from dualencoder.train.grad_cache import embed
 
     @tf.function
     def fn(batch):
@@ -71,7 +71,7 @@ def reference_gradients(model, batch, chunks=1):
 def cached(model, batch, k=K):
     import tensorflow as tf
 
-    from dualencoder.grad_cache import cached_gradients
+    from dualencoder.train.grad_cache import cached_gradients
 
     fn = tf.function(lambda b: cached_gradients(model, b, k, **_flags(model)))
     grads, metrics = fn(batch)
@@ -117,7 +117,7 @@ def test_dropout_is_replayed():
     and the seeds end where one pass over the micro-batches leaves them."""
     model = _build(head_dropout=0.3)
     batch = _batch(model)
-    from dualencoder.grad_cache import state_variables
+    from dualencoder.train.grad_cache import state_variables
 
     seeds = [v for v in state_variables(model) if "seed" in v.path]
     assert seeds, "the mlp heads have Dropout layers"
@@ -143,7 +143,7 @@ def test_batchnorm_tower_normalises_per_micro_batch():
     micro-batch, as that single pass leaves them."""
     model = _build(image_trainable="all", head_dropout=0.1)
     batch = _batch(model)
-    from dualencoder.grad_cache import state_variables
+    from dualencoder.train.grad_cache import state_variables
 
     state = state_variables(model)
     bn = [v for v in state if "moving" in v.path]
@@ -173,7 +173,7 @@ def test_split_loss_accumulation_is_not_the_full_batch_gradient():
     only its micro-batch's negatives."""
     import tensorflow as tf
 
-    from dualencoder.grad_cache import embed
+    from dualencoder.train.grad_cache import embed
 
     model = _build()
     batch = _batch(model)
@@ -221,8 +221,8 @@ def _steps(cfg, batches):
     import keras
     import tensorflow as tf
 
-    from dualencoder import runtime
-    from dualencoder.trainer import make_train_step
+    from dualencoder.train import runtime
+    from dualencoder.train.loop import make_train_step
 
     runtime.set_precision(cfg.run.precision)
     try:
@@ -269,7 +269,7 @@ def test_twenty_step_run_equals_full_batch_and_resumes(synthetic_records, tmp_pa
     """`train()` with optim.micro_batch=4 at batch 16: the same data order, losses and final
     weights as the plain batch-16 run, over 20 steps; interrupted and resumed, the same again."""
     from dualencoder.config import Config
-    from dualencoder.trainer import train
+    from dualencoder.train.loop import train
 
     class Interrupt(Exception):
         pass
@@ -316,7 +316,7 @@ def test_twenty_step_run_equals_full_batch_and_resumes(synthetic_records, tmp_pa
 # ----------------------------------------------------------------------------------------
 def test_config_keys():
     from dualencoder.config import Config, ConfigError
-    from dualencoder.grad_cache import micro_batches
+    from dualencoder.train.grad_cache import micro_batches
 
     with pytest.raises(ConfigError, match="optim.micro_batch=M.*optim.split_loss_accum=N"):
         Config.from_sources(None, ["optim.grad_accum=4"])
@@ -370,10 +370,10 @@ def _worker(mode, out):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
 
-    from dualencoder import runtime
+    from dualencoder.train import runtime
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
-    from dualencoder.trainer import make_train_step
+    from dualencoder.train.loop import make_train_step
 
     micro = 2 if mode == "mirrored" else 0
     cfg = Config.from_sources(None, [

@@ -233,7 +233,7 @@ def make_train_step(model, optimizer, strategy, cfg: Config):
     """A compiled distributed step: forward, multi-positive contrastive loss on the *global*
     batch (embeddings all-gathered across replicas), gradients (with `optim.split_loss_accum`
     summed over micro-batches that each have their own loss; with `optim.micro_batch`, the
-    full-batch gradient by gradient caching, `dualencoder.grad_cache`), clipping, AdamW update."""
+    full-batch gradient by gradient caching, `dualencoder.train.grad_cache`), clipping, AdamW update."""
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
@@ -279,7 +279,7 @@ def make_train_step(model, optimizer, strategy, cfg: Config):
         return metrics
 
     if cfg.optim.micro_batch:  # gradient caching replaces the step above
-        from dualencoder import grad_cache
+        from dualencoder.train import grad_cache
         replica_step = grad_cache.make_replica_step(model, optimizer, cfg, replicas,
                                                     gather=gather_replicas)
 
