@@ -46,7 +46,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or default in (None, False, "", [], argparse.SUPPRESS)
+        if ("default" in text.lower() or default in (None, False, "", [], argparse.SUPPRESS)
                 or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)"

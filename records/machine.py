@@ -33,7 +33,7 @@ def tensorflow_defaults(environ=None) -> dict:
     - `KERAS_BACKEND=tensorflow`, `TF_CPP_MIN_LOG_LEVEL=2` (no C++ info logs).
     - `TF_ENABLE_ONEDNN_OPTS=1` on x86-64: TensorFlow turns its oneDNN kernels on by default
       only on CPUs with AVX-512 VNNI/BF16 or AMX, so this changes AVX2-only CPUs. On a 2-core
-      AMD AVX2 machine (an earlier session, not kept as a result file) they ran Xception
+      AMD AVX2 machine (a measurement not kept as a result file) they ran Xception
       inference ~1.15x faster at 299 and 224 px, with far fewer page faults;
       `bench/onednn.py` measures both settings on the machine at hand.
 

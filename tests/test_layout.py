@@ -128,7 +128,6 @@ DIARY = re.compile(r"\b(session|sitting)s? \d+|\bissue #?\d+|\bround \d+\b|\bses
                    re.IGNORECASE)
 
 
-@pytest.mark.xfail(strict=True, reason="README and docs are being rewritten")
 def test_the_repository_speaks_of_the_product_only():
     try:
         files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,

@@ -1,7 +1,7 @@
 """Fixtures of the reliability suite (helpers: faultkit.py).
 
 Every fault test compares against `reference_run`: 2 epochs x 8 steps of tiny towers on the
-session's 128 synthetic training images (batch 16), ledger on, a checkpoint every 2 steps.
+test run's 128 synthetic training images (batch 16), ledger on, a checkpoint every 2 steps.
 """
 
 import pytest
