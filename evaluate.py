@@ -117,11 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> None:
     from dualencoder.encoders.load import check_model_spec, load_encoder
-    from dualencoder.eval import tasks as E
+    from dualencoder.eval import compare, inputs, probes, retrieval, zeroshot_eval
+    from dualencoder.eval.errors import EvaluationError
 
     progress = not getattr(args, "quiet", False)
     if args.command == "compare":
-        E.run_compare(args.reports, args.out)
+        compare.run_compare(args.reports, args.out)
         return
     cache = False if args.no_cache else args.cache_dir
     records_cache = args.cache_dir  # records built from raw folders are always cached
@@ -129,15 +130,15 @@ def _run(args) -> None:
     if args.command == "baseline":
         from dualencoder.eval import baselines
         if not 0.0 < args.validation_split < 1.0:
-            raise E.EvaluationError("--validation-split must be between 0 and 1")
+            raise EvaluationError("--validation-split must be between 0 and 1")
         baselines.check_arch(args.arch, args.weights)
-        train = E.prepare_class_data(args.train, class_map=args.class_map,
+        train = inputs.prepare_class_data(args.train, class_map=args.class_map,
                                      cache_dir=records_cache, skip_bad=args.skip_bad,
                                      build=True, name=args.name)
-        test = E.prepare_class_data(args.test, class_map=args.class_map,
+        test = inputs.prepare_class_data(args.test, class_map=args.class_map,
                                     cache_dir=records_cache, skip_bad=args.skip_bad,
                                     build=True, name=args.name)
-        E._check_same_classes(train, test)
+        inputs.check_same_classes(train, test)
         baselines.run_baseline(train, test, args.out, arch=args.arch, weights=args.weights,
                                mode=args.mode, image_size=args.image_size, epochs=args.epochs,
                                validation_split=args.validation_split, patience=args.patience,
@@ -151,71 +152,71 @@ def _run(args) -> None:
         try:
             load_templates(args.templates)  # validate before any heavy work
         except ValueError as exc:
-            raise E.EvaluationError(str(exc)) from exc
-        data = E.prepare_class_data(args.data, class_map=args.class_map, cache_dir=records_cache,
+            raise EvaluationError(str(exc)) from exc
+        data = inputs.prepare_class_data(args.data, class_map=args.class_map, cache_dir=records_cache,
                                     skip_bad=args.skip_bad, build=True, name=args.name)
         encoder, info = load_encoder(args.model)
-        E.run_zeroshot(encoder, data, args.out, model_info=info, templates=args.templates,
+        zeroshot_eval.run_zeroshot(encoder, data, args.out, model_info=info, templates=args.templates,
                        resize=args.resize, batch_size=args.batch_size, cache_dir=cache,
                        progress=progress)
         return
 
     if args.command == "retrieval":
-        records_dir, name, data_info = E.prepare_caption_data(
+        records_dir, name, data_info = inputs.prepare_caption_data(
             args.data, cache_dir=records_cache, skip_bad=args.skip_bad, build=True)
         from records import schema
         manifest = schema.read_manifest(records_dir)
         n_img, n_cap = manifest.get("num_records", 0), manifest.get("num_captions")
         k = max(args.ks)
         if k > n_img or (n_cap is not None and k > n_cap):
-            raise E.EvaluationError(f"--ks {k} is larger than the gallery ({n_img} images, "
+            raise EvaluationError(f"--ks {k} is larger than the gallery ({n_img} images, "
                                     f"{n_cap} captions)")
         bank = None
         if args.bank is not None:  # the same forms as --data (raw data is built once, cached)
-            bank, _, _ = E.prepare_caption_data(args.bank, cache_dir=records_cache,
+            bank, _, _ = inputs.prepare_caption_data(args.bank, cache_dir=records_cache,
                                                 skip_bad=args.skip_bad, build=True)
-            E.check_bank(bank, records_dir, args.bank_k)
+            retrieval.check_bank(bank, records_dir, args.bank_k)
         encoder, info = load_encoder(args.model)
-        E.run_retrieval(encoder, records_dir, args.out, model_info=info,
+        retrieval.run_retrieval(encoder, records_dir, args.out, model_info=info,
                         name=args.name or name, ks=args.ks, resize=args.resize,
                         batch_size=args.batch_size, cache_dir=cache, progress=progress,
                         data_info=data_info, bank=bank, bank_k=args.bank_k)
         return
 
     # linear-probe, kshot, prompt-tune
-    train = E.prepare_class_data(args.train, class_map=args.class_map, cache_dir=records_cache,
+    train = inputs.prepare_class_data(args.train, class_map=args.class_map, cache_dir=records_cache,
                                  skip_bad=args.skip_bad, build=True, name=args.name)
-    test = E.prepare_class_data(args.test, class_map=args.class_map, cache_dir=records_cache,
+    test = inputs.prepare_class_data(args.test, class_map=args.class_map, cache_dir=records_cache,
                                 skip_bad=args.skip_bad, build=True, name=args.name)
-    E._check_same_classes(train, test)
+    inputs.check_same_classes(train, test)
     templates = getattr(args, "templates", None)
     if templates is not None:
         from dualencoder.eval.zeroshot import load_templates
         try:
             load_templates(templates)
         except ValueError as exc:
-            raise E.EvaluationError(str(exc)) from exc
+            raise EvaluationError(str(exc)) from exc
     if args.command in ("kshot", "prompt-tune"):
-        counts = E.class_counts(E.ensure_records(train) if train.counts is None else train)
+        counts = inputs.class_counts(inputs.ensure_records(train) if train.counts is None else train)
         smallest = int(counts.min())
         if args.command == "kshot":
-            shots = args.shots or E.default_shots(smallest)
+            shots = args.shots or probes.default_shots(smallest)
             if max(shots) > smallest:
-                raise E.EvaluationError(f"--shots {max(shots)} is more than the smallest "
+                raise EvaluationError(f"--shots {max(shots)} is more than the smallest "
                                         f"training class has ({smallest} images)")
         elif args.shots > smallest:
-            raise E.EvaluationError(f"--shots {args.shots} is more than the smallest training "
+            raise EvaluationError(f"--shots {args.shots} is more than the smallest training "
                                     f"class has ({smallest} images)")
     encoder, info = load_encoder(args.model)
     kwargs = dict(model_info=info, resize=args.resize, batch_size=args.batch_size,
                   cache_dir=cache, progress=progress)
     if args.command == "linear-probe":
-        E.run_linear_probe(encoder, train, test, args.out, **kwargs)
+        probes.run_linear_probe(encoder, train, test, args.out, **kwargs)
     elif args.command == "kshot":
-        E.run_kshot(encoder, train, test, args.out, shots=shots, seeds=args.seeds,
+        probes.run_kshot(encoder, train, test, args.out, shots=shots, seeds=args.seeds,
                     templates=templates, **kwargs)
     else:
-        E.run_prompt_tune(encoder, train, test, args.out, shots=args.shots, templates=templates,
+        probes.run_prompt_tune(encoder, train, test, args.out, shots=args.shots, templates=templates,
                           steps=args.steps, seed=args.seed, **kwargs)
 
 
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     from dualencoder.encoders.load import ModelSpecError
-    from dualencoder.eval.tasks import EvaluationError
+    from dualencoder.eval.errors import EvaluationError
     try:
         _run(args)
     except (EvaluationError, ModelSpecError) as exc:
