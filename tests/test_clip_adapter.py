@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
+from dualencoder.cli import evaluate
 from dualencoder.eval.compare import column_of
 
 from fake_encoders import make_color_folders

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
+from dualencoder.cli import evaluate
 from dualencoder.encoders.load import FrozenEncoder, load_encoder
 from dualencoder.eval.compare import run_compare
 from dualencoder.eval.errors import EvaluationError
