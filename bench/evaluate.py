@@ -142,7 +142,8 @@ def _color_folders(root, per_class=50):
 
 def bench_zeroshot(tmp):
     from dualencoder.encoders.load import load_encoder
-    from dualencoder.eval import tasks as E
+    from dualencoder.eval.inputs import prepare_class_data
+    from dualencoder.eval.zeroshot_eval import run_zeroshot
     from dualencoder.testing import tiny_model
 
     shared = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_dev")
@@ -150,10 +151,10 @@ def bench_zeroshot(tmp):
     model_dir = os.path.join(tmp, "work", "model")
     tiny_model().save_dir(model_dir)
     encoder, info = load_encoder(os.path.dirname(model_dir))
-    data = E.prepare_class_data(data_dir, cache_dir=os.path.join(tmp, "cache"))
+    data = prepare_class_data(data_dir, cache_dir=os.path.join(tmp, "cache"))
     t = time.perf_counter()
-    rep = E.run_zeroshot(encoder, data, os.path.join(tmp, "zs"), model_info=info,
-                         templates="clip80", cache_dir=False, progress=False)
+    rep = run_zeroshot(encoder, data, os.path.join(tmp, "zs"), model_info=info,
+                       templates="clip80", cache_dir=False, progress=False)
     seconds = time.perf_counter() - t
     n = rep["metrics"]["num_examples"]
     return {"data": os.path.basename(data_dir), "images": n, "seconds": seconds,

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
-from dualencoder.eval import tasks as E
+from dualencoder.cli import evaluate
+from dualencoder.eval.compare import column_of
 
 from fake_encoders import make_color_folders
 
@@ -71,5 +71,5 @@ def test_zeroshot_cli_with_clip_preset(tiny_preset, tmp_path, monkeypatch):
     assert rep["metrics"]["num_examples"] == 9
     assert os.path.isfile(out / "confusion_matrix.png")
     # the run lands in the Pre-trained column of compare
-    key, label = E._column_of(rep)
+    key, label = column_of(rep)
     assert label.startswith("Pre-trained CLIP")

@@ -6,9 +6,14 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
+from dualencoder.cli import evaluate
 from dualencoder.encoders.load import FrozenEncoder, load_encoder
-from dualencoder.eval import tasks as E
+from dualencoder.eval.compare import run_compare
+from dualencoder.eval.errors import EvaluationError
+from dualencoder.eval.inputs import prepare_class_data
+from dualencoder.eval.probes import run_linear_probe, run_prompt_tune
+from dualencoder.eval.retrieval import check_bank
+from dualencoder.eval.zeroshot_eval import run_zeroshot
 
 from fake_encoders import ColorEncoder, make_color_folders
 
@@ -85,9 +90,9 @@ def test_unreadable_images_error_or_skip(capsys, tmp_path, tiny_workdir):
                           "--out", str(tmp_path / "o1"), "--quiet"])
     assert "--skip-bad" in err
     # with skip_bad the image is skipped and counted (library call: no slow model load)
-    data = E.prepare_class_data(colors, skip_bad=True)
-    rep = E.run_zeroshot(FrozenEncoder(ColorEncoder(), "c"), data, str(tmp_path / "o2"),
-                         model_info={"spec": "fake", "name": "fake"}, progress=False)
+    data = prepare_class_data(colors, skip_bad=True)
+    rep = run_zeroshot(FrozenEncoder(ColorEncoder(), "c"), data, str(tmp_path / "o2"),
+                       model_info={"spec": "fake", "name": "fake"}, progress=False)
     rep = json.load(open(tmp_path / "o2" / "report.json"))
     assert rep["dataset"]["skipped_images"] == 1
     assert rep["metrics"]["num_examples"] == 9
@@ -150,8 +155,8 @@ def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
                       (["--bank", bank, "--bank-k", "21"], "--bank-k 21")):
         assert msg in _error(capsys, base + args + ["--out", str(out / "bad")])
     # the library call checks the bank itself
-    with pytest.raises(E.EvaluationError, match="nope: no such directory"):
-        E.check_bank(str(tmp_path / "nope"), gallery, 3)
+    with pytest.raises(EvaluationError, match="nope: no such directory"):
+        check_bank(str(tmp_path / "nope"), gallery, 3)
     assert not os.path.exists(out / "bad")
 
 
@@ -185,13 +190,13 @@ def test_main_end_to_end_on_tiny_data(capsys, tmp_path, tiny_workdir):
     assert [r["shots"] for r in rep["curve"]] == [0, 1, 2]
     assert (out / "ks" / "kshot_curve.png").stat().st_size > 0
     # linear-probe and prompt-tune through the library with a fast fake encoder
-    data = E.prepare_class_data(colors)
+    data = prepare_class_data(colors)
     enc = FrozenEncoder(ColorEncoder(), "color-v1")
     info = {"spec": "fake", "family": "ours", "name": "Our model (fake)"}
-    rep = E.run_linear_probe(enc, data, data, str(out / "lp"), model_info=info, progress=False)
+    rep = run_linear_probe(enc, data, data, str(out / "lp"), model_info=info, progress=False)
     assert rep["metrics"]["accuracy"] == 1.0
-    rep = E.run_prompt_tune(enc, data, data, str(out / "pt"), model_info=info, shots=2,
-                            steps=20, progress=False)
+    rep = run_prompt_tune(enc, data, data, str(out / "pt"), model_info=info, shots=2,
+                          steps=20, progress=False)
     assert len(rep["template_weights"]) == 80
     assert set(rep["comparison"]) == {"zero_shot", "prompt_tuned", "linear_probe_same_shots"}
 
@@ -220,7 +225,7 @@ def test_compare_layout_like_table2(tmp_path):
             rep(tmp_path / "d", "baseline", "baseline", "Xception", "animals10", .44,
                 arch="xception", display="Xception"),
             rep(tmp_path / "e", "zeroshot", "ours", "Our model (run1)", "custom", .86)]
-    r = E.run_compare([str(d) for d in dirs], str(tmp_path / "cmp"))
+    r = run_compare([str(d) for d in dirs], str(tmp_path / "cmp"))
     assert r["columns"] == ["Xception", "EfficientNetB7", "Our model (run1)",
                             "Pre-trained CLIP (b32)"]
     md = (tmp_path / "cmp" / "report.md").read_text().splitlines()
@@ -233,7 +238,7 @@ def test_compare_layout_like_table2(tmp_path):
 
 
 def test_probe_recovers_separable_classes():
-    from dualencoder.eval import probe as P
+    from dualencoder.eval import softmax_probe as P
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 16))
@@ -279,7 +284,7 @@ def test_baseline_finetune(tmp_path):
     from dualencoder.eval import baselines
 
     colors = make_color_folders(str(tmp_path / "colors"), per_class=5)
-    data = E.prepare_class_data(colors)
+    data = prepare_class_data(colors)
     rep = baselines.run_baseline(data, data, str(tmp_path / "ft"), arch="MobileNetV3Small",
                                  weights="none", mode="finetune", image_size=32, epochs=1,
                                  progress=False)

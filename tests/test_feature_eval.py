@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
+from dualencoder.cli import evaluate
 import train as train_cli
 from dualencoder.data import pipeline as data
 from dualencoder.encoders import cache as embed_cache

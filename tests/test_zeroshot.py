@@ -90,15 +90,16 @@ def test_prompt_tuner_starts_at_zero_shot_and_learns_weights():
 
 
 def test_run_zeroshot_end_to_end_with_fake_encoder(tmp_path):
-    from dualencoder.eval import tasks as E
+    from dualencoder.eval.inputs import prepare_class_data
+    from dualencoder.eval.zeroshot_eval import run_zeroshot
 
     root = make_color_folders(str(tmp_path / "colors"), per_class=5)
-    data = E.prepare_class_data(root, cache_dir=str(tmp_path / "cache"))
+    data = prepare_class_data(root, cache_dir=str(tmp_path / "cache"))
     enc = ColorEncoder()
     out = str(tmp_path / "out")
     info = {"spec": "fake", "family": "ours", "name": "fake"}
-    rep = E.run_zeroshot(enc, data, out, model_info=info, templates="clip80",
-                         cache_dir=str(tmp_path / "cache"), progress=False)
+    rep = run_zeroshot(enc, data, out, model_info=info, templates="clip80",
+                       cache_dir=str(tmp_path / "cache"), progress=False)
     assert rep["metrics"]["accuracy"] == 1.0
     assert rep["metrics"]["num_examples"] == 15
     for f in ("report.json", "report.md", "confusion_matrix.png", "predictions.png"):
@@ -108,6 +109,6 @@ def test_run_zeroshot_end_to_end_with_fake_encoder(tmp_path):
     assert [c["name"] for c in loaded["per_class"]] == ["blue", "green", "red"]
     # Second run reads the embedding cache: the encoder sees no images.
     enc2 = ColorEncoder()
-    E.run_zeroshot(enc2, data, str(tmp_path / "out2"), model_info=info,
-                   cache_dir=str(tmp_path / "cache"), progress=False)
+    run_zeroshot(enc2, data, str(tmp_path / "out2"), model_info=info,
+                 cache_dir=str(tmp_path / "cache"), progress=False)
     assert enc2.image_calls == 0

@@ -1,1 +1,2 @@
-"""Evaluation tasks (zero-shot, retrieval, probes, baselines, compare), metrics and reports."""
+"""Evaluation: the evaluators chosen by name (`evaluators.EVALUATORS`: zero-shot, retrieval,
+probes, prompt tuning, baselines, compare), their inputs, metrics, figures and reports."""

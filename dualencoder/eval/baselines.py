@@ -26,6 +26,9 @@ import time
 
 import numpy as np
 
+from dualencoder.eval.errors import EvaluationError
+from dualencoder.eval.report import SUMMARY_KEYS, classification_section, header, write_report
+
 __all__ = ["resolve_arch", "check_arch", "build_backbone", "FeatureEncoder", "run_baseline",
            "DEFAULT_SIZES"]
 
@@ -33,11 +36,6 @@ DEFAULT_SIZES = {"xception": 299, "inceptionv3": 299, "inceptionresnetv2": 299,
                  "efficientnetb0": 224, "efficientnetb1": 240, "efficientnetb2": 260,
                  "efficientnetb3": 300, "efficientnetb4": 380, "efficientnetb5": 456,
                  "efficientnetb6": 528, "efficientnetb7": 600, "nasnetlarge": 331}
-
-
-def _error(msg):
-    from dualencoder.eval.tasks import EvaluationError
-    return EvaluationError(msg)
 
 
 def resolve_arch(arch: str):
@@ -50,12 +48,13 @@ def resolve_arch(arch: str):
     key = arch.lower().replace("-", "").replace("_", "")
     if key not in names:
         sample = ", ".join(sorted(names)[:8])
-        raise _error(f"--arch {arch!r}: not a keras.applications model (e.g. {sample}, ...)")
+        raise EvaluationError(f"--arch {arch!r}: not a keras.applications model "
+                              f"(e.g. {sample}, ...)")
     ctor = getattr(keras.applications, names[key])
     module = importlib.import_module(ctor.__module__)
     preprocess = getattr(module, "preprocess_input", None)
     if preprocess is None:  # pragma: no cover
-        raise _error(f"--arch {arch!r}: no preprocess_input in {ctor.__module__}")
+        raise EvaluationError(f"--arch {arch!r}: no preprocess_input in {ctor.__module__}")
     return ctor, preprocess, names[key]
 
 
@@ -63,7 +62,8 @@ def check_arch(arch: str, weights: str) -> None:
     """Validate `--arch` and `--weights` cheaply (before any data or model work)."""
     resolve_arch(arch)
     if weights not in ("imagenet", "none") and not os.path.isfile(weights):
-        raise _error(f"--weights {weights!r}: not 'imagenet', 'none' or an existing weights file")
+        raise EvaluationError(f"--weights {weights!r}: not 'imagenet', 'none' or an existing "
+                              "weights file")
 
 
 def build_backbone(arch: str, weights: str, image_size: int):
@@ -76,9 +76,9 @@ def build_backbone(arch: str, weights: str, image_size: int):
         except Exception as exc:  # offline: urllib / HTTP errors
             hint = (" (for Xception: ../shared/weights/xception_imagenet_notop.weights.h5)"
                     if name == "Xception" else "")
-            raise _error(f"cannot download ImageNet weights for {name} "
-                         f"({type(exc).__name__}); pass --weights PATH to no-top "
-                         f"weights{hint} or --weights none") from exc
+            raise EvaluationError(f"cannot download ImageNet weights for {name} "
+                                  f"({type(exc).__name__}); pass --weights PATH to no-top "
+                                  f"weights{hint} or --weights none") from exc
     model = ctor(weights=None, **kwargs)
     if weights != "none":
         try:
@@ -86,14 +86,15 @@ def build_backbone(arch: str, weights: str, image_size: int):
 
             _load_weights_quietly(model, weights)
         except Exception as exc:
-            raise _error(f"{weights}: cannot load into {name} without top "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+            raise EvaluationError(f"{weights}: cannot load into {name} without top ("
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+                                  ) from exc
     return model
 
 
 class FeatureEncoder:
     """A frozen backbone as an image encoder (`encode_images` → pooled features), so that
-    `embed_cache.embed_images` computes and caches baseline features."""
+    `dualencoder.encoders.cache.embed_images` computes and caches baseline features."""
 
     def __init__(self, arch, weights, image_size, seed=0):
         import keras
@@ -147,7 +148,7 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
     """Train and test a supervised classifier; writes the report like a zero-shot run.
 
     Args:
-        train, test: `evaluation.ClassData` with the same classes.
+        train, test: `dualencoder.eval.inputs.ClassData` with the same classes.
         out_dir: report directory.
         arch: keras.applications name.
         weights: `imagenet`, a weights path, or `none`.
@@ -162,18 +163,18 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
     """
     import keras
 
-    from dualencoder.eval import tasks as E
+    from dualencoder.encoders.cache import embed_images
     from dualencoder.eval import metrics as M
     from dualencoder.eval import plots
-    from dualencoder.encoders.cache import embed_images
-    from dualencoder.eval.probe import stratified_split
+    from dualencoder.eval.inputs import ensure_records
+    from dualencoder.eval.softmax_probe import stratified_split
 
     if mode not in ("linear", "finetune"):
-        raise _error(f"--mode {mode!r}: choose linear or finetune")
+        raise EvaluationError(f"--mode {mode!r}: choose linear or finetune")
     _, _, name = resolve_arch(arch)
     image_size = int(image_size or DEFAULT_SIZES.get(name.lower(), 224))
-    E.ensure_records(train)
-    E.ensure_records(test)
+    ensure_records(train)
+    ensure_records(test)
     keras.utils.set_random_seed(seed)
     enc = FeatureEncoder(arch, weights, image_size, seed=seed)
     t0 = time.perf_counter()
@@ -185,7 +186,7 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
     c = len(train.class_names)
     fit_idx, val_idx = stratified_split(tr["labels"], validation_split, seed)
     if len(val_idx) == 0:
-        raise _error("the training folders are too small for a validation split")
+        raise EvaluationError("the training folders are too small for a validation split")
     head = _head(c, tr["embeddings"].shape[1], seed)
     head.compile(optimizer=keras.optimizers.Adam(learning_rate),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -219,28 +220,35 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
     model_info = {"spec": f"{name}:{weights}", "family": "baseline", "arch": name.lower(),
                   "display": name, "mode": mode, "weights": weights,
                   "name": f"{name} ({mode})", "fingerprint": enc.fingerprint()}
-    summary = {k: result[k] for k in ("accuracy", "top5_accuracy", "precision", "recall", "f1",
-                                      "mean_per_class_recall", "num_examples")}
     settings = {"mode": mode, "weights": weights, "image_size": image_size, "resize": resize,
-                "epochs_max": epochs, "epochs_run": {k.split("_")[0]: len(v) for k, v in
-                                                     history.items() if k.endswith("_loss")
-                                                     and not k.startswith(("linear_val",
-                                                                           "finetune_val"))},
+                "epochs_max": epochs, "epochs_run": _epochs_run(history),
                 "validation_split": validation_split, "patience": patience,
                 "train": train.name, "train_images": int(len(fit_idx)),
                 "validation_images": int(len(val_idx))}
+    return _write_baseline_report(out_dir, result, model_info, settings, train, test, history,
+                                  {"features_s": feature_s, "train_s": train_s})
+
+
+def _epochs_run(history) -> dict:
+    """Epochs each stage ran (`linear`, `finetune`), from the training losses."""
+    return {k.split("_")[0]: len(v) for k, v in history.items()
+            if k.endswith("_loss") and not k.startswith(("linear_val", "finetune_val"))}
+
+
+def _write_baseline_report(out_dir, result, model_info, settings, train, test, history,
+                           timing) -> dict:
     report = {"kind": "baseline", "model": model_info, "dataset": test.info(),
-              "train_dataset": train.info(), "settings": settings, "metrics": summary,
+              "train_dataset": train.info(), "settings": settings,
+              "metrics": {k: result[k] for k in SUMMARY_KEYS},
               "per_class": result["per_class"], "confusion_matrix": result["confusion_matrix"],
-              "most_confused": result["most_confused"], "history": history,
-              "timing": {"features_s": feature_s, "train_s": train_s},
+              "most_confused": result["most_confused"], "history": history, "timing": timing,
               "figures": ["confusion_matrix.png", "history.png"]}
     md = "\n\n".join([
-        E._header(f"Supervised baseline {name} ({mode}) — {test.name}", model_info, test.info(),
-                  settings),
-        E._classification_section(result, test.class_names),
+        header(f"Supervised baseline {model_info['name']} — {test.name}", model_info,
+               test.info(), settings),
+        classification_section(result, test.class_names),
         "![confusion matrix](confusion_matrix.png)\n\n![training history](history.png)"])
-    return E.write_report(out_dir, report, md)
+    return write_report(out_dir, report, md)
 
 
 def _finetune(enc, head, train, test, tr, te, fit_idx, val_idx, num_classes, *, resize,

@@ -117,7 +117,7 @@ def test_evaluate_cli(files):
         ("wrong-shape weights", ["baseline", "--arch", "xception", "--weights", files["wrong"],
                                  "--train", zs, "--test", zs, "--out", out]),
     ]
-    check(drive("evaluate", cases), {
+    check(drive("dualencoder.cli.evaluate", cases), {
         "batch 0": ("0", False), "k 0": ("'0'", False), "k -1": ("1,-1", False),
         "missing model": ("/nonexistent/m", False), "missing data": ("/nonexistent/d", True),
         "empty classes": ("no class folders", True), "shots 0": ("'0'", False),

@@ -209,7 +209,7 @@ def test_retrieval_cli_random_strings(tmp_path_factory, k, query, index):
 @FUZZ
 @given(ks=WORDS, batch=WORDS, model=WORDS, command=st.sampled_from(["retrieval", "zeroshot"]))
 def test_evaluate_cli_random_strings(tmp_path, ks, batch, model, command):
-    import evaluate
+    from dualencoder.cli import evaluate
 
     argv = [command, "--model", "/nonexistent/" + model, "--data", str(tmp_path),
             "--out", str(tmp_path / "out"), "--batch-size", batch]
