@@ -40,14 +40,15 @@ def load_encoder(spec):
     return _load(spec)[0]
 
 
-def _checked_spec(spec, index_lib) -> dict:
+def _checked_spec(spec) -> dict:
     """`check_model_spec` with its error as a RetrievalError (no TensorFlow yet)."""
     from dualencoder.encoders.load import ModelSpecError, check_model_spec  # noqa: PLC0415
+    from dualencoder.search.errors import RetrievalError  # noqa: PLC0415
 
     try:
         return check_model_spec(spec)
     except ModelSpecError as exc:
-        raise index_lib.RetrievalError(str(exc)) from None
+        raise RetrievalError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,37 +108,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_model(index, model_arg):
-    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search.errors import RetrievalError  # noqa: PLC0415
+    from dualencoder.search.store import check_fingerprint  # noqa: PLC0415
+    from dualencoder.search.store import check_saved_fingerprint  # noqa: PLC0415
 
     spec = model_arg or index.model_path
     if not spec:
-        raise index_lib.RetrievalError(f"index {index.index_dir} records no model path; pass --model")
-    info = _checked_spec(spec, index_lib)
+        raise RetrievalError(f"index {index.index_dir} records no model path; pass --model")
+    info = _checked_spec(spec)
     if info["family"] == "ours":  # its recorded fingerprint is checked before TensorFlow loads
-        index_lib.check_saved_fingerprint(index.state, info["model_dir"], index.index_dir)
+        check_saved_fingerprint(index.state, info["model_dir"], index.index_dir)
     encoder = load_encoder(spec)
-    index_lib.check_fingerprint(index.state, encoder, index.index_dir)
+    check_fingerprint(index.state, encoder, index.index_dir)
     return encoder
 
 
 def cmd_index(args) -> int:
-    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search.build import build_index  # noqa: PLC0415
+    from dualencoder.search.errors import RetrievalError  # noqa: PLC0415
+    from dualencoder.search.index import EmbeddingIndex  # noqa: PLC0415
+    from dualencoder.search.sources import open_source  # noqa: PLC0415
+    from dualencoder.search.store import check_saved_fingerprint, read_state  # noqa: PLC0415
 
-    info = _checked_spec(args.model, index_lib)  # fail fast, before TensorFlow
+    info = _checked_spec(args.model)  # fail fast, before TensorFlow
     for flag, path in (("--images", args.images), ("--records", args.records)):
         if path is not None and not os.path.isdir(path):
-            raise index_lib.RetrievalError(f"{flag} {path} is not a folder")
-    index_lib.open_source("images" if args.images else "records", args.images or args.records)
-    state = index_lib.read_state(args.out) if os.path.isdir(args.out) else None
+            raise RetrievalError(f"{flag} {path} is not a folder")
+    open_source("images" if args.images else "records", args.images or args.records)
+    state = read_state(args.out) if os.path.isdir(args.out) else None
     if state is not None:
         if info["family"] == "ours":
-            index_lib.check_saved_fingerprint(state, info["model_dir"], args.out)
+            check_saved_fingerprint(state, info["model_dir"], args.out)
         if state["complete"] and not args.update:
-            raise index_lib.RetrievalError(
+            raise RetrievalError(
                 f"index {args.out} already exists and is complete; pass --update to add "
                 "new/changed images and drop deleted ones")
     encoder = load_encoder(args.model)
-    report = index_lib.build_index(
+    report = build_index(
         encoder, args.out, images=args.images, records=args.records, model_path=args.model,
         update=args.update, chunk_size=args.chunk_size, batch_size=args.batch_size,
         dtype=args.dtype, progress=not args.no_progress)
@@ -145,7 +152,7 @@ def cmd_index(args) -> int:
         print(f"skipped unreadable image {entry['path']}: {entry['error']}", file=sys.stderr)
     print(report.summary())
     if args.faiss:
-        index = index_lib.EmbeddingIndex.open(args.out)
+        index = EmbeddingIndex.open(args.out)
         index.searcher("faiss", kind=args.faiss)
     return EXIT_OK
 
@@ -155,33 +162,35 @@ def _results(hits):
 
 
 def cmd_search(args) -> int:
-    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search.errors import RetrievalError  # noqa: PLC0415
+    from dualencoder.search.grid import save_grid  # noqa: PLC0415
+    from dualencoder.search.index import check_k, check_query, EmbeddingIndex  # noqa: PLC0415
+    from dualencoder.search.sources import check_query_image, load_query_image  # noqa: PLC0415
 
-    k = index_lib.check_k(args.k) if args.k is not None else 9
+    k = check_k(args.k) if args.k is not None else 9
     if args.query is not None:
-        texts = [index_lib.check_query(args.query)]
+        texts = [check_query(args.query)]
     elif args.queries is not None:
         try:
             with open(args.queries, encoding="utf-8") as fh:
                 texts = [line.strip() for line in fh if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
-            raise index_lib.RetrievalError(f"cannot read --queries {args.queries}: {exc}") from exc
+            raise RetrievalError(f"cannot read --queries {args.queries}: {exc}") from exc
         if not texts:
-            raise index_lib.RetrievalError(f"--queries {args.queries} holds no query")
+            raise RetrievalError(f"--queries {args.queries} holds no query")
         if args.grid:
-            raise index_lib.RetrievalError("--grid draws one query; not with --queries")
+            raise RetrievalError("--grid draws one query; not with --queries")
     else:
         texts = None
-        index_lib.check_query_image(args.image)
-    index = index_lib.EmbeddingIndex.open(args.index)
+        check_query_image(args.image)
+    index = EmbeddingIndex.open(args.index)
     if args.k is not None and k > len(index):
-        raise index_lib.RetrievalError(f"-k {k} is larger than the index ({len(index)} images)")
+        raise RetrievalError(f"-k {k} is larger than the index ({len(index)} images)")
     if args.backend == "faiss":
         index.searcher("faiss")  # build/load (and report recall) before the model loads
     encoder = _open_model(index, args.model)
     if texts is None:
-        queries = encoder.encode_images(index_lib.load_query_image(args.image,
-                                                                  encoder.image_size)[None])
+        queries = encoder.encode_images(load_query_image(args.image, encoder.image_size)[None])
     else:
         queries = encoder.encode_texts(texts)
     csls = texts is not None and not args.no_csls and index.has_csls
@@ -208,19 +217,21 @@ def cmd_search(args) -> int:
         for r, hit in enumerate(hits):
             print(f"{r + 1:4d}  {hit.score:7.4f}  {hit.path}")
     if args.grid:
-        index_lib.save_grid(index, hits, args.grid, title=labels[0])
+        save_grid(index, hits, args.grid, title=labels[0])
         print(f"wrote {args.grid}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_hubness(args) -> int:
-    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search.errors import RetrievalError  # noqa: PLC0415
+    from dualencoder.search.hubness import add_hubness  # noqa: PLC0415
+    from dualencoder.search.index import EmbeddingIndex  # noqa: PLC0415
 
-    index = index_lib.EmbeddingIndex.open(args.index)
+    index = EmbeddingIndex.open(args.index)
     if not os.path.exists(args.bank):  # fail fast, before TensorFlow
-        raise index_lib.RetrievalError(f"--bank {args.bank} does not exist")
+        raise RetrievalError(f"--bank {args.bank} does not exist")
     encoder = _open_model(index, args.model)
-    info = index_lib.add_hubness(args.index, encoder, args.bank, k=args.bank_k,
+    info = add_hubness(args.index, encoder, args.bank, k=args.bank_k,
                                  progress=not args.no_progress)
     print(f"hubness penalties of {info['images']} images against {info['bank_captions']} bank "
           f"captions (k={info['k']}, mean {info['mean_penalty']:.4f}) -> {info['path']}; text "
@@ -229,12 +240,13 @@ def cmd_hubness(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search.errors import RetrievalError  # noqa: PLC0415
+    from dualencoder.search.index import EmbeddingIndex  # noqa: PLC0415
     from dualencoder.search import server  # noqa: PLC0415
 
     if not 0 <= args.port <= 65535:
-        raise index_lib.RetrievalError(f"--port {args.port} is not a port number")
-    index = index_lib.EmbeddingIndex.open(args.index)
+        raise RetrievalError(f"--port {args.port} is not a port number")
+    index = EmbeddingIndex.open(args.index)
     index.searcher(args.backend)
     encoder = _open_model(index, args.model)
     if not args.no_csls and index.hubness_problem:
@@ -248,7 +260,7 @@ def cmd_serve(args) -> int:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input)."""
     tensorflow_defaults()  # before TensorFlow loads
-    from dualencoder.search.store import RetrievalError  # noqa: PLC0415 (light: NumPy only)
+    from dualencoder.search.errors import RetrievalError  # noqa: PLC0415 (light: NumPy only)
 
     try:
         args = build_parser().parse_args(argv)

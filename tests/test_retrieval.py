@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import retrieval
-from dualencoder.search import store as index_lib
+from dualencoder.search.errors import ImageAccessError
+from dualencoder.search.index import EmbeddingIndex, normalize
+from dualencoder.search.sources import decode_image
 from test_index import FakeEncoder, make_images, write_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +67,7 @@ def test_index_and_search_commands(env, capsys):
     data = json.loads(out)
     assert data["query"] == "red car" and len(data["results"]) == 3
     enc = FakeEncoder()
-    index = index_lib.EmbeddingIndex.open(idx)
+    index = EmbeddingIndex.open(idx)
     ref = index.search(enc.encode_texts(["red car"]), 3)[0]
     assert [r["path"] for r in data["results"]] == [h.path for h in ref]
     # The model came from the path recorded in the index.
@@ -211,10 +213,10 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     data = json.loads(cap.out)
-    index = index_lib.EmbeddingIndex.open(out)
+    index = EmbeddingIndex.open(out)
     ref = index.search(model.encode_texts(["a red circle"]), 2)[0]
     assert [r["id"] for r in data["results"]] == [h.id for h in ref]
-    px = index_lib.decode_image((images / index.paths[0]).read_bytes(), model.image_size)
+    px = decode_image((images / index.paths[0]).read_bytes(), model.image_size)
     np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
 
     from dualencoder.eval import hubness
@@ -225,10 +227,10 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     captions = read_captions(bank)[0]
-    index = index_lib.EmbeddingIndex.open(out)
+    index = EmbeddingIndex.open(out)
     assert index.hubness["num_captions"] == len(captions) and index.hubness["k"] == 10
-    want = hubness.mean_topk_similarity(index_lib.normalize(index.embeddings),
-                                        index_lib.normalize(model.encode_texts(captions)), 10)
+    want = hubness.mean_topk_similarity(normalize(index.embeddings),
+                                        normalize(model.encode_texts(captions)), 10)
     np.testing.assert_allclose(index.penalty, want, atol=2e-3)
 
 
@@ -247,14 +249,14 @@ def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
     argv = ["index", "--model", str(work), "--records", str(records), "--out", str(out),
             "--no-progress", "--chunk-size", "2"]
     assert retrieval.main(argv) == 0
-    index = index_lib.EmbeddingIndex.open(out)
+    index = EmbeddingIndex.open(out)
     assert len(index) == 7 and all("#" in p for p in index.paths)
     by_index = {r["index"]: r["image_bytes"] for r in iter_records(str(records))}
     for i, path in enumerate(index.paths):
         data, name = index.image_bytes(i)
         assert name == path and data == by_index[int(path.rsplit("#", 1)[1])]
     enc = FakeEncoder()
-    first = index_lib.decode_image(by_index[0], enc.image_size)
+    first = decode_image(by_index[0], enc.image_size)
     row = index.paths.index(next(p for p in index.paths if p.endswith("#0")))
     np.testing.assert_allclose(index.embeddings[row], enc.encode_images(first[None])[0], atol=2e-3)
     # Nothing to do on update; refused entry names never touch the file system.
@@ -262,7 +264,7 @@ def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
     assert "0 embedded now" in capsys.readouterr().out
     for bad in ["../manifest.json#0", "shard#x", "nope.tfrecord#1",
                 index.paths[0].rsplit("#", 1)[0] + "#99"]:
-        with pytest.raises(index_lib.ImageAccessError):
+        with pytest.raises(ImageAccessError):
             index.source.read_bytes(bad)
 
 
@@ -292,8 +294,8 @@ def test_hubness_command_makes_text_search_csls(env, capsys):
     assert rc == 0, err
     assert "9 images against 7 bank captions (k=3" in out
     enc = FakeEncoder()
-    index = index_lib.EmbeddingIndex.open(idx)
-    emb = index_lib.normalize(index.embeddings)
+    index = EmbeddingIndex.open(idx)
+    emb = normalize(index.embeddings)
     want_pen = hubness.mean_topk_similarity(emb, enc.encode_texts(captions), 3)
     np.testing.assert_allclose(index.penalty, want_pen, atol=1e-3)  # float16 embeddings
 
