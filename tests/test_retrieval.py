@@ -1,4 +1,4 @@
-"""retrieval.py: the CLI end to end with a fake encoder, exit codes, and one real tiny model."""
+"""retrieval.py (`dualencoder.cli.retrieval`): fake encoder, exit codes, real tiny models."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import retrieval
+from dualencoder.cli import retrieval
 from dualencoder.search.errors import ImageAccessError
 from dualencoder.search.index import EmbeddingIndex, normalize
 from dualencoder.search.sources import decode_image

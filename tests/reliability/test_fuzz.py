@@ -194,7 +194,7 @@ def test_train_cli_random_strings(tmp_path, key, value, flag):
 def test_retrieval_cli_random_strings(tmp_path_factory, k, query, index):
     import numpy as np
 
-    import retrieval
+    from dualencoder.cli import retrieval
     from dualencoder.search.store import write_embeddings_index
 
     folder = tmp_path_factory.getbasetemp() / "fuzz-index"
