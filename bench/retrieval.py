@@ -1,6 +1,6 @@
 """Retrieval benchmark: exact vs faiss search over 1M clustered 256-d unit vectors.
 
-Measures, for the on-disk index of `dualencoder.search.store` and the backends of
+Measures, for the on-disk index (`dualencoder.search.store`, `.index`) and the backends of
 `dualencoder.search.backends`:
   * index write / load time, disk size and resident memory,
   * p50 / p99 latency of one top-10 query (query embedding excluded) and batch throughput,
@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.n, args.queries, args.latency_queries = 100_000, 300, 100
 
-    from dualencoder.search import store as index_lib  # noqa: PLC0415
+    from dualencoder.search.index import EmbeddingIndex  # noqa: PLC0415
+    from dualencoder.search.store import write_embeddings_index  # noqa: PLC0415
     from dualencoder.search import backends as search_lib  # noqa: PLC0415
 
     results = {"config": {k: v for k, v in vars(args).items() if k != "out"},
@@ -147,13 +148,13 @@ def main(argv=None) -> int:
     shutil.rmtree(index_dir, ignore_errors=True)
     try:
         t0 = time.perf_counter()
-        index_lib.write_embeddings_index(index_dir, base, [f"v{i}" for i in range(args.n)],
-                                         fingerprint="bench")
+        write_embeddings_index(index_dir, base, [f"v{i}" for i in range(args.n)],
+                               fingerprint="bench")
         write_s = time.perf_counter() - t0
         del base
         rss0 = rss_mb()
         t0 = time.perf_counter()
-        index = index_lib.EmbeddingIndex.open(index_dir)
+        index = EmbeddingIndex.open(index_dir)
         exact = index.searcher("exact")
         load_s = time.perf_counter() - t0
         results["exact"] = {"engine": exact.engine, "write_s": round(write_s, 2),

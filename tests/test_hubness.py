@@ -73,13 +73,13 @@ def test_csls_against_a_training_bank_demotes_a_hub():
 
 
 def _penalised_index(tmp_path, n=40, dim=8):
-    from dualencoder.search import store as index_lib
+    from dualencoder.search import index as index_lib, store
 
     rng = np.random.default_rng(3)
     emb = _unit(rng.normal(size=(n, dim)))
-    index_lib.write_embeddings_index(tmp_path / "idx", emb, [f"im{i}.png" for i in range(n)],
-                                     fingerprint="fp", dtype="float32", chunk_size=16)
-    state = index_lib.read_state(str(tmp_path / "idx"))
+    store.write_embeddings_index(tmp_path / "idx", emb, [f"im{i}.png" for i in range(n)],
+                                 fingerprint="fp", dtype="float32", chunk_size=16)
+    state = store.read_state(str(tmp_path / "idx"))
     penalty = rng.uniform(0.0, 0.8, n).astype(np.float32)
     H.save_index_penalties(str(tmp_path / "idx"), penalty, state=state, k=3, bank="bank.txt",
                            num_captions=12)

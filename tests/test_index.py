@@ -11,7 +11,11 @@ import re
 import numpy as np
 import pytest
 
-from dualencoder.search import store as index_lib
+from dualencoder.search.build import build_index
+from dualencoder.search.errors import ImageAccessError, RetrievalError
+from dualencoder.search.index import check_k, check_query, EmbeddingIndex
+from dualencoder.search.sources import decode_image, ImageFolder
+from dualencoder.search.store import check_fingerprint, write_embeddings_index
 from dualencoder.search import backends as search_lib
 
 
@@ -78,7 +82,7 @@ def make_images(root, n, start=0):
 
 
 def index_paths(index_dir):
-    return sorted(index_lib.EmbeddingIndex.open(index_dir).paths)
+    return sorted(EmbeddingIndex.open(index_dir).paths)
 
 
 def test_build_update_remove_round_trip(tmp_path):
@@ -87,8 +91,8 @@ def test_build_update_remove_round_trip(tmp_path):
     (images / "notes.txt").write_text("not an image")
     (images / "broken.jpg").write_bytes(b"this is not a jpeg")
     enc = FakeEncoder()
-    report = index_lib.build_index(enc, out, images=images, chunk_size=4, batch_size=3,
-                                   progress=False)
+    report = build_index(enc, out, images=images, chunk_size=4, batch_size=3,
+                         progress=False)
     assert report.total == 10 and report.embedded == 10
     assert [s["path"] for s in report.skipped] == ["broken.jpg"]
     assert index_paths(out) == sorted(rels)
@@ -99,17 +103,17 @@ def test_build_update_remove_round_trip(tmp_path):
         [c["file"] for c in state["chunks"]]
 
     # The stored embedding of each image is the encoder's (to float16 precision).
-    idx = index_lib.EmbeddingIndex.open(out)
-    px = index_lib.decode_image((images / idx.paths[0]).read_bytes(), enc.image_size)
+    idx = EmbeddingIndex.open(out)
+    px = decode_image((images / idx.paths[0]).read_bytes(), enc.image_size)
     np.testing.assert_allclose(idx.embeddings[0], enc.encode_images(px[None])[0], atol=2e-3)
 
     # A complete index is not rebuilt silently.
-    with pytest.raises(index_lib.RetrievalError, match="--update"):
-        index_lib.build_index(enc, out, images=images, progress=False)
+    with pytest.raises(RetrievalError, match="--update"):
+        build_index(enc, out, images=images, progress=False)
 
     # Nothing changed: update embeds nothing (the broken file is not retried).
     enc2 = FakeEncoder()
-    report = index_lib.build_index(enc2, out, images=images, update=True, progress=False)
+    report = build_index(enc2, out, images=images, update=True, progress=False)
     assert report.embedded == 0 and enc2.image_calls == 0 and report.total == 10
     assert json.loads((out / "state.json").read_text())["generation"] == state["generation"]
 
@@ -120,15 +124,15 @@ def test_build_update_remove_round_trip(tmp_path):
     os.remove(images / rels[2])
     os.remove(images / rels[5])
     enc3 = FakeEncoder()
-    report = index_lib.build_index(enc3, out, images=images, update=True, chunk_size=4,
-                                   progress=False)
+    report = build_index(enc3, out, images=images, update=True, chunk_size=4,
+                         progress=False)
     assert (report.embedded, report.changed, report.removed) == (3, 1, 2)
     assert enc3.images_seen == 3
     expected = sorted((set(rels) - {rels[2], rels[5]}) | {make_rel(10), make_rel(11)})
     assert index_paths(out) == expected
-    idx = index_lib.EmbeddingIndex.open(out)
+    idx = EmbeddingIndex.open(out)
     changed = idx.paths.index(rels[1])
-    px = index_lib.decode_image((images / rels[1]).read_bytes(), enc.image_size)
+    px = decode_image((images / rels[1]).read_bytes(), enc.image_size)
     np.testing.assert_allclose(idx.embeddings[changed], enc.encode_images(px[None])[0], atol=2e-3)
     # No orphan or temporary files are left behind.
     state = json.loads((out / "state.json").read_text())
@@ -137,8 +141,8 @@ def test_build_update_remove_round_trip(tmp_path):
 
     # Fixing the broken file gets it indexed on the next update.
     write_image(str(images / "broken.jpg"), seed=5, fmt="JPEG")
-    report = index_lib.build_index(FakeEncoder(), out, images=images, update=True,
-                                   progress=False)
+    report = build_index(FakeEncoder(), out, images=images, update=True,
+                         progress=False)
     assert report.embedded == 1 and report.skipped == []
 
 
@@ -153,28 +157,28 @@ def test_interrupted_build_resumes_without_redoing_chunks(tmp_path):
     # chunk_size 5, batch 5: one encoder call per chunk; interrupted during the 4th chunk.
     failing = FakeEncoder(fail_after=3)
     with pytest.raises(KeyboardInterrupt):
-        index_lib.build_index(failing, out, images=images, chunk_size=5, batch_size=5,
-                              progress=False)
+        build_index(failing, out, images=images, chunk_size=5, batch_size=5,
+                    progress=False)
     state = json.loads((out / "state.json").read_text())
     assert not state["complete"] and state["count"] == 15 and len(state["chunks"]) == 3
-    with pytest.raises(index_lib.RetrievalError, match="incomplete"):
-        index_lib.EmbeddingIndex.open(out)
+    with pytest.raises(RetrievalError, match="incomplete"):
+        EmbeddingIndex.open(out)
     # A crash between a chunk write and the state commit leaves an orphan: it is dropped.
     (out / "chunk-00099.npz").write_bytes(b"orphan")
     (out / "state.json.tmp-1").write_text("{}")
 
     enc = FakeEncoder()
-    report = index_lib.build_index(enc, out, images=images, chunk_size=5, batch_size=5,
-                                   progress=False)
+    report = build_index(enc, out, images=images, chunk_size=5, batch_size=5,
+                         progress=False)
     assert report.resumed and report.kept == 15 and report.embedded == 8
     assert enc.images_seen == 8 and enc.image_calls == 2
-    idx = index_lib.EmbeddingIndex.open(out)
+    idx = EmbeddingIndex.open(out)
     assert len(idx.paths) == len(set(idx.paths)) == 23
     assert not (out / "chunk-00099.npz").exists() and not (out / "state.json.tmp-1").exists()
     # Same embeddings as an uninterrupted build.
     ref_out = tmp_path / "ref"
-    index_lib.build_index(FakeEncoder(), ref_out, images=images, chunk_size=5, progress=False)
-    ref = index_lib.EmbeddingIndex.open(ref_out)
+    build_index(FakeEncoder(), ref_out, images=images, chunk_size=5, progress=False)
+    ref = EmbeddingIndex.open(ref_out)
     order = [ref.paths.index(p) for p in idx.paths]
     np.testing.assert_array_equal(idx.embeddings, ref.embeddings[order])
 
@@ -182,32 +186,32 @@ def test_interrupted_build_resumes_without_redoing_chunks(tmp_path):
 def test_fingerprint_and_source_mismatch(tmp_path):
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 3)
-    index_lib.build_index(FakeEncoder(), out, images=images, progress=False)
-    with pytest.raises(index_lib.RetrievalError, match="another model"):
-        index_lib.build_index(FakeEncoder(seed=1), out, images=images, update=True,
-                              progress=False)
-    idx = index_lib.EmbeddingIndex.open(out)
-    with pytest.raises(index_lib.RetrievalError, match="different model"):
-        index_lib.check_fingerprint(idx.state, FakeEncoder(seed=1), out)
-    index_lib.check_fingerprint(idx.state, FakeEncoder(), out)
+    build_index(FakeEncoder(), out, images=images, progress=False)
+    with pytest.raises(RetrievalError, match="another model"):
+        build_index(FakeEncoder(seed=1), out, images=images, update=True,
+                    progress=False)
+    idx = EmbeddingIndex.open(out)
+    with pytest.raises(RetrievalError, match="different model"):
+        check_fingerprint(idx.state, FakeEncoder(seed=1), out)
+    check_fingerprint(idx.state, FakeEncoder(), out)
     other = tmp_path / "other"
     make_images(other, 1)
-    with pytest.raises(index_lib.RetrievalError, match="another --out"):
-        index_lib.build_index(FakeEncoder(), out, images=other, update=True, progress=False)
+    with pytest.raises(RetrievalError, match="another --out"):
+        build_index(FakeEncoder(), out, images=other, update=True, progress=False)
 
 
 def test_missing_files_are_clear_errors(tmp_path):
-    with pytest.raises(index_lib.RetrievalError, match="does not exist"):
-        index_lib.EmbeddingIndex.open(tmp_path / "nope")
+    with pytest.raises(RetrievalError, match="does not exist"):
+        EmbeddingIndex.open(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(index_lib.RetrievalError, match="no state.json"):
-        index_lib.EmbeddingIndex.open(tmp_path / "empty")
+    with pytest.raises(RetrievalError, match="no state.json"):
+        EmbeddingIndex.open(tmp_path / "empty")
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 6)
-    index_lib.build_index(FakeEncoder(), out, images=images, chunk_size=2, progress=False)
+    build_index(FakeEncoder(), out, images=images, chunk_size=2, progress=False)
     os.remove(out / "chunk-00001.npz")
-    with pytest.raises(index_lib.RetrievalError, match="missing 1 chunk file.*chunk-00001.npz"):
-        index_lib.EmbeddingIndex.open(out)
+    with pytest.raises(RetrievalError, match="missing 1 chunk file.*chunk-00001.npz"):
+        EmbeddingIndex.open(out)
 
 
 def test_image_access_refuses_traversal(tmp_path):
@@ -215,31 +219,31 @@ def test_image_access_refuses_traversal(tmp_path):
     make_images(images, 2)
     (tmp_path / "secret.png").write_bytes(b"secret")
     os.symlink(tmp_path / "secret.png", images / "link.png")
-    folder = index_lib.ImageFolder(images)
+    folder = ImageFolder(images)
     for bad in ["../secret.png", "sub/../../secret.png", str(tmp_path / "secret.png"), "link.png",
                 "", "a\x00b"]:
-        with pytest.raises(index_lib.ImageAccessError):
+        with pytest.raises(ImageAccessError):
             folder.read_bytes(bad)
     assert folder.read_bytes("img001.jpg")[:2] == b"\xff\xd8"
-    index_lib.build_index(FakeEncoder(), out, images=images, progress=False)
-    idx = index_lib.EmbeddingIndex.open(out)
+    build_index(FakeEncoder(), out, images=images, progress=False)
+    idx = EmbeddingIndex.open(out)
     # The link points outside the folder: it is skipped at indexing and never served.
     assert "link.png" not in idx.paths
     for bad in ["-1", "99", "x", "../0"]:
-        with pytest.raises(index_lib.ImageAccessError):
+        with pytest.raises(ImageAccessError):
             idx.image_bytes(bad)
     data, path = idx.image_bytes(0)
     assert data == (images / path).read_bytes()
 
 
 def test_check_k_and_query():
-    assert index_lib.check_k(3) == 3 and index_lib.check_k("10") == 10
+    assert check_k(3) == 3 and check_k("10") == 10
     for bad in [0, -1, "0", "abc", "1.5", None, ""]:
-        with pytest.raises(index_lib.RetrievalError, match="k must be"):
-            index_lib.check_k(bad)
+        with pytest.raises(RetrievalError, match="k must be"):
+            check_k(bad)
     for bad in ["", "   ", None]:
-        with pytest.raises(index_lib.RetrievalError, match="empty query"):
-            index_lib.check_query(bad)
+        with pytest.raises(RetrievalError, match="empty query"):
+            check_query(bad)
 
 
 @pytest.mark.parametrize("n,q,k,max_scores", [(1000, 1, 10, 1 << 24), (1000, 7, 5, 300),
@@ -275,8 +279,8 @@ def test_index_search_returns_the_image_itself(tmp_path):
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 12)
     enc = FakeEncoder()
-    index_lib.build_index(enc, out, images=images, progress=False)
-    idx = index_lib.EmbeddingIndex.open(out)
+    build_index(enc, out, images=images, progress=False)
+    idx = EmbeddingIndex.open(out)
     hits = idx.search(idx.embeddings[[4, 7]], k=3)
     assert [h[0].id for h in hits] == [4, 7]
     assert hits[0][0].score == pytest.approx(1.0, abs=1e-3)
@@ -296,9 +300,9 @@ def test_faiss_recall_and_sidecar(tmp_path, kind):
     pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e '.[index]')")
     emb = clustered(5000, 32, 50, seed=1)
     out = tmp_path / "index"
-    index_lib.write_embeddings_index(out, emb, [f"v{i}" for i in range(len(emb))],
-                                     fingerprint="f", chunk_size=1500)
-    idx = index_lib.EmbeddingIndex.open(out)
+    write_embeddings_index(out, emb, [f"v{i}" for i in range(len(emb))],
+                           fingerprint="f", chunk_size=1500)
+    idx = EmbeddingIndex.open(out)
     messages = []
     searcher = search_lib.load_or_build_faiss(str(out), idx.embeddings, idx.state["generation"],
                                               kind=kind, log=messages.append)

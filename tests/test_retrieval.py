@@ -1,4 +1,4 @@
-"""retrieval.py: the CLI end to end with a fake encoder, exit codes, and one real tiny model."""
+"""retrieval.py (`dualencoder.cli.retrieval`): fake encoder, exit codes, real tiny models."""
 
 import json
 import os
@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-import retrieval
-from dualencoder.search import store as index_lib
+from dualencoder.cli import retrieval
+from dualencoder.search.errors import ImageAccessError
+from dualencoder.search.index import EmbeddingIndex, normalize
+from dualencoder.search.sources import decode_image
 from test_index import FakeEncoder, make_images, write_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +67,7 @@ def test_index_and_search_commands(env, capsys):
     data = json.loads(out)
     assert data["query"] == "red car" and len(data["results"]) == 3
     enc = FakeEncoder()
-    index = index_lib.EmbeddingIndex.open(idx)
+    index = EmbeddingIndex.open(idx)
     ref = index.search(enc.encode_texts(["red car"]), 3)[0]
     assert [r["path"] for r in data["results"]] == [h.path for h in ref]
     # The model came from the path recorded in the index.
@@ -211,10 +213,10 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     data = json.loads(cap.out)
-    index = index_lib.EmbeddingIndex.open(out)
+    index = EmbeddingIndex.open(out)
     ref = index.search(model.encode_texts(["a red circle"]), 2)[0]
     assert [r["id"] for r in data["results"]] == [h.id for h in ref]
-    px = index_lib.decode_image((images / index.paths[0]).read_bytes(), model.image_size)
+    px = decode_image((images / index.paths[0]).read_bytes(), model.image_size)
     np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
 
     from dualencoder.eval import hubness
@@ -225,10 +227,10 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     captions = read_captions(bank)[0]
-    index = index_lib.EmbeddingIndex.open(out)
+    index = EmbeddingIndex.open(out)
     assert index.hubness["num_captions"] == len(captions) and index.hubness["k"] == 10
-    want = hubness.mean_topk_similarity(index_lib.normalize(index.embeddings),
-                                        index_lib.normalize(model.encode_texts(captions)), 10)
+    want = hubness.mean_topk_similarity(normalize(index.embeddings),
+                                        normalize(model.encode_texts(captions)), 10)
     np.testing.assert_allclose(index.penalty, want, atol=2e-3)
 
 
@@ -247,14 +249,14 @@ def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
     argv = ["index", "--model", str(work), "--records", str(records), "--out", str(out),
             "--no-progress", "--chunk-size", "2"]
     assert retrieval.main(argv) == 0
-    index = index_lib.EmbeddingIndex.open(out)
+    index = EmbeddingIndex.open(out)
     assert len(index) == 7 and all("#" in p for p in index.paths)
     by_index = {r["index"]: r["image_bytes"] for r in iter_records(str(records))}
     for i, path in enumerate(index.paths):
         data, name = index.image_bytes(i)
         assert name == path and data == by_index[int(path.rsplit("#", 1)[1])]
     enc = FakeEncoder()
-    first = index_lib.decode_image(by_index[0], enc.image_size)
+    first = decode_image(by_index[0], enc.image_size)
     row = index.paths.index(next(p for p in index.paths if p.endswith("#0")))
     np.testing.assert_allclose(index.embeddings[row], enc.encode_images(first[None])[0], atol=2e-3)
     # Nothing to do on update; refused entry names never touch the file system.
@@ -262,7 +264,7 @@ def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
     assert "0 embedded now" in capsys.readouterr().out
     for bad in ["../manifest.json#0", "shard#x", "nope.tfrecord#1",
                 index.paths[0].rsplit("#", 1)[0] + "#99"]:
-        with pytest.raises(index_lib.ImageAccessError):
+        with pytest.raises(ImageAccessError):
             index.source.read_bytes(bad)
 
 
@@ -292,8 +294,8 @@ def test_hubness_command_makes_text_search_csls(env, capsys):
     assert rc == 0, err
     assert "9 images against 7 bank captions (k=3" in out
     enc = FakeEncoder()
-    index = index_lib.EmbeddingIndex.open(idx)
-    emb = index_lib.normalize(index.embeddings)
+    index = EmbeddingIndex.open(idx)
+    emb = normalize(index.embeddings)
     want_pen = hubness.mean_topk_similarity(emb, enc.encode_texts(captions), 3)
     np.testing.assert_allclose(index.penalty, want_pen, atol=1e-3)  # float16 embeddings
 
@@ -332,3 +334,153 @@ def test_hubness_command_makes_text_search_csls(env, capsys):
                          "--no-progress"], capsys)[::2], "holds no captions")
     one_line_error(*run(["hubness", "--index", idx, "--bank", str(env["images"]),
                          "--no-progress"], capsys)[::2], "without manifest.json")
+
+
+# --------------------------------------------------------------------------------------------
+# Photo search with an ensemble: the index records the spec and ranks like evaluate.py would
+
+
+ENSEMBLE_QUERIES = ["a red circle", "two yellow stars", "a large orange cross in the middle"]
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory):
+    """Two tiny models over the same towers with different heads, saved to `models/a` and
+    `models/b`, and an image folder (real TensorFlow, no fakes)."""
+    from dualencoder.testing import same_towers_new_heads, tiny_model
+
+    root = tmp_path_factory.mktemp("ensemble")
+    a = tiny_model(image_trainable="none", text_trainable="none", head="linear")
+    b = same_towers_new_heads(a, tiny_model(image_trainable="none", text_trainable="none",
+                                            head="linear"))
+    a.save_dir(str(root / "models" / "a"))
+    b.save_dir(str(root / "models" / "b"))
+    images = root / "images"
+    rels = make_images(images, 8)
+    return {"root": root, "images": images, "query": rels[4]}
+
+
+def ensemble_ranking(spec, images, texts, query_image):
+    """Cosine rankings (ids in sorted-path order, best first) and scores computed directly
+    from `load_encoder(spec)`: text queries and one image query against every image."""
+    from dualencoder.encoders.load import load_encoder
+
+    encoder, _ = load_encoder(spec)
+    paths = sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file())
+    pixels = np.stack([decode_image((images / p).read_bytes(), encoder.image_size)
+                       for p in paths])
+    gallery = normalize(encoder.encode_images(pixels))
+    queries = normalize(np.concatenate([
+        encoder.encode_texts(texts),
+        encoder.encode_images(decode_image(query_image.read_bytes(), encoder.image_size)[None]),
+    ]))
+    scores = queries @ gallery.T
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return paths, [[paths[i] for i in row] for row in order], np.take_along_axis(scores, order, 1)
+
+
+def assert_same_ranking(got, paths, want, want_scores, atol=1e-4):
+    """Each result list ranks every image as `want` does, with the same scores: the order is
+    compared exactly where the reference scores differ by more than `atol` (images whose
+    scores tie within it may come in either order)."""
+    assert len(got) == len(want)
+    for results, ranking, scores in zip(got, want, want_scores):
+        reference = dict(zip(ranking, scores))
+        assert sorted(r["path"] for r in results) == sorted(paths)
+        np.testing.assert_allclose([r["score"] for r in results], scores, atol=atol)
+        np.testing.assert_allclose([reference[r["path"]] for r in results], scores, atol=atol)
+        if np.diff(-scores).min() > 2 * atol:  # no near-ties: the very same order
+            assert [r["path"] for r in results] == ranking
+
+
+def test_ensemble_index_ranks_like_the_ensemble_and_reloads_from_its_spec(
+        ensemble_run, tmp_path, capsys, monkeypatch):
+    """`index --model ensemble:A,B` (relative folders), then `search` and `serve` from another
+    working directory: the model is reloaded from the absolute spec recorded in state.json and
+    every ranking equals the ensemble's own cosine ranking (what evaluate.py ranks by)."""
+    root, images = ensemble_run["root"], ensemble_run["images"]
+    out = tmp_path / "index"
+    monkeypatch.chdir(root)
+    rc = retrieval.main(["index", "--model", "ensemble:models/a,models/b", "--images", "images",
+                         "--out", str(out), "--dtype", "float32", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    spec = f"ensemble:{root / 'models' / 'a'},{root / 'models' / 'b'}"
+    assert json.loads((out / "state.json").read_text())["model_path"] == spec
+
+    query_image = images / ensemble_run["query"]
+    paths, want, want_scores = ensemble_ranking(spec, images, ENSEMBLE_QUERIES, query_image)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the relative spec would not load from here
+    queries_file = elsewhere / "queries.txt"
+    queries_file.write_text("\n".join(ENSEMBLE_QUERIES[1:]) + "\n")
+    rc, out_text, err = run(["search", "--index", str(out), "--query", ENSEMBLE_QUERIES[0],
+                             "--json", "-k", "8"], capsys)
+    assert rc == 0, err
+    got = [json.loads(out_text)["results"]]
+    rc, out_text, err = run(["search", "--index", str(out), "--queries", str(queries_file),
+                             "--json", "-k", "8"], capsys)
+    assert rc == 0, err
+    got += [json.loads(line)["results"] for line in out_text.splitlines()]
+    rc, out_text, err = run(["search", "--index", str(out), "--image", str(query_image),
+                             "--json", "-k", "8"], capsys)
+    assert rc == 0, err
+    got.append(json.loads(out_text)["results"])
+    assert_same_ranking(got, paths, want, want_scores)
+    assert want[-1][0] == ensemble_run["query"]  # the query image finds itself first
+    _, _, one_member = ensemble_ranking(str(root / "models" / "a"), images, ENSEMBLE_QUERIES,
+                                        query_image)
+    assert np.abs(np.sort(one_member, 1) - np.sort(want_scores, 1)).max() > 1e-3  # not model A
+
+    from dualencoder.search import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda service, host, port: seen.update(
+        service=service) or 0)
+    rc, _, err = run(["serve", "--index", str(out), "--port", "0"], capsys)
+    assert rc == 0, err
+    service = seen["service"]
+    image_id = service.index.paths.index(ensemble_run["query"])
+    served = [service.search(q=text, k=8)["results"] for text in ENSEMBLE_QUERIES]
+    served.append(service.search(image_id=image_id, k=8)["results"])
+    assert_same_ranking(served, paths, want, want_scores)
+
+
+def test_bad_ensemble_and_clip_specs_fail_before_tensorflow(tmp_path):
+    """`ensemble:` with one model and `clip:` without a preset: one `error:` line, exit 2,
+    TensorFlow never imported (index, search and serve)."""
+    from dualencoder.search.store import write_embeddings_index
+
+    idx = tmp_path / "index"
+    write_embeddings_index(idx, np.eye(3, 8, dtype=np.float32), ["a.png", "b.png", "c.png"],
+                           fingerprint="x")
+    images = tmp_path / "images"
+    make_images(images, 2)
+    cases = [
+        (["index", "--model", "ensemble:onlyone", "--images", str(images), "--out",
+          str(tmp_path / "i1")], "at least two models"),
+        (["index", "--model", "clip:", "--images", str(images), "--out", str(tmp_path / "i2")],
+         "needs a preset"),
+        (["search", "--index", str(idx), "--query", "a dog", "--model", "ensemble:onlyone"],
+         "at least two models"),
+        (["search", "--index", str(idx), "--query", "a dog", "--model", "clip:"],
+         "needs a preset"),
+        (["serve", "--index", str(idx), "--model", "clip:"], "needs a preset"),
+    ]
+    code = ("import contextlib, io, json, sys, retrieval\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        rc = retrieval.main(argv)\n"
+            "    print(json.dumps({'rc': rc, 'err': err.getvalue(),\n"
+            "                      'tf': 'tensorflow' in sys.modules}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps([a for a, _ in cases])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == len(cases), proc.stderr
+    for (argv, needle), row in zip(cases, rows):
+        lines = row["err"].strip().splitlines()
+        assert row["rc"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, row)
+        assert needle in lines[0] and not row["tf"], (argv, row)
+    assert not (tmp_path / "i1").exists() and not (tmp_path / "i2").exists()

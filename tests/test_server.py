@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
-from dualencoder.search import store as index_lib
+from dualencoder.search.build import build_index
+from dualencoder.search.index import EmbeddingIndex, normalize
+from dualencoder.search.store import read_state
 from dualencoder.search import server as server_lib
 from test_index import FakeEncoder, make_images
 
@@ -18,8 +20,8 @@ def running(tmp_path_factory):
     make_images(images, 8)
     (root / "secret.txt").write_text("top secret")
     enc = FakeEncoder()
-    index_lib.build_index(enc, out, images=images, progress=False)
-    service = server_lib.RetrievalService(index_lib.EmbeddingIndex.open(out), enc)
+    build_index(enc, out, images=images, progress=False)
+    service = server_lib.RetrievalService(EmbeddingIndex.open(out), enc)
     httpd = server_lib.make_server(service, "127.0.0.1", 0, quiet=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -129,13 +131,13 @@ def test_service_ranks_text_queries_by_csls_when_the_index_has_penalties(tmp_pat
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 8)
     enc = FakeEncoder()
-    index_lib.build_index(enc, out, images=images, progress=False)
-    state = index_lib.read_state(str(out))
+    build_index(enc, out, images=images, progress=False)
+    state = read_state(str(out))
     penalty = np.linspace(0.9, 0.0, 8).astype(np.float32)
     hubness.save_index_penalties(str(out), penalty, state=state, k=1, bank="b.txt",
                                  num_captions=1)
-    index = index_lib.EmbeddingIndex.open(out)
-    emb = index_lib.normalize(index.embeddings)
+    index = EmbeddingIndex.open(out)
+    emb = normalize(index.embeddings)
     q = enc.encode_texts(["red car"])[0]
     for csls, want in ((False, emb @ q), (True, emb @ q - 0.5 * penalty)):
         service = server_lib.RetrievalService(index, enc, csls=csls)

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from dualencoder.search import store as index_lib
+from dualencoder.search.build import build_index
+from dualencoder.search.index import EmbeddingIndex
 from dualencoder.search import server as server_lib
 from test_index import FakeEncoder, make_images
 
@@ -58,8 +59,8 @@ def test_search_page_shows_result_thumbnails(tmp_path, browser):
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 10)
     enc = FakeEncoder()
-    index_lib.build_index(enc, out, images=images, progress=False)
-    service = server_lib.RetrievalService(index_lib.EmbeddingIndex.open(out), enc)
+    build_index(enc, out, images=images, progress=False)
+    service = server_lib.RetrievalService(EmbeddingIndex.open(out), enc)
     httpd = server_lib.make_server(service, "127.0.0.1", 0, quiet=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

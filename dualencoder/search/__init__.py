@@ -1,1 +1,2 @@
-"""Photo search: image sources, the on-disk index, exact and faiss backends, the web server."""
+"""Photo search: image sources, the on-disk index (store, build), search over it (index,
+backends), hubness penalties, result grids and the web server."""

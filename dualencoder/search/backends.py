@@ -264,7 +264,7 @@ class FaissSearcher:
             index.add(x)
             settings = {"nlist": nlist}
         else:
-    
+
             raise RetrievalError(f"unknown faiss kind {kind!r} (use hnsw or ivf)")
         build_s = time.perf_counter() - t0
         exact = exact or ExactSearcher(x)

@@ -35,7 +35,8 @@ import urllib.parse
 
 import numpy as np
 
-from dualencoder.search.store import ImageAccessError, RetrievalError, check_k, check_query
+from dualencoder.search.errors import ImageAccessError, RetrievalError
+from dualencoder.search.index import check_k, check_query
 
 MAX_K = 200
 MAX_QUERY_CHARS = 1000

@@ -194,13 +194,13 @@ def test_train_cli_random_strings(tmp_path, key, value, flag):
 def test_retrieval_cli_random_strings(tmp_path_factory, k, query, index):
     import numpy as np
 
-    import retrieval
-    from dualencoder.search import store as index_lib
+    from dualencoder.cli import retrieval
+    from dualencoder.search.store import write_embeddings_index
 
     folder = tmp_path_factory.getbasetemp() / "fuzz-index"
     if not folder.exists():
-        index_lib.write_embeddings_index(folder, np.eye(5, 8, dtype=np.float32),
-                                         [f"p{i}.jpg" for i in range(5)], fingerprint="x")
+        write_embeddings_index(folder, np.eye(5, 8, dtype=np.float32),
+                               [f"p{i}.jpg" for i in range(5)], fingerprint="x")
     where = str(folder) if index else "/nonexistent/" + "x"
     rc, err = _run(retrieval.main, ["search", "--index", where, "--query", query, "-k", k])
     _one_error_line(rc, err)  # no model recorded in the index: never reaches a model

@@ -6,12 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from dualencoder.search import store as index_lib
+from dualencoder.search import store
+from dualencoder.search.build import build_index
+from dualencoder.search.index import EmbeddingIndex
 from test_index import FakeEncoder, make_images, write_image
 
 
 def _open(out):
-    idx = index_lib.EmbeddingIndex.open(out)
+    idx = EmbeddingIndex.open(out)
     assert len(idx.paths) == len(set(idx.paths)), "duplicate entries"
     return idx
 
@@ -34,7 +36,7 @@ def test_interrupted_build_resumes_without_duplicates(tmp_path, monkeypatch, whe
         exc = KeyboardInterrupt
     else:  # chunk `at` written, killed before state.json lists it (an orphan chunk)
         enc, exc = FakeEncoder(), Crash
-        real, calls = index_lib._commit, {"n": 0}
+        real, calls = store.commit, {"n": 0}
 
         def commit(index_dir, state, complete):
             calls["n"] += 1
@@ -42,18 +44,18 @@ def test_interrupted_build_resumes_without_duplicates(tmp_path, monkeypatch, whe
                 raise Crash()
             return real(index_dir, state, complete)
 
-        monkeypatch.setattr(index_lib, "_commit", commit)
+        monkeypatch.setattr(store, "commit", commit)
     with pytest.raises(exc):
-        index_lib.build_index(enc, out, images=images, chunk_size=4, batch_size=4,
-                              progress=False)
+        build_index(enc, out, images=images, chunk_size=4, batch_size=4,
+                    progress=False)
     monkeypatch.undo()
-    state = index_lib.read_state(out)
+    state = store.read_state(out)
     assert not state["complete"]
     committed = state["count"]
 
     enc = FakeEncoder()
-    report = index_lib.build_index(enc, out, images=images, chunk_size=4, batch_size=4,
-                                   progress=False)
+    report = build_index(enc, out, images=images, chunk_size=4, batch_size=4,
+                         progress=False)
     assert report.resumed and report.kept == committed
     assert enc.images_seen == 17 - committed  # committed chunks are not redone
     idx = _open(out)
@@ -62,7 +64,7 @@ def test_interrupted_build_resumes_without_duplicates(tmp_path, monkeypatch, whe
     assert chunk_files == sorted(c["file"] for c in idx.state["chunks"])  # no orphans
 
     ref = tmp_path / "ref"
-    index_lib.build_index(FakeEncoder(), ref, images=images, chunk_size=4, progress=False)
+    build_index(FakeEncoder(), ref, images=images, chunk_size=4, progress=False)
     want = _by_path(_open(ref))
     for path, emb in _by_path(idx).items():
         np.testing.assert_array_equal(emb, want[path])
@@ -78,7 +80,7 @@ def _change(path, seed):
 def test_update_removes_and_refreshes_exactly_the_touched_photos(tmp_path):
     images, out = tmp_path / "images", tmp_path / "index"
     rels = make_images(images, 14)
-    index_lib.build_index(FakeEncoder(), out, images=images, chunk_size=4, progress=False)
+    build_index(FakeEncoder(), out, images=images, chunk_size=4, progress=False)
     before = _by_path(_open(out))
 
     deleted, changed = [rels[1], rels[6]], [rels[2], rels[9], rels[13]]
@@ -89,8 +91,8 @@ def test_update_removes_and_refreshes_exactly_the_touched_photos(tmp_path):
     added = make_images(images, 1, start=50)
 
     enc = FakeEncoder()
-    report = index_lib.build_index(enc, out, images=images, update=True, chunk_size=4,
-                                   progress=False)
+    report = build_index(enc, out, images=images, update=True, chunk_size=4,
+                         progress=False)
     assert (report.removed, report.changed, report.embedded) == (2, 3, 4)
     assert report.kept == 14 - 2 - 3 and enc.images_seen == 4  # only changed + new embedded
     idx = _open(out)
@@ -99,7 +101,7 @@ def test_update_removes_and_refreshes_exactly_the_touched_photos(tmp_path):
     for rel in set(rels) - set(deleted) - set(changed):
         np.testing.assert_array_equal(after[rel], before[rel])  # untouched rows kept as is
     fresh = tmp_path / "fresh"
-    index_lib.build_index(FakeEncoder(), fresh, images=images, chunk_size=4, progress=False)
+    build_index(FakeEncoder(), fresh, images=images, chunk_size=4, progress=False)
     want = _by_path(_open(fresh))
     for rel in changed + added:
         np.testing.assert_array_equal(after[rel], want[rel])  # refreshed from the new pixels
@@ -110,13 +112,13 @@ def test_update_removes_and_refreshes_exactly_the_touched_photos(tmp_path):
     for n, rel in enumerate([rels[3], rels[4], rels[5]]):
         _change(images / rel, seed=200 + n)
     with pytest.raises(KeyboardInterrupt):
-        index_lib.build_index(FakeEncoder(fail_after=0), out, images=images, update=True,
-                              chunk_size=1, batch_size=1, progress=False)
-    index_lib.build_index(FakeEncoder(), out, images=images, update=True, chunk_size=1,
-                          progress=False)
+        build_index(FakeEncoder(fail_after=0), out, images=images, update=True,
+                    chunk_size=1, batch_size=1, progress=False)
+    build_index(FakeEncoder(), out, images=images, update=True, chunk_size=1,
+                progress=False)
     idx = _open(out)
     fresh2 = tmp_path / "fresh2"
-    index_lib.build_index(FakeEncoder(), fresh2, images=images, chunk_size=4, progress=False)
+    build_index(FakeEncoder(), fresh2, images=images, chunk_size=4, progress=False)
     want = _by_path(_open(fresh2))
     got = _by_path(idx)
     assert sorted(got) == sorted(want)

@@ -1,0 +1,232 @@
+"""Where the photos of an index come from, and how an image becomes pixels.
+
+A source is a folder of image files (recursive; jpg, jpeg, png, webp, bmp, ...) or a records
+directory (`records/`). It lists its images as `Item`s — the name used in the index (the POSIX
+path relative to the folder, or `"<shard>#<index>"`) with the size and mtime an update compares
+— and reads the bytes of one entry, refusing names outside the source.
+
+Example:
+```python
+source = open_source("images", "photos/")
+items = source.list()
+pixels = decode_image(source.read_bytes(items[0].path), size=224)   # [224, 224, 3] float32
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import threading
+
+import numpy as np
+
+from dualencoder.search.errors import ImageAccessError, RetrievalError
+from records.files import IMAGE_EXTENSIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One image of a source: its name in the index and the stat it is matched on."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+class ImageFolder:
+    """Images under a folder, recursively, named by their POSIX path relative to it.
+
+    Args:
+        root: the folder.
+    """
+
+    kind = "images"
+
+    def __init__(self, root):
+        self.root = os.path.realpath(os.fspath(root))
+        if not os.path.isdir(self.root):
+            raise RetrievalError(f"image folder {root} does not exist or is not a folder")
+
+    def list(self, exclude=None) -> list[Item]:
+        """Every image file under the folder, sorted by path; `exclude` is a folder to skip."""
+        exclude = os.path.realpath(exclude) if exclude else None
+        items = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if exclude and os.path.realpath(dirpath) == exclude:
+                dirnames[:] = []
+                continue
+            dirnames.sort()
+            for name in filenames:
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue  # vanished or a dangling link
+                rel = os.path.relpath(full, self.root).replace(os.sep, "/")
+                items.append(Item(rel, int(st.st_size), int(st.st_mtime_ns)))
+        items.sort(key=lambda it: it.path)
+        return items
+
+    def file_path(self, rel: str) -> str:
+        """The absolute path of an indexed image, refusing anything outside the folder.
+
+        Symbolic links are resolved first, so a link pointing out of the folder is refused too.
+        """
+        if not rel or "\x00" in rel or os.path.isabs(rel):
+            raise ImageAccessError(f"refused image path {rel!r}")
+        full = os.path.realpath(os.path.join(self.root, rel))
+        if os.path.commonpath([full, self.root]) != self.root or full == self.root:
+            raise ImageAccessError(f"refused image path {rel!r}: outside the indexed folder")
+        return full
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The raw bytes of an indexed image (checked to lie inside the folder)."""
+        path = self.file_path(rel)
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise ImageAccessError(f"cannot read image {rel!r}: {exc.strerror or exc}") from exc
+
+
+class RecordsFolder:
+    """Images stored in a records directory (`records/`), named `"<shard>#<image index>"`.
+
+    Listing uses only the manifest; images are read from the shards by byte offset (the offset
+    table of a shard is built once by walking its record framing, without decoding).
+
+    Args:
+        root: the records directory (with `manifest.json`).
+    """
+
+    kind = "records"
+
+    def __init__(self, root):
+        self.root = os.path.realpath(os.fspath(root))
+        if not os.path.isfile(os.path.join(self.root, "manifest.json")):
+            raise RetrievalError(f"records folder {root} has no manifest.json (not a complete "
+                                 "records build)")
+        self._offsets = {}
+        self._lock = threading.Lock()
+        self._manifest = None
+
+    def manifest(self) -> dict:
+        if self._manifest is None:
+            from records.schema import read_manifest  # noqa: PLC0415 (imports TensorFlow)
+
+            try:
+                self._manifest = read_manifest(self.root)
+            except ValueError as exc:
+                raise RetrievalError(str(exc)) from exc
+        return self._manifest
+
+    def list(self, exclude=None) -> list[Item]:
+        del exclude
+        items = []
+        for shard in self.manifest()["shards"]:
+            st = os.stat(os.path.join(self.root, shard["name"]))
+            first = int(shard.get("first_index", 0))
+            for position in range(int(shard["records"])):
+                items.append(Item(f"{shard['name']}#{first + position}", int(st.st_size),
+                                  int(st.st_mtime_ns)))
+        return items
+
+    def _shard_offsets(self, name: str) -> tuple[int, list[int]]:
+        with self._lock:
+            if name not in self._offsets:
+                shard = next((s for s in self.manifest()["shards"] if s["name"] == name), None)
+                if shard is None:
+                    raise ImageAccessError(f"unknown records shard {name!r}")
+                offsets = []
+                with open(os.path.join(self.root, name), "rb") as fh:
+                    pos = 0
+                    while True:
+                        head = fh.read(12)
+                        if len(head) < 12:
+                            break
+                        length = int.from_bytes(head[:8], "little")
+                        offsets.append(pos)
+                        pos += 12 + length + 4
+                        fh.seek(pos)
+                self._offsets[name] = (int(shard.get("first_index", 0)), offsets)
+            return self._offsets[name]
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The encoded image bytes of entry `"<shard>#<index>"`."""
+        name, _, index = rel.rpartition("#")
+        if not name or not index.isdigit() or "/" in name or "\\" in name:
+            raise ImageAccessError(f"refused records entry {rel!r}")
+        first, offsets = self._shard_offsets(name)
+        position = int(index) - first
+        if not 0 <= position < len(offsets):
+            raise ImageAccessError(f"records entry {rel!r} is not in its shard")
+        with open(os.path.join(self.root, name), "rb") as fh:
+            fh.seek(offsets[position])
+            length = int.from_bytes(fh.read(12)[:8], "little")
+            raw = fh.read(length)
+        from records.schema import decode_example_py  # noqa: PLC0415
+
+        record = decode_example_py(raw)
+        if record["index"] != int(index):
+            raise ImageAccessError(f"records entry {rel!r}: shard holds index {record['index']} "
+                                   "at that position (records changed since indexing?)")
+        return record["image_bytes"]
+
+
+def open_source(kind: str, path):
+    """An `ImageFolder` or `RecordsFolder` for `kind` in {"images", "records"}."""
+    if kind == "images":
+        return ImageFolder(path)
+    if kind == "records":
+        return RecordsFolder(path)
+    raise RetrievalError(f"unknown image source kind {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Image bytes -> pixels
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Decode image bytes to float32 `[size, size, 3]` pixels in 0..255.
+
+    The image is converted to RGB and resized to `size` x `size` (bicubic, antialiased, aspect
+    ratio not kept), like the evaluation path of the input pipeline (`dualencoder.data.pipeline`).
+
+    Raises:
+        ValueError: the bytes are not a decodable image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = ImageOps.exif_transpose(img)
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            return np.asarray(img, dtype=np.float32)
+    except UnidentifiedImageError as exc:
+        raise ValueError("unreadable image (not a recognised image format)") from exc
+    except Exception as exc:  # PIL raises many types for bad files
+        raise ValueError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
+
+
+def load_query_image(path, size: int) -> np.ndarray:
+    """Read and decode one query image file, raising `RetrievalError` with a clear message."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise RetrievalError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+    try:
+        return decode_image(data, size)
+    except ValueError as exc:
+        raise RetrievalError(f"query image {path}: {exc}") from exc
+
+
+def check_query_image(path) -> None:
+    """Fail fast (before loading any model) when a query image cannot be read or decoded."""
+    load_query_image(path, 8)
