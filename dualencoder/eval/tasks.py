@@ -230,7 +230,7 @@ def _map(folders, mapping):
 
 def record_labels(records_dir: str) -> np.ndarray:
     """The label of every record in record order (parses labels only; no image decoding)."""
-    from dualencoder.data import pipeline as D
+    from dualencoder.data import annotations as D
 
     return D.read_labels(records_dir)
 
@@ -488,7 +488,7 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
     by its mean cosine to its `bank_k` nearest bank images. The report's `metrics` are then
     the CSLS numbers and `metrics_cosine` the plain cosine ones.
     """
-    from dualencoder.data import pipeline as D
+    from dualencoder.data import annotations as D
     from dualencoder.eval import hubness as H
     from dualencoder.encoders.cache import embed_images, embed_texts
 
