@@ -3,10 +3,10 @@
 Locked-tower (LiT) training runs only the heads, so on a CPU its epochs are short and the
 input side shows. This compares, on the same records, side by side in one process:
 
-* `order_streaming`: `data.pair_order(records)` (the reference): the streaming tf.data
+* `order_streaming`: `pair_order(records)` (the reference): the streaming tf.data
   pipeline without decoding; reads the records, draws each element's caption and shuffle key
   element by element (stateless tf.random), sorts windows, batches.
-* `order_index_numpy`: `data.pair_order_arrays(records, index=RecordIndex)`: the same order
+* `order_index_numpy`: `pair_order_arrays(records, index=RecordIndex)`: the same order
   computed in NumPy from an in-memory index (vectorised Philox draws, the interleave order).
 * `batches_dataset`: `CachedPairs.epoch(e)`, the tf.data dataset of feature batches (what a
   distribution strategy iterates), created, iterated to its end and dropped.
@@ -75,14 +75,15 @@ def make_records(out: str, num_images: int, captions: int) -> str:
 
 def cached_pairs(records: str, batch_size: int, seed: int):
     """A `CachedPairs` over random feature tables (no towers): the object the trainer uses."""
-    from dualencoder.data import pipeline as data
-    from dualencoder.train import features
     from dualencoder.config import Config
+    from dualencoder.data.annotations import read_captions
+    from dualencoder.data.order import RecordIndex
+    from dualencoder.train import features
 
     cfg = Config.from_sources(None, [f"data.batch_size={batch_size}", "data.all_captions=true",
                                    f"run.seed={seed}"])
-    texts, owner = data.read_captions(records)
-    index = data.RecordIndex(records)
+    texts, owner = read_captions(records)
+    index = RecordIndex(records)
     rng = np.random.default_rng(0)
     src = features.CachedPairs.__new__(features.CachedPairs)
     src.cfg, src.records, src.mode, src.views = cfg, records, "both", 1
@@ -116,7 +117,7 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
 
-    from dualencoder.data import pipeline as data
+    from dualencoder.data.order import pair_order, pair_order_arrays
 
     records = args.records or make_records(
         os.path.join(args.workdir, f"records_{args.images}x{args.captions}"), args.images,
@@ -127,11 +128,11 @@ def main(argv=None):
     kw = dict(batch_size=args.batch_size, seed=0, all_captions=True)
 
     def order_streaming(e):
-        b = list(data.pair_order(records, epoch=e, **kw).as_numpy_iterator())
+        b = list(pair_order(records, epoch=e, **kw).as_numpy_iterator())
         return np.stack([x["image_index"] for x in b]), np.stack([x["caption_index"] for x in b])
 
     def order_index_numpy(e):
-        o = data.pair_order_arrays(records, epoch=e, index=src.record_index, **kw)
+        o = pair_order_arrays(records, epoch=e, index=src.record_index, **kw)
         return o["image_index"], o["caption_index"]
 
     def batches_dataset(e):

@@ -46,6 +46,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench.reference import keras_io_pipeline as ref  # noqa: E402
 from dualencoder.data import pipeline as data  # noqa: E402
+from dualencoder.data.order import steps_per_epoch  # noqa: E402
 from dualencoder.model.tokenizer import Tokenizer  # noqa: E402
 from records import schema  # noqa: E402
 
@@ -186,7 +187,7 @@ def run_dataset(name, items, workdir, sizes, args, tokenizer, ref_tokenize, rows
     captions_per_image = float(np.mean([len(c) for _, _, c in items]))
     jpegs = [b for _, b, _ in items]
     bs = args.batch_size
-    steps = data.steps_per_epoch(ours_dir, bs)
+    steps = steps_per_epoch(ours_dir, bs)
     # steady state within one epoch: the same number of timed batches for every pipeline
     timed = max(1, min(args.timed_batches, steps - args.warmup - 1))
 

@@ -295,9 +295,9 @@ def lit_epochs(args, log):
     runtime.set_precision("float32")
     keras.utils.set_random_seed(0)
     strategy = runtime.make_strategy("auto")
-    from dualencoder.data import pipeline as data
+    from dualencoder.data.order import steps_per_epoch
 
-    steps = data.steps_per_epoch(records, bs)
+    steps = steps_per_epoch(records, bs)
     with strategy.scope():
         model = runtime.build(cfg_off)
         optimizer = runtime.make_optimizer(cfg_off, steps)

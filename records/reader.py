@@ -4,7 +4,7 @@
 order. Each shard is checked against its manifest entry (size and sha256) before any of its
 records is yielded: a damaged shard raises `RecordsError` naming it, or, with `skip_bad=True`,
 every intact record is still yielded (each record has its own CRC) and the rest are counted in
-`.stats`. The training pipeline reads the same shards with `tf.data` (`dualencoder/data/pipeline.py`).
+`.stats`. The training pipeline reads the same shards with `tf.data` (`dualencoder/data/shards.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The record schema shared by every source, the writer, the reader and `dualencoder.data.pipeline`.
+"""The record schema shared by every source, the writer, the reader and `dualencoder.data`.
 
 One TFRecord example per *image*; the image keeps all of its captions.
 

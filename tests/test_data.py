@@ -9,7 +9,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dualencoder.data import pipeline as data
+from dualencoder.data.annotations import class_names, max_captions, read_captions
+from dualencoder.data.decode import RESIZE_METHODS
+from dualencoder.data.order import (RecordIndex, _interleaved_positions, pair_order,
+                                    pair_order_arrays, steps_per_epoch)
+from dualencoder.data.pipeline import image_dataset, pair_dataset
+from dualencoder.data.rng import (CAPTION, RNG_ALG, SHUFFLE, element_key, np_caption_draw,
+                                  np_shuffle_key)
 from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 from records import schema
 
@@ -76,7 +82,7 @@ def tok():
 
 def _pairs(records_dir, tok, **kw):
     kw = {"image_size": SIZE, "tokenizer": tok, "batch_size": 6, "seed": 1, **kw}
-    return list(data.pair_dataset(records_dir, **kw).as_numpy_iterator())
+    return list(pair_dataset(records_dir, **kw).as_numpy_iterator())
 
 
 def _cat(batches, key):
@@ -114,8 +120,8 @@ def test_shapes_dtypes(runs, tok):
 def test_each_image_once_per_epoch(runs, records_dir):
     run = runs(batch_size=13)  # 39 captioned images = 3 whole batches
     assert sorted(_cat(run, "image_index").tolist()) == CAPTIONED
-    assert data.steps_per_epoch(records_dir, 13) == len(run) == 3
-    assert data.steps_per_epoch(records_dir, 6) == len(runs()) == 6  # drop remainder
+    assert steps_per_epoch(records_dir, 13) == len(run) == 3
+    assert steps_per_epoch(records_dir, 6) == len(runs()) == 6  # drop remainder
     ids = _cat(runs(), "image_index").tolist()
     assert len(set(ids)) == len(ids) == 36
     for b in run:  # the caption belongs to its image
@@ -157,11 +163,11 @@ def test_all_captions(runs, records_dir):
     batches = runs(all_captions=True, batch_size=5)
     got = list(zip(_cat(batches, "image_index").tolist(),
                    [c.decode() for c in _cat(batches, "caption")]))
-    texts, owners = data.read_captions(records_dir)
+    texts, owners = read_captions(records_dir)
     assert owners.dtype == np.int64 and len(texts) == len(owners) == 77
     assert texts[0] == "a red circle number 0 caption 0" and owners[:3].tolist() == [0, 1, 1]
     assert len(set(got)) == len(got) == 75 and set(got) <= set(zip(owners.tolist(), texts))
-    assert data.steps_per_epoch(records_dir, 5, all_captions=True) == len(batches) == 15
+    assert steps_per_epoch(records_dir, 5, all_captions=True) == len(batches) == 15
     # captions of one image are spread out, not adjacent
     first = [i for i, _ in got[:10]]
     assert len(set(first)) >= 8
@@ -172,11 +178,11 @@ def test_all_captions_puts_an_images_captions_in_different_batches(tmp_path, tok
     out = str(tmp_path / "three")
     write_records(out, [_record(i, captions=[f"image {i} caption {j}" for j in range(3)])
                         for i in range(24)], shard_size=8)
-    assert data.max_captions(out) == 3  # counted: the manifest has no max_captions
+    assert max_captions(out) == 3  # counted: the manifest has no max_captions
 
     def epoch(e):
         return [(b["image_index"].numpy().tolist(), b["caption_index"].numpy().tolist())
-                for b in data.pair_order(out, batch_size=24, seed=3, epoch=e, all_captions=True)]
+                for b in pair_order(out, batch_size=24, seed=3, epoch=e, all_captions=True)]
 
     batches = epoch(0)
     assert len(batches) == 3
@@ -196,7 +202,7 @@ def test_shard_rotation_mixes_shards_differently_each_epoch(records_dir):
     # in lockstep from their first record, so batch k held the same records every epoch)
     def batches(e):
         return [frozenset(b["image_index"].numpy().tolist())
-                for b in data.pair_order(records_dir, batch_size=12, seed=0, epoch=e)]
+                for b in pair_order(records_dir, batch_size=12, seed=0, epoch=e)]
 
     assert set(batches(0)).isdisjoint(batches(1))
 
@@ -213,10 +219,10 @@ def test_augmentation_is_deterministic_and_keyed(runs):
     # determinism of augmented images: see test_skip_batches_is_exact (two runs, same images)
 
 
-@pytest.mark.parametrize("method", data.RESIZE_METHODS)
+@pytest.mark.parametrize("method", RESIZE_METHODS)
 def test_resize_methods(records_dir, method):
-    batch = next(iter(data.image_dataset(records_dir, image_size=SIZE, batch_size=8,
-                                         resize_method=method)))
+    batch = next(iter(image_dataset(records_dir, image_size=SIZE, batch_size=8,
+                                    resize_method=method)))
     images = batch["images"].numpy()
     assert images.shape == (8, SIZE, SIZE, 3) and images.dtype == np.float32
     assert images.min() >= 0 and images.max() <= 255
@@ -229,9 +235,9 @@ def test_fast_jpeg_matches_full_decode(tmp_path):
     recs = [_record(i, image_bytes=_image_bytes(i, 160, 120, smooth=True), width=160, height=120,
                     captions=["a cat"]) for i in range(4)]
     write_records(out, recs)
-    fast = next(iter(data.image_dataset(out, image_size=32, batch_size=4)))["images"].numpy()
-    full = next(iter(data.image_dataset(out, image_size=32, batch_size=4,
-                                        fast_jpeg=False)))["images"].numpy()
+    fast = next(iter(image_dataset(out, image_size=32, batch_size=4)))["images"].numpy()
+    full = next(iter(image_dataset(out, image_size=32, batch_size=4,
+                                   fast_jpeg=False)))["images"].numpy()
     assert np.abs(fast - full).mean() < 3.0
 
 
@@ -240,24 +246,24 @@ def test_image_dataset_order_and_class_folder(tmp_path, tok):
     names = ["circle", "square", "star"]
     write_records(out, [_record(i, captions=[], label=i % 3) for i in range(10)], shard_size=4,
                   class_names=names)
-    batches = list(data.image_dataset(out, image_size=SIZE, batch_size=4))
+    batches = list(image_dataset(out, image_size=SIZE, batch_size=4))
     assert [b["images"].shape[0] for b in batches] == [4, 4, 2]  # last batch short
     assert _cat(batches, "image_index").tolist() == list(range(10))
     assert _cat(batches, "label").tolist() == [i % 3 for i in range(10)]
-    assert data.class_names(out) == names
+    assert class_names(out) == names
     with pytest.raises(schema.RecordsError, match="no captions"):
-        data.pair_dataset(out, image_size=SIZE, tokenizer=tok, batch_size=2)
-    assert data.steps_per_epoch(out, 2) == 0
+        pair_dataset(out, image_size=SIZE, tokenizer=tok, batch_size=2)
+    assert steps_per_epoch(out, 2) == 0
 
 
 def test_class_names_error_on_captioned(records_dir):
     with pytest.raises(schema.RecordsError, match="class_names"):
-        data.class_names(records_dir)
+        class_names(records_dir)
 
 
 def test_missing_manifest_is_named(tmp_path, tok):
     with pytest.raises(schema.RecordsError, match="manifest missing"):
-        data.pair_dataset(str(tmp_path), image_size=SIZE, tokenizer=tok, batch_size=2)
+        pair_dataset(str(tmp_path), image_size=SIZE, tokenizer=tok, batch_size=2)
 
 
 def test_corrupt_image_strict_vs_skip_bad(tmp_path, tok):
@@ -267,7 +273,7 @@ def test_corrupt_image_strict_vs_skip_bad(tmp_path, tok):
     write_records(out, recs, shard_size=5)
     kw = {"image_size": SIZE, "tokenizer": tok, "batch_size": 2, "seed": 3}
     with pytest.raises(tf.errors.InvalidArgumentError, match="img5.jpg"):
-        list(data.pair_dataset(out, **kw, shuffle=False).as_numpy_iterator())
+        list(pair_dataset(out, **kw, shuffle=False).as_numpy_iterator())
     good = _pairs(out, tok, **{**kw, "skip_bad": True})
     ids = _cat(good, "image_index").tolist()
     assert len(ids) == len(set(ids)) == 10 and 5 not in ids  # 11 good images: 5 batches of 2
@@ -283,8 +289,8 @@ def test_truncated_image_strict_vs_skip_bad(tmp_path):
     recs[4] = _record(4, image_bytes=whole[: len(whole) // 2], captions=["image 4"])
     write_records(out, recs)
     with pytest.raises(tf.errors.InvalidArgumentError):
-        list(data.image_dataset(out, image_size=SIZE, batch_size=4))
-    kept = list(data.image_dataset(out, image_size=SIZE, batch_size=4, skip_bad=True))
+        list(image_dataset(out, image_size=SIZE, batch_size=4))
+    kept = list(image_dataset(out, image_size=SIZE, batch_size=4, skip_bad=True))
     assert _cat(kept, "image_index").tolist() == [0, 1, 2, 3, 5]
 
 
@@ -293,21 +299,21 @@ def test_multi_worker_shards_partition(runs, records_dir):
     parts = [_cat(runs(batch_size=1, num_shards=2, shard_index=k), "image_index").tolist()
              for k in (0, 1)]
     assert parts[0] == whole[0::2] and parts[1] == whole[1::2]
-    assert data.steps_per_epoch(records_dir, 4, num_shards=2) == 4
+    assert steps_per_epoch(records_dir, 4, num_shards=2) == 4
 
 
 @pytest.mark.parametrize("all_captions", [False, True])
 def test_pair_order_matches_pair_dataset(records_dir, tok, all_captions):
     """The cached-feature path trains in `pair_order`'s order: it must be pair_dataset's."""
     kw = dict(batch_size=4, seed=5, epoch=2, skip_batches=1, all_captions=all_captions)
-    order = list(data.pair_order(records_dir, **kw))
-    full = list(data.pair_dataset(records_dir, image_size=16, tokenizer=tok, **kw))
+    order = list(pair_order(records_dir, **kw))
+    full = list(pair_dataset(records_dir, image_size=16, tokenizer=tok, **kw))
     assert len(order) == len(full) > 0
     for a, b in zip(order, full):
         np.testing.assert_array_equal(a["image_index"].numpy(), b["image_index"].numpy())
         np.testing.assert_array_equal(a["caption_index"].numpy(), b["caption_index"].numpy())
     # caption_index points at the caption that was chosen
-    texts, owner = data.read_captions(records_dir)
+    texts, owner = read_captions(records_dir)
     first = {}
     for row, ix in enumerate(owner):
         first.setdefault(int(ix), row)
@@ -331,7 +337,7 @@ def test_resize_close_to_pil_antialiased_bicubic(tmp_path, width, height, size, 
     out = str(tmp_path / "png")
     write_records(out, [_record(0, image_bytes=buf.getvalue(), width=width, height=height,
                                 captions=["x"])])
-    ours = next(iter(data.image_dataset(out, image_size=size, batch_size=1)))["images"][0]
+    ours = next(iter(image_dataset(out, image_size=size, batch_size=1)))["images"][0]
     pil = np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC), np.float32)
     assert np.abs(ours.numpy() - pil).mean() < tol
 
@@ -346,12 +352,12 @@ def test_record_index_gives_the_same_order_without_reading_records(tmp_path, kw)
     out = str(tmp_path / "uneven")
     write_records(out, [_record(i, captions=[f"image {i} caption {j}" for j in range(1 + i % 4)])
                         for i in range(37)], shard_size=7)
-    index = data.RecordIndex(out)
+    index = RecordIndex(out)
     assert index.counts == [7, 7, 7, 7, 7, 2] and index.num_captions.max() == 4
 
     def order(**extra):
         return [(b["image_index"].numpy().tolist(), b["caption_index"].numpy().tolist())
-                for b in data.pair_order(out, batch_size=5, **kw, **extra)]
+                for b in pair_order(out, batch_size=5, **kw, **extra)]
 
     from_records = order()
     assert len(from_records) > 3
@@ -362,11 +368,11 @@ def test_record_index_refuses_other_records_and_names_blank_captions(tmp_path, r
     out = str(tmp_path / "blank")
     write_records(out, [_record(i) for i in range(4)] + [_record(4, captions=["  "])])
     with pytest.raises(schema.RecordsError, match="image/id=.*empty caption"):
-        data.RecordIndex(out)
-    other = data.RecordIndex(records_dir)
+        RecordIndex(out)
+    other = RecordIndex(records_dir)
     write_records(str(tmp_path / "ok"), [_record(i) for i in range(3)])
     with pytest.raises(ValueError, match="does not match"):
-        data.pair_order(str(tmp_path / "ok"), batch_size=2, index=other)
+        pair_order(str(tmp_path / "ok"), batch_size=2, index=other)
 
 
 @pytest.mark.parametrize("seed,epoch", [(0, 0), (5, 2), (-3, 123456789012), (2**40, 7)])
@@ -375,16 +381,16 @@ def test_numpy_draws_equal_tensorflow_stateless_draws(seed, epoch):
     rng = np.random.default_rng(seed & 0xFFFF)
     index = np.concatenate([[0, 1, 2**31, -1], rng.integers(-2**62, 2**62, 40)])
     num_captions = rng.integers(1, 9, len(index))
-    draw = data._np_caption_draw(seed, epoch, index, num_captions)
-    keys = data._np_shuffle_key(seed, epoch, index, 3)
+    draw = np_caption_draw(seed, epoch, index, num_captions)
+    keys = np_shuffle_key(seed, epoch, index, 3)
     for i, (ix, n) in enumerate(zip(index, num_captions)):
-        key = data._element_key(seed, epoch, tf.constant(ix, tf.int64), data._CAPTION)
+        key = element_key(seed, epoch, tf.constant(ix, tf.int64), CAPTION)
         assert draw[i] == tf.random.stateless_uniform(
             [], key, minval=0, maxval=tf.constant(n, tf.int64), dtype=tf.int64,
-            alg=data._RNG_ALG).numpy()
-        key = data._element_key(seed, epoch, tf.constant(ix, tf.int64), data._SHUFFLE, 3)
+            alg=RNG_ALG).numpy()
+        key = element_key(seed, epoch, tf.constant(ix, tf.int64), SHUFFLE, 3)
         assert keys[i] == tf.random.stateless_uniform(
-            [], key, minval=None, maxval=None, dtype=tf.int64, alg=data._RNG_ALG).numpy()
+            [], key, minval=None, maxval=None, dtype=tf.int64, alg=RNG_ALG).numpy()
     assert 0 <= draw.min() and (draw < num_captions).all()
 
 
@@ -403,12 +409,12 @@ def test_interleaved_positions_equal_tf_data_interleave():
             return tf.data.Dataset.range(start + offset, start + count).concatenate(
                 tf.data.Dataset.range(start, start + offset))
 
-        c = min(cycle, len(counts))  # as _record_stream reads shards
+        c = min(cycle, len(counts))  # as record_stream reads shards
         ds = shards.flat_map(read) if c == 1 else shards.interleave(
             read, cycle_length=c, block_length=1, num_parallel_calls=min(c, 4),
             deterministic=True)
         expected = list(ds.as_numpy_iterator())
-        got = data._interleaved_positions(starts, counts, offsets, cycle)
+        got = _interleaved_positions(starts, counts, offsets, cycle)
         assert got.tolist() == expected, (counts, offsets, cycle)
 
 
@@ -416,11 +422,11 @@ def test_pair_order_arrays_match_pair_order(tmp_path):
     out = str(tmp_path / "uneven")
     write_records(out, [_record(i, captions=[f"image {i} caption {j}" for j in range(1 + i % 3)])
                         for i in range(29)], shard_size=6)
-    index = data.RecordIndex(out)
+    index = RecordIndex(out)
     for kw in (dict(all_captions=True, seed=2, epoch=3), dict(skip_batches=1, epoch=1)):
-        batches = list(data.pair_order(out, batch_size=4, **kw))
-        for arrays in (data.pair_order_arrays(out, batch_size=4, index=index, **kw),
-                       data.pair_order_arrays(out, batch_size=4, **kw)):
+        batches = list(pair_order(out, batch_size=4, **kw))
+        for arrays in (pair_order_arrays(out, batch_size=4, index=index, **kw),
+                       pair_order_arrays(out, batch_size=4, **kw)):
             assert arrays["image_index"].shape == (len(batches), 4)
             for k in ("image_index", "caption_index"):
                 np.testing.assert_array_equal(arrays[k], np.stack([b[k].numpy()

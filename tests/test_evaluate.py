@@ -113,7 +113,7 @@ def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
     numbers (equal to a run without a bank) and the CSLS ones equal a direct computation."""
     from dualencoder.eval import hubness as H
     from dualencoder.eval import metrics as M
-    from dualencoder.data.pipeline import read_captions
+    from dualencoder.data.annotations import read_captions
     from dualencoder.encoders.cache import embed_images, embed_texts
     from records.build import build_records
 

@@ -10,6 +10,7 @@ import pytest
 from dualencoder.cli import evaluate
 import train as train_cli
 from dualencoder.data import pipeline as data
+from dualencoder.data.annotations import read_captions
 from dualencoder.encoders import cache as embed_cache
 from dualencoder.train import runtime
 from dualencoder.train import features as F
@@ -25,7 +26,7 @@ def tower_embeddings(encoder, records):
     for batch in data.image_dataset(records, image_size=encoder.image_size, batch_size=16):
         images.append(encoder.encode_images(batch["images"].numpy()))
         index.append(batch["image_index"].numpy())
-    texts, _ = data.read_captions(records)
+    texts, _ = read_captions(records)
     return np.concatenate(images), np.concatenate(index), encoder.encode_texts(texts), texts
 
 
@@ -155,7 +156,7 @@ def test_evaluate_reuses_the_training_feature_cache(synthetic_records, tmp_path)
 
     model = dualencoder.load(os.path.join(workdir, "model"))
     img, index, txt, _ = tower_embeddings(model, synthetic_records["val"])
-    _, owner = data.read_captions(synthetic_records["val"])
+    _, owner = read_captions(synthetic_records["val"])
     row = {int(i): r for r, i in enumerate(index)}
     want = metrics.retrieval_metrics(img, txt, np.array([row[int(o)] for o in owner]))
     for direction in ("image_to_text", "text_to_image"):

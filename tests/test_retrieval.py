@@ -220,7 +220,7 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
     np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
 
     from dualencoder.eval import hubness
-    from dualencoder.data.pipeline import read_captions
+    from dualencoder.data.annotations import read_captions
 
     bank = synthetic_records["train"]
     rc = retrieval.main(["hubness", "--index", str(out), "--bank", bank, "--no-progress"])

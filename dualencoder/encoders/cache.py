@@ -146,12 +146,13 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
             return {**hit, "cached": True, "seconds": 0.0, "images_per_second": None}
 
     from dualencoder.data import pipeline as data
+    from dualencoder.data.annotations import read_labels
 
     heads = None if skip_bad else locked_heads(encoder, cache_root)
     if heads is not None:
         start = time.perf_counter()
         got = heads.records_images(records_dir, resize_method=resize_method, progress=progress)
-        labels = data.read_labels(records_dir)
+        labels = read_labels(records_dir)
         if len(labels) != len(got["image_index"]):
             raise ValueError(f"{records_dir}: {len(labels)} labels for "
                              f"{len(got['image_index'])} cached image features")
@@ -202,7 +203,7 @@ def embed_texts(encoder, texts, *, batch_size: int = 256, cache_dir=None,
 
     With locked towers the text tower runs on length-sorted batches and only the heads run
     per model; `records_dir` says that `texts` are exactly that directory's captions in record
-    order (`data.read_captions`), whose tower features training may have cached.
+    order (`annotations.read_captions`), whose tower features training may have cached.
 
     Returns:
         float32 array `[len(texts), D]`.

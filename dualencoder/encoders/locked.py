@@ -145,7 +145,7 @@ class LockedHeads:
 
     def records_captions(self, records_dir: str, texts, *, progress: bool = True):
         """Embeddings of `texts`, which must be every caption of `records_dir` in record order
-        (`data.read_captions`): (embeddings, features_path, reused)."""
+        (`annotations.read_captions`): (embeddings, features_path, reused)."""
         paths, reused = [], []
 
         def check(a):

@@ -214,7 +214,7 @@ def _map(folders, mapping):
 
 def record_labels(records_dir: str) -> np.ndarray:
     """The label of every record in record order (parses labels only; no image decoding)."""
-    from dualencoder.data import pipeline as D
+    from dualencoder.data import annotations as D
 
     return D.read_labels(records_dir)
 

@@ -102,7 +102,7 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
 def _embed_gallery(encoder, records_dir, *, resize, batch_size, cache_dir, progress) -> dict:
     """Image and caption embeddings of the gallery. Captions of skipped images are dropped;
     `owner` is the gallery row of each kept caption's image."""
-    from dualencoder.data import pipeline as D
+    from dualencoder.data import annotations as D
     from dualencoder.encoders.cache import embed_images, embed_texts
 
     texts, owner = D.read_captions(records_dir)
@@ -129,7 +129,7 @@ def _embed_gallery(encoder, records_dir, *, resize, batch_size, cache_dir, progr
 
 def _embed_bank(encoder, bank, bank_k, *, resize, batch_size, cache_dir, progress):
     """`(image embeddings, caption embeddings, description)` of a CSLS bank."""
-    from dualencoder.data import pipeline as D
+    from dualencoder.data import annotations as D
     from dualencoder.encoders.cache import embed_images, embed_texts
 
     bank_img = embed_images(encoder, bank, resize_method=resize, batch_size=batch_size,

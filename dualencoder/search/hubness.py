@@ -29,7 +29,7 @@ def read_bank_captions(bank) -> list[str]:
             raise RetrievalError(f"--bank {bank}: a folder without manifest.json; give a records "
                                  "directory (`python -m records build ...`) or a text file "
                                  "with one caption per line")
-        from dualencoder.data.pipeline import read_captions  # noqa: PLC0415 (imports TensorFlow)
+        from dualencoder.data.annotations import read_captions  # noqa: PLC0415 (imports TensorFlow)
 
         texts = read_captions(bank)[0]
     elif os.path.isfile(bank):

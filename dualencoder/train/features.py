@@ -5,7 +5,7 @@ later epoch reads the stored features. With both towers locked (LiT with a locke
 training touches only the heads and the temperature. With only the text tower locked (the
 synthetic default: a pretrained MiniLM, a CNN learning from scratch), images still flow through
 the image tower and the text features come from the cache. Batches follow exactly the order and caption choice of the uncached
-pipeline (`dualencoder.data.pipeline.pair_order`), so the loss trajectory is the same for the same seed.
+pipeline (`dualencoder.data.order.pair_order`), so the loss trajectory is the same for the same seed.
 
 Image and text features are cached separately, as `image-<key>.npz` and `text-<key>.npz` in
 `WORKDIR/features/` (or the shared `run.features_dir`). An image key hashes the records' shard
@@ -95,11 +95,11 @@ def _manifest_digest(records: str) -> dict:
 def image_key(tower_digest: str, records: str, *, image_size: int, resize_method: str,
               view: int = 0, lowres: int = 0) -> str:
     """The cache key of an image tower's outputs on `records` (see the module doc)."""
-    from dualencoder.data import pipeline as data
+    from dualencoder.data.decode import ANTIALIAS_MIN_SHRINK
 
     payload = {"version": FEATURES_VERSION, "kind": "image", **_manifest_digest(records),
                "tower": tower_digest, "image_size": int(image_size), "resize": resize_method,
-               "antialias_min_shrink": data.ANTIALIAS_MIN_SHRINK}
+               "antialias_min_shrink": ANTIALIAS_MIN_SHRINK}
     if view:
         payload["view"] = int(view)
         if lowres:
@@ -234,9 +234,9 @@ def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None,
 def compute_text_features(model, records: str, *, progress: bool = True):
     """Text-tower outputs of every caption of `records` (each distinct caption once):
     {"text_features" [M, F], "caption_image_index" [M]} with captions grouped by image."""
-    from dualencoder.data import pipeline as data
+    from dualencoder.data.annotations import read_captions
 
-    texts, owner = data.read_captions(records)
+    texts, owner = read_captions(records)
     # Each distinct caption goes through the tower once (templated captions repeat a lot).
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
     feats = encode_texts_by_length(model, [str(t) for t in unique], progress=progress)
@@ -307,7 +307,7 @@ class CachedPairs:
 
     def __init__(self, model, cfg: Config, records: str, directory: str, *, mode: str = "both",
                  log=print):
-        from dualencoder.data import pipeline as data
+        from dualencoder.data.order import RecordIndex
 
         self.cfg, self.records, self.mode = cfg, records, mode
         arrays = dict(text_features(model, cfg, records, directory, log=log))
@@ -333,7 +333,7 @@ class CachedPairs:
         self.caption_keys, self.caption_rows_np = keys, first.astype(np.int64)
         self.caption_start = _lookup(keys, first)
         # the epoch orders come from memory (the records are read here once, not per pass)
-        self.record_index = (data.RecordIndex(records)
+        self.record_index = (RecordIndex(records)
                              if mode == "both" and not cfg.data.skip_bad else None)
 
     def epoch(self, epoch: int, *, skip_batches: int = 0, images=None, num_shards: int = 1,
@@ -374,7 +374,7 @@ class CachedPairs:
         from the feature tables: no tf.data pipeline, so nothing to build or tear down per
         epoch (a single-device trainer iterates these directly; `epoch` wraps them for
         distribution strategies)."""
-        from dualencoder.data import pipeline as data
+        from dualencoder.data.order import pair_order_arrays
 
         if self.mode != "both":
             raise ValueError("host_batches needs cached image and text features (mode 'both')")
@@ -382,8 +382,8 @@ class CachedPairs:
         kw = dict(batch_size=cfg.data.batch_size // num_shards, seed=cfg.run.seed, epoch=epoch,
                   skip_batches=skip_batches, all_captions=cfg.data.all_captions,
                   num_shards=num_shards, shard_index=shard_index)
-        order = data.pair_order_arrays(self.records, index=self.record_index,
-                                       skip_bad=cfg.data.skip_bad, **kw)
+        order = pair_order_arrays(self.records, index=self.record_index,
+                                  skip_bad=cfg.data.skip_bad, **kw)
         img, text = self.arrays["image_features"], self.arrays["text_features"]
         views, per_view = self.views, len(self.arrays["image_index"])
         for ii, ci in zip(order["image_index"], order["caption_index"]):

@@ -53,7 +53,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from dualencoder.data import pipeline as data
+    from dualencoder.data import order as data_order
     from dualencoder.train import features
     from dualencoder.train import runtime
     os.makedirs(workdir, exist_ok=True)
@@ -68,7 +68,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     keras.utils.set_random_seed(cfg.run.seed)
     with strategy.scope():
         model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, data.steps_per_epoch(
+        optimizer = runtime.make_optimizer(cfg, data_order.steps_per_epoch(
             records, cfg.data.batch_size, all_captions=cfg.data.all_captions))
         optimizer.build(model.trainable_variables)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
@@ -88,8 +88,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
               if cached else None)
     step_fn = make_train_step(model, optimizer, strategy, cfg)
     shards = runtime.input_shards(strategy)
-    steps_per_epoch = data.steps_per_epoch(records, cfg.data.batch_size // shards,
-                                           all_captions=cfg.data.all_captions, num_shards=shards)
+    steps_per_epoch = data_order.steps_per_epoch(records, cfg.data.batch_size // shards,
+                                                 all_captions=cfg.data.all_captions,
+                                                 num_shards=shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 

@@ -19,6 +19,7 @@ def synthetic_report(workdir: str, cfg) -> dict:
     """Evaluate `workdir/model` on the held-out synthetic splits; returns {"text", ...}."""
     import dualencoder
     from dualencoder.data import pipeline as data
+    from dualencoder.data.annotations import class_names
     from dualencoder.eval import metrics
     from dualencoder.train import runtime
     from dualencoder.eval import zeroshot
@@ -30,7 +31,7 @@ def synthetic_report(workdir: str, cfg) -> dict:
     recall = metrics.retrieval_metrics(image_emb, text_emb, rows, ks=(1, 5, 10))
     n_images = len(image_emb)
 
-    names = data.class_names(dirs["zeroshot"])
+    names = class_names(dirs["zeroshot"])
     embs, labels = [], []
     for batch in data.image_dataset(dirs["zeroshot"], image_size=cfg.model.image_size,
                                     batch_size=64, resize_method=cfg.data.resize_method):

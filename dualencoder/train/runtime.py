@@ -190,6 +190,7 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     and/or `features.text_features` arrays, from the on-disk cache); those towers do not run.
     """
     from dualencoder.data import pipeline as data
+    from dualencoder.data.annotations import read_captions
     from dualencoder.train.features import tower_functions
 
     cache = tower_cache if tower_cache is not None else {}
@@ -219,7 +220,7 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
                                 for f in feats])
     if limit:
         image_emb, image_index = image_emb[:limit], image_index[:limit]
-    texts, owner = data.read_captions(records)
+    texts, owner = read_captions(records)
     row_of = {int(ix): row for row, ix in enumerate(image_index)}
     keep = [i for i, ix in enumerate(owner) if int(ix) in row_of]
     texts = [texts[i] for i in keep]
