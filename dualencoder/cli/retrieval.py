@@ -247,6 +247,10 @@ def cmd_hubness(args) -> int:
     return EXIT_OK
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise RetrievalError(f"--port {args.port} is not a port number")
@@ -256,7 +260,7 @@ def cmd_serve(args) -> int:
     if not args.no_csls and index.hubness_problem:
         print("warning: " + index.hubness_problem, file=sys.stderr)
     service = server.RetrievalService(index, encoder, backend=args.backend,
-                                      csls=not args.no_csls)
+                                      csls=not args.no_csls, log=_log)
     service.warmup()
     return server.serve(service, host=args.host, port=args.port)
 
