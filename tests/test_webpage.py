@@ -51,11 +51,8 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_search_page_shows_result_thumbnails(tmp_path, browser):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-
+@pytest.fixture
+def site(tmp_path):
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 10)
     enc = FakeEncoder()
@@ -65,40 +62,104 @@ def test_search_page_shows_result_thumbnails(tmp_path, browser):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        browser.get(f"http://127.0.0.1:{httpd.server_address[1]}/")
-        box = browser.find_element(By.ID, "q")
-        k = browser.find_element(By.ID, "k")
-        k.clear()
-        k.send_keys("5")
-        box.send_keys("cars on the street at night", Keys.ENTER)
-        wait = WebDriverWait(browser, 20)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "figure.result img")) == 5)
-        # Every thumbnail actually loaded (decoded by the browser, non-zero size).
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('figure.result img')]"
-            ".every(i => i.complete && i.naturalWidth > 0)"))
-        captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "figure.result figcaption")]
-        expected = service.search(q="cars on the street at night", k=5)["results"]
-        assert [c.splitlines()[0] for c in captions] == \
-            [f"{r['rank']}. {r['score']:.3f}" for r in expected]
-        assert "5 results" in browser.find_element(By.ID, "status").text
-        # An empty query is refused on the page, a bad k by the server (shown as an error).
-        box.clear()
-        box.send_keys(Keys.ENTER)
-        wait.until(lambda d: "error" in d.find_element(By.ID, "status").text)
-        browser.execute_script("document.getElementById('k').value = '0'")
-        box.send_keys("car", Keys.ENTER)
-        wait.until(lambda d: "k must be" in d.find_element(By.ID, "status").text)
-        # Clicking a thumbnail searches for similar images: that image comes first.
-        browser.execute_script("document.getElementById('k').value = '3'")
-        box.send_keys(Keys.ENTER)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "figure.result img")) == 3)
-        first = browser.find_elements(By.CSS_SELECTOR, "figure.result")[1]
-        path = first.find_element(By.TAG_NAME, "img").get_attribute("alt")
-        first.find_element(By.TAG_NAME, "img").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "figure.result img")[0]
-                   .get_attribute("alt") == path)
+        yield {"url": f"http://127.0.0.1:{httpd.server_address[1]}", "service": service,
+               "images": images}
     finally:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def _shown(driver):
+    return [(f.find_element("css selector", "figcaption").text.splitlines()[0],
+             int(f.get_attribute("data-id")))
+            for f in driver.find_elements("css selector", "figure.result")]
+
+
+def _expected(results):
+    return [(f"{r['rank']}. {r['score']:.3f}", r["id"]) for r in results]
+
+
+def _all_thumbnails_loaded(driver):
+    return driver.execute_script(
+        "return [...document.querySelectorAll('figure.result img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_search_page(site, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, service = site["url"], site["service"]
+    wait = WebDriverWait(browser, 20)
+    browser.set_window_size(1200, 900)
+    browser.get(base + "/")
+    # The start page says what the index holds.
+    wait.until(lambda d: "10 photos" in d.find_element(By.ID, "info").text)
+    assert "indexed" in browser.find_element(By.ID, "info").text
+    assert "search 10 photos" in browser.find_element(By.ID, "status").text
+
+    # A text query: results, URL state, paging with "Show more".
+    query = "cars on the street at night"
+    k = browser.find_element(By.ID, "k")
+    k.clear()
+    k.send_keys("4")
+    browser.find_element(By.ID, "q").send_keys(query, Keys.ENTER)
+    wait.until(lambda d: len(_shown(d)) == 4 and _all_thumbnails_loaded(d))
+    everything = service.search(q=query, k=10)["results"]
+    assert _shown(browser) == _expected(everything[:4])
+    assert "q=cars+on+the+street+at+night" in browser.current_url and "k=4" in browser.current_url
+    assert "Showing 4 of 10 results" in browser.find_element(By.ID, "status").text
+    more = browser.find_element(By.ID, "more")
+    for n in (8, 10):
+        more.click()
+        wait.until(lambda d, n=n: len(_shown(d)) == n)
+    assert _shown(browser) == _expected(everything) and not more.is_displayed()
+    browser.save_screenshot(str(tmp_path / "results.png"))
+
+    # A click opens the photo full size; "more like this" is a separate button.
+    first = everything[0]
+    browser.find_elements(By.CSS_SELECTOR, "figure.result img")[0].click()
+    viewer = browser.find_element(By.ID, "viewer")
+    wait.until(lambda d: viewer.is_displayed() and d.execute_script(
+        "const i = document.getElementById('full'); return i.complete && i.naturalWidth"))
+    assert browser.execute_script("return document.getElementById('full').naturalWidth") == 40
+    assert first["path"] in browser.find_element(By.ID, "full-caption").text
+    shot = tmp_path / "search_page.png"
+    browser.save_screenshot(str(shot))
+    print(f"screenshots: {shot} and {tmp_path / 'results.png'}")
+    browser.find_element(By.ID, "more-like").click()
+    wait.until(lambda d: f"similar={first['id']}" in d.current_url and len(_shown(d)) == 4)
+    assert not viewer.is_displayed()
+    similar = service.search(image_id=first["id"], k=4, exclude_self=True)["results"]
+    assert _shown(browser) == _expected(similar)
+    assert first["id"] not in [i for _, i in _shown(browser)]  # not its own first hit
+    assert browser.find_element(By.ID, "query-photo").is_displayed()
+
+    # Back and forward replay the queries of the URL.
+    browser.back()
+    wait.until(lambda d: "q=cars" in d.current_url and _shown(d) == _expected(everything[:4]))
+    assert browser.find_element(By.ID, "q").get_attribute("value") == query
+    browser.forward()
+    wait.until(lambda d: _shown(d) == _expected(similar))
+    # A shared link runs its query on load.
+    browser.get(base + "/?q=red+car&k=3")
+    wait.until(lambda d: _shown(d) == _expected(service.search(q="red car", k=3)["results"]))
+    assert browser.find_element(By.ID, "q").get_attribute("value") == "red car"
+
+    # Query by uploading a photo: the photo itself comes first.
+    index = service.index
+    photo = site["images"] / index.paths[6]
+    browser.execute_script("document.getElementById('upload').style.display = 'block'")
+    browser.find_element(By.ID, "upload").send_keys(str(photo))
+    wait.until(lambda d: "results for photo" in d.find_element(By.ID, "status").text)
+    assert _shown(browser)[0][1] == 6 and len(_shown(browser)) == 3
+
+    # Errors: an empty query on the page, a bad k from the server.
+    box = browser.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: "error" in d.find_element(By.ID, "status").text)
+    browser.get(base + "/?q=car&k=0")
+    wait.until(lambda d: "k must be" in d.find_element(By.ID, "status").text)

@@ -1,7 +1,7 @@
 """Image search with a trained dual encoder: build an embedding index, search it, serve it.
 
 ```
-python retrieval.py index  --model WORKDIR --images DIR --out INDEX [--update]
+python retrieval.py index  --model WORKDIR --images DIR --out INDEX [--update] [--follow-links]
 python retrieval.py index  --model WORKDIR --records DIR --out INDEX
 python retrieval.py search --index INDEX --query "cars on the street at night" [-k 9] [--json]
                            [--grid out.png] [--backend exact|faiss]
@@ -29,7 +29,7 @@ import sys
 
 from dualencoder.encoders import load as model_specs
 from dualencoder.search import server, store
-from dualencoder.search.build import build_index
+from dualencoder.search.build import build_index, check_out
 from dualencoder.search.errors import RetrievalError
 from dualencoder.search.grid import save_grid
 from dualencoder.search.hubness import add_hubness
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faiss", choices=["ivf", "hnsw"], default=None,
                    help="also build the faiss index (ivf recommended) and report its recall@10")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--follow-links", action="store_true",
+                   help="also index images behind symbolic links that leave the --images folder "
+                        "(skipped and counted by default)")
 
     p = sub.add_parser("search", help="top-k images for a text or image query")
     p.add_argument("--index", required=True, help="index folder")
@@ -125,12 +128,26 @@ def _open_model(index, model_arg):
     return encoder
 
 
+def _verify_records(path) -> None:
+    """Check every shard's size and checksum the way training does, before embedding."""
+    from records.schema import RecordsError  # noqa: PLC0415 (TensorFlow)
+    from records.verify import verify_records  # noqa: PLC0415
+
+    try:
+        verify_records(path)
+    except RecordsError as exc:
+        raise RetrievalError(f"--records {path}: {exc}") from None
+
+
 def cmd_index(args) -> int:
     info = _checked_spec(args.model)  # fail fast, before TensorFlow
     for flag, path in (("--images", args.images), ("--records", args.records)):
         if path is not None and not os.path.isdir(path):
             raise RetrievalError(f"{flag} {path} is not a folder")
     open_source("images" if args.images else "records", args.images or args.records)
+    check_out(args.out, args.images)
+    if args.records is not None:
+        _verify_records(args.records)
     state = store.read_state(args.out) if os.path.isdir(args.out) else None
     if state is not None:
         if info["family"] == "ours":
@@ -143,7 +160,7 @@ def cmd_index(args) -> int:
     report = build_index(
         encoder, args.out, images=args.images, records=args.records, model_path=args.model,
         update=args.update, chunk_size=args.chunk_size, batch_size=args.batch_size,
-        dtype=args.dtype, progress=not args.no_progress)
+        dtype=args.dtype, progress=not args.no_progress, follow_links=args.follow_links)
     for entry in report.skipped:
         print(f"skipped unreadable image {entry['path']}: {entry['error']}", file=sys.stderr)
     print(report.summary())
@@ -230,6 +247,10 @@ def cmd_hubness(args) -> int:
     return EXIT_OK
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise RetrievalError(f"--port {args.port} is not a port number")
@@ -239,7 +260,7 @@ def cmd_serve(args) -> int:
     if not args.no_csls and index.hubness_problem:
         print("warning: " + index.hubness_problem, file=sys.stderr)
     service = server.RetrievalService(index, encoder, backend=args.backend,
-                                      csls=not args.no_csls)
+                                      csls=not args.no_csls, log=_log)
     service.warmup()
     return server.serve(service, host=args.host, port=args.port)
 

@@ -42,17 +42,29 @@ class BuildReport:
     resumed: bool = False
     skipped: list = dataclasses.field(default_factory=list)
     encoder_calls: int = 0
+    links_skipped: int = 0
+    linked_folders_skipped: list = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         verb = "resumed" if self.resumed else "indexed"
-        return (f"{verb} {self.index_dir}: {self.total} images in the index ({self.embedded} "
-                f"embedded now, {self.kept} kept, {self.changed} changed, {self.removed} removed, "
-                f"{len(self.skipped)} unreadable skipped)")
+        lines = [f"{verb} {self.index_dir}: {self.total} images in the index ({self.embedded} "
+                 f"embedded now, {self.kept} kept, {self.changed} changed, {self.removed} "
+                 f"removed, {len(self.skipped)} unreadable skipped)"]
+        if self.links_skipped:
+            lines.append(f"{self.links_skipped} links leaving the folder skipped; "
+                         "--follow-links to include them")
+        if self.linked_folders_skipped:
+            n, names = len(self.linked_folders_skipped), self.linked_folders_skipped
+            shown = ", ".join(names[:5]) + (", ..." if n > 5 else "")
+            lines.append(f"{n} linked sub-folder{'s' if n > 1 else ''} skipped ({shown}); "
+                         "--follow-links to include them")
+        return "\n".join(lines)
 
 
 def build_index(encoder, index_dir, *, images=None, records=None, model_path=None,
                 update: bool = False, chunk_size: int = 512, batch_size: int = 32,
-                dtype: str = "float16", workers: int = 2, progress: bool = True) -> BuildReport:
+                dtype: str = "float16", workers: int = 2, progress: bool = True,
+                follow_links: bool = False) -> BuildReport:
     """Embed every image of a folder (or records directory) into an index folder.
 
     Resumes an interrupted build of the same index without redoing committed chunks. With
@@ -73,24 +85,27 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
         dtype: stored embedding type, "float16" (default) or "float32".
         workers: threads decoding images.
         progress: show a tqdm progress bar on stderr.
+        follow_links: also index images behind symbolic links that leave the folder (by
+            default they are skipped and counted in the report).
 
     Returns:
         A `BuildReport`.
 
     Raises:
-        RetrievalError: bad arguments, an index of another model or source, or an existing
-            complete index without `update`.
+        RetrievalError: bad arguments, an index of another model or source, an existing
+            complete index without `update`, or an index folder inside the image folder.
     """
-    source = _checked_source(images, records, dtype, chunk_size, batch_size)
+    source = _checked_source(images, records, dtype, chunk_size, batch_size, follow_links)
     index_dir = os.path.abspath(os.fspath(index_dir))
-    if os.path.exists(index_dir) and not os.path.isdir(index_dir):
-        raise RetrievalError(f"--out {index_dir} exists and is not a folder")
+    check_out(index_dir, images)
     report = BuildReport(index_dir=index_dir)
     state = _open_state(index_dir, encoder, source, model_path=model_path, update=update,
                         dtype=dtype, report=report)
     before = json.dumps(state, sort_keys=True) if report.resumed or state["complete"] else None
 
     listing = source.list(exclude=index_dir)
+    report.links_skipped = getattr(source, "links_skipped", 0)
+    report.linked_folders_skipped = list(getattr(source, "linked_folders_skipped", []))
     current = {it.path: (it.size, it.mtime_ns) for it in listing}
     done, obsolete = _keep_unchanged(index_dir, state, current, report)
     todo = [it for it in listing if it.path not in done]
@@ -107,7 +122,19 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
     return report
 
 
-def _checked_source(images, records, dtype, chunk_size, batch_size):
+def check_out(index_dir, images=None) -> None:
+    """Refuse an index folder that is a file, or the image folder or inside it."""
+    index_dir = os.path.abspath(os.fspath(index_dir))
+    if os.path.exists(index_dir) and not os.path.isdir(index_dir):
+        raise RetrievalError(f"--out {index_dir} exists and is not a folder")
+    if images is not None:
+        root, out = os.path.realpath(os.fspath(images)), os.path.realpath(index_dir)
+        if os.path.commonpath([root, out]) == root:
+            raise RetrievalError(f"--out {index_dir} is inside the --images folder {images}; "
+                                 "put the index in a folder of its own outside the photos")
+
+
+def _checked_source(images, records, dtype, chunk_size, batch_size, follow_links=False):
     """The image source of a build, after checking the build's arguments."""
     if (images is None) == (records is None):
         raise RetrievalError("give exactly one of --images DIR or --records DIR")
@@ -115,7 +142,9 @@ def _checked_source(images, records, dtype, chunk_size, batch_size):
         raise RetrievalError(f"dtype must be float16 or float32, not {dtype!r}")
     if chunk_size < 1 or batch_size < 1:
         raise RetrievalError("chunk_size and batch_size must be >= 1")
-    return ImageFolder(images) if images is not None else RecordsFolder(records)
+    if images is not None:
+        return ImageFolder(images, follow_links=follow_links)
+    return RecordsFolder(records)
 
 
 def _open_state(index_dir, encoder, source, *, model_path, update, dtype, report) -> dict:
@@ -123,7 +152,7 @@ def _open_state(index_dir, encoder, source, *, model_path, update, dtype, report
     source's), or a new one; `report.resumed` says whether a build was unfinished."""
     fingerprint = store.fingerprint_of(encoder)
     state = store.read_state(index_dir)
-    where = {"kind": source.kind, "path": source.root}
+    where = source.where
     if state is None:
         os.makedirs(index_dir, exist_ok=True)
         return store.new_state(fingerprint, where, model_path=model_path, dtype=dtype)
@@ -132,7 +161,7 @@ def _open_state(index_dir, encoder, source, *, model_path, update, dtype, report
             f"index {index_dir} was built by another model (fingerprint "
             f"{state['fingerprint'][:16]}, this one is {fingerprint[:16]}); write a new "
             "index with a different --out, or delete this one")
-    if state["source"] != where:
+    if (state["source"]["kind"], state["source"]["path"]) != (where["kind"], where["path"]):
         raise RetrievalError(
             f"index {index_dir} holds {state['source']['kind']} from "
             f"{state['source']['path']}, not {source.kind} from {source.root}; use another --out")
@@ -140,6 +169,7 @@ def _open_state(index_dir, encoder, source, *, model_path, update, dtype, report
         raise RetrievalError(f"index {index_dir} already exists and is complete; pass "
                              "--update to add new/changed images and drop deleted ones")
     report.resumed = not state["complete"]
+    state["source"] = where  # whether links are followed is the latest run's choice
     if model_path:  # the storage type stays the index's own (state["dtype"])
         state["model_path"] = absolute_spec(model_path)
     return state

@@ -109,7 +109,7 @@ class EmbeddingIndex:
         """The `ImageFolder` / `RecordsFolder` the images are served from."""
         if self._source is None:
             src = self.state["source"]
-            self._source = open_source(src["kind"], src["path"])
+            self._source = open_source(src["kind"], src["path"], src.get("follow_links", False))
         return self._source
 
     def searcher(self, backend: str = "exact", **options):

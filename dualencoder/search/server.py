@@ -1,15 +1,27 @@
 """A small HTTP server over an embedding index: JSON API and one web page (stdlib only).
 
-Routes (GET):
-    /                       the search page (`dualencoder/static/index.html`)
-    /search?q=TEXT&k=9      text -> image; `{"query", "k", "backend", "count", "ms", "results":
-                            [{"rank", "id", "path", "score", "url"}]}`
-    /search?id=N&k=9        image -> image, with indexed image N as the query
-    /image/N[?size=256]     the indexed image N (optionally a JPEG thumbnail of at most size px)
-    /health                 `{"ok": true, "count": N, "backend": ...}`
+Routes:
+    GET  /                      the search page (`dualencoder/search/static/index.html`)
+    GET  /search?q=TEXT&k=9     text -> image; `{"query", "k", "offset", "total", "more",
+                                "generation", "backend", "count", "ms", "results":
+                                [{"rank", "id", "path", "score", "url"}]}`
+    GET  /search?similar=N&k=9  image -> image with indexed image N as the query, N itself left
+                                out (`id=N`: the same with N included)
+         ...&offset=M           results M+1 .. M+k of the ranking (paging up to the index size)
+    POST /search/image?k=9      image -> image with the photo sent as the request body (at most
+                                10 MB; decoded in memory, never stored)
+    GET  /image/N?g=G[&size=256]  indexed image N of index generation G (a result's `url`;
+                                optionally a JPEG thumbnail of at most size px)
+    GET  /info                  `{"count", "generation", "updated", "model", ...}` for the page
+    GET  /health                `{"ok": true, "count": N, "backend": ..., "generation": G}`
 
-Bad requests answer HTTP 400 with `{"error": "..."}`; unknown routes 404; an unexpected
-failure 500 with a generic message (the traceback goes to the server log, never to clients).
+The server serves the newest complete generation of the index: a `retrieval.py index --update`
+is picked up without a restart (`dualencoder.search.service`). Image URLs name their
+generation and may be cached; without `g` they must be revalidated (ETag).
+
+Every error is JSON `{"error": "..."}`: 400 bad request, 404 unknown image or route, 405 wrong
+method, 411/413 missing length or too large an upload, 414 too long a URL, 500 an unexpected
+failure with a generic message (the traceback goes to the server log, never to clients).
 Only images of the index are served, by row id; paths are never taken from the request.
 
 Example:
@@ -22,108 +34,28 @@ threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import http.server
-import io
 import json
 import os
 import sys
-import threading
-import time
 import traceback
 import urllib.parse
 
-import numpy as np
-
 from dualencoder.search.errors import ImageAccessError, RetrievalError
-from dualencoder.search.index import check_k, check_query
+from dualencoder.search.service import MAX_K, MAX_QUERY_CHARS, RetrievalService  # noqa: F401
+from dualencoder.search.uploads import MAX_UPLOAD_BYTES, UploadTooLarge
 
-MAX_K = 200
-MAX_QUERY_CHARS = 1000
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-_IMAGE_TYPES = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png", b"BM": "image/bmp",
-                b"RI": "image/webp", b"GI": "image/gif"}
+MAX_LINE = 65536  # the stdlib's limit on a request line
 
 
-class RetrievalService:
-    """Searches an `EmbeddingIndex` with an encoder; thread-safe (the encoder runs under a lock).
+class HTTPProblem(RetrievalError):
+    """A request refused with a specific HTTP status."""
 
-    Args:
-        index: an `EmbeddingIndex`.
-        encoder: an Encoder-protocol object whose fingerprint matches the index.
-        backend: "exact" or "faiss".
-        csls: rank text queries by CSLS when the index stores hubness penalties
-            (`retrieval.py hubness`); image queries always rank by cosine.
-    """
-
-    def __init__(self, index, encoder, backend: str = "exact", csls: bool = True):
-        self.index = index
-        self.encoder = encoder
-        self.backend = backend
-        self.csls = bool(csls) and index.has_csls  # text queries rank by CSLS when stored
-        self._encode_lock = threading.Lock()
-        self.index.prepare(backend, csls=self.csls)  # searchers built now, not on a request
-
-    def warmup(self) -> None:
-        """Run one text query so that the first real request does not pay for tracing."""
-        with self._encode_lock:
-            self.encoder.encode_texts(["warm up"])
-
-    def search(self, *, q=None, image_id=None, k=9) -> dict:
-        k = check_k(k)
-        if k > MAX_K:
-            raise RetrievalError(f"k must be <= {MAX_K}")
-        t0 = time.perf_counter()
-        if image_id is not None:
-            if q is not None:
-                raise RetrievalError("give either q (text) or id (image), not both")
-            try:
-                i = int(image_id)
-            except ValueError:
-                raise RetrievalError(f"id must be an image id, not {image_id[:40]!r}") from None
-            if not 0 <= i < len(self.index):
-                raise RetrievalError(f"no image with id {i}")
-            query = self.index.embeddings[i]
-            label = {"id": i}
-        else:
-            text = check_query(q)
-            if len(text) > MAX_QUERY_CHARS:
-                raise RetrievalError(f"query longer than {MAX_QUERY_CHARS} characters")
-            with self._encode_lock:
-                query = np.asarray(self.encoder.encode_texts([text]), dtype=np.float32)
-            label = {"query": text}
-        csls = self.csls and image_id is None
-        hits = self.index.search(query, k, backend=self.backend, csls=csls)[0]
-        return {**label, "k": k, "backend": self.backend, "count": len(self.index),
-                "similarity": "csls" if csls else "cosine",
-                "ms": round((time.perf_counter() - t0) * 1e3, 2),
-                "results": [{"rank": r + 1, **h.to_dict(), "url": f"/image/{h.id}"}
-                            for r, h in enumerate(hits)]}
-
-    @functools.lru_cache(maxsize=512)  # noqa: B019 (one service per process)
-    def thumbnail(self, image_id: int, size: int) -> bytes:
-        from PIL import Image, ImageOps  # noqa: PLC0415
-
-        data, _ = self.index.image_bytes(image_id)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img = ImageOps.exif_transpose(img).convert("RGB")
-                img.thumbnail((size, size))
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG", quality=85)
-                return buf.getvalue()
-        except Exception as exc:  # noqa: BLE001 (any decoder failure)
-            raise ImageAccessError(f"image {image_id} cannot be decoded") from exc
-
-    def image(self, image_id: str, size=None) -> tuple[bytes, str]:
-        if not image_id.isdigit():
-            raise RetrievalError(f"image id must be a non-negative integer, not {image_id[:40]!r}")
-        if size is not None:
-            if not str(size).isdigit() or not 16 <= int(size) <= 1024:
-                raise RetrievalError("size must be an integer in 16..1024")
-            return self.thumbnail(int(image_id), int(size)), "image/jpeg"
-        data, _ = self.index.image_bytes(int(image_id))
-        return data, _IMAGE_TYPES.get(data[:2], "application/octet-stream")
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -131,35 +63,90 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     quiet = False
     server_version = "dualencoder-retrieval/1"
     sys_version = ""
+    timeout = 60  # seconds a client may take to send a request
 
     def log_message(self, format, *args):  # noqa: A002
         if not self.quiet:
             sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
-    def _send(self, status, body: bytes, content_type: str, cache: bool = False):
+    def _send(self, status, body: bytes, content_type: str, headers=None):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+        for key, value in (headers or {"Cache-Control": "no-store"}).items():
+            self.send_header(key, value)
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command != "HEAD" and status != 304:
             self.wfile.write(body)
 
     def _json(self, status, payload):
         self._send(status, json.dumps(payload).encode("utf-8"), "application/json; charset=utf-8")
 
+    def send_error(self, code, message=None, explain=None):
+        """The stdlib's own errors (too long a request line, bad syntax) as JSON too."""
+        del explain
+        if code == 414:
+            self._drain_request()
+            message = (f"request too long (at most {MAX_LINE // 1024} KB of URL; queries at "
+                       f"most {MAX_QUERY_CHARS} characters)")
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        short = self.responses.get(code, ("error",))[0]
+        try:
+            self._json(code, {"error": message or short})
+        except OSError:
+            pass
+
+    def _drain_request(self):
+        """Read the rest of an over-long request (bounded) so the client gets the answer
+        instead of a connection reset."""
+        try:
+            line, total = self.raw_requestline, 0
+            while not line.endswith(b"\n") and total < 16 * MAX_LINE:
+                line = self.rfile.readline(MAX_LINE)
+                total += len(line)
+                if not line:
+                    return
+            for _ in range(100):
+                if self.rfile.readline(MAX_LINE) in (b"\r\n", b"\n", b""):
+                    return
+        except OSError:
+            return
+        finally:
+            self.command, self.request_version = "GET", "HTTP/1.0"
+
     def do_HEAD(self):  # noqa: N802
         self.do_GET()
 
-    def do_POST(self):  # noqa: N802
-        self._json(405, {"error": "only GET is supported"})
-
-    do_PUT = do_DELETE = do_PATCH = do_POST
-
     def do_GET(self):  # noqa: N802
+        self._answer(self._route_get)
+
+    def do_POST(self):  # noqa: N802
+        self._answer(self._route_post)
+
+    def do_PUT(self):  # noqa: N802
+        self._answer(self._wrong_method)
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _wrong_method(self, *_):
+        self.close_connection = True
+        raise HTTPProblem(405, f"{self.command} is not supported (GET, or POST /search/image)")
+
+    def _answer(self, route):
         try:
-            self._route()
+            url = urllib.parse.urlsplit(self.path)
+            try:
+                params = urllib.parse.parse_qs(url.query, keep_blank_values=True,
+                                               strict_parsing=False, max_num_fields=20)
+            except ValueError as exc:
+                raise RetrievalError(f"bad query string: {exc}") from None
+            route(url.path, {key: values[-1] for key, values in params.items()})
+        except HTTPProblem as exc:
+            self._json(exc.status, {"error": str(exc)})
+        except UploadTooLarge as exc:
+            self._json(413, {"error": str(exc)})
         except ImageAccessError as exc:
             self._json(404, {"error": str(exc)})
         except RetrievalError as exc:
@@ -173,32 +160,71 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    def _route(self):
-        url = urllib.parse.urlsplit(self.path)
-        try:
-            params = urllib.parse.parse_qs(url.query, keep_blank_values=True,
-                                           strict_parsing=False, max_num_fields=20)
-        except ValueError as exc:
-            raise RetrievalError(f"bad query string: {exc}") from None
-        one = {key: values[-1] for key, values in params.items()}
-        path = url.path
+    def _route_get(self, path, one):
+        service = self.service
         if path in ("/", "/index.html"):
             with open(os.path.join(STATIC_DIR, "index.html"), "rb") as fh:
-                self._send(200, fh.read(), "text/html; charset=utf-8")
+                self._send(200, fh.read(), "text/html; charset=utf-8",
+                           {"Cache-Control": "no-cache"})
         elif path == "/search":
-            if "q" not in one and "id" not in one:
-                raise RetrievalError("give q=TEXT (or id=IMAGE_ID) to search")
-            self._json(200, self.service.search(q=one.get("q"), image_id=one.get("id"),
-                                                k=one.get("k", "9")))
+            self._search(one)
         elif path.startswith("/image/"):
-            data, ctype = self.service.image(urllib.parse.unquote(path[len("/image/"):]),
-                                             one.get("size"))
-            self._send(200, data, ctype, cache=True)
+            data, ctype = service.image(urllib.parse.unquote(path[len("/image/"):]),
+                                        one.get("size"), one.get("g"))
+            self._send_image(data, ctype, keyed="g" in one)
+        elif path == "/info":
+            self._json(200, service.info())
         elif path == "/health":
-            self._json(200, {"ok": True, "count": len(self.service.index),
-                             "backend": self.service.backend})
+            self._json(200, service.health())
+        elif path == "/search/image":
+            raise HTTPProblem(405, "send the photo with POST /search/image")
         else:
             self._json(404, {"error": f"no such route {path[:100]!r}"})
+
+    def _search(self, one):
+        given = [key for key in ("q", "id", "similar") if key in one]
+        if not given:
+            raise RetrievalError("give q=TEXT (or similar=IMAGE_ID) to search")
+        if len(given) > 1:
+            raise RetrievalError("give either q (text) or id (image), not both")
+        page = {"k": one.get("k", "9"), "offset": one.get("offset", "0")}
+        if "q" in one:
+            result = self.service.search(q=one["q"], **page)
+        else:
+            result = self.service.search(image_id=one.get("similar", one.get("id")),
+                                         exclude_self="similar" in one, **page)
+        self._json(200, result)
+
+    def _send_image(self, data, ctype, keyed: bool):
+        """Image bytes with an ETag; cached long when the URL names its generation."""
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"ETag": etag,
+                   "Cache-Control": "private, max-age=86400" if keyed else "no-cache"}
+        match = self.headers.get("If-None-Match", "")
+        if etag in [tag.strip() for tag in match.split(",")]:
+            self._send(304, b"", ctype, headers)
+        else:
+            self._send(200, data, ctype, headers)
+
+    def _route_post(self, path, one):
+        if path != "/search/image":
+            self._wrong_method()
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.close_connection = True
+            raise HTTPProblem(411, "send the photo with a Content-Length header")
+        if not (length.isascii() and length.isdigit()):
+            self.close_connection = True
+            raise RetrievalError(f"bad Content-Length {length[:40]!r}")
+        if int(length) > MAX_UPLOAD_BYTES:
+            self.close_connection = True  # the body is not read
+            raise UploadTooLarge(f"photo larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        data = self.rfile.read(int(length))
+        if len(data) != int(length):
+            self.close_connection = True
+            raise RetrievalError("the upload ended early")
+        self._json(200, self.service.search_image(data, k=one.get("k", "9"),
+                                                  offset=one.get("offset", "0")))
 
 
 class RetrievalHTTPServer(http.server.ThreadingHTTPServer):
@@ -221,7 +247,8 @@ def serve(service: RetrievalService, host: str = "127.0.0.1", port: int = 8000) 
     httpd = make_server(service, host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {len(service.index)} images on http://{shown}:{httpd.server_address[1]}/ "
-          "(Ctrl-C to stop)", file=sys.stderr)
+          "(Ctrl-C to stop); a committed `retrieval.py index --update` is picked up",
+          file=sys.stderr)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}, not loopback: anyone who can reach this machine "
               "can search the index and see its images", file=sys.stderr)

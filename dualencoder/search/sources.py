@@ -38,48 +38,81 @@ class Item:
 class ImageFolder:
     """Images under a folder, recursively, named by their POSIX path relative to it.
 
+    Symbolic links that lead out of the folder (file links, linked sub-folders) are skipped
+    and counted in `links_skipped` / `linked_folders_skipped` after `list()`, unless
+    `follow_links`: then they are listed and read like the files they point to.
+
     Args:
         root: the folder.
+        follow_links: include the targets of symbolic links.
     """
 
     kind = "images"
 
-    def __init__(self, root):
+    def __init__(self, root, follow_links: bool = False):
         self.root = os.path.realpath(os.fspath(root))
+        self.follow_links = bool(follow_links)
         if not os.path.isdir(self.root):
             raise RetrievalError(f"image folder {root} does not exist or is not a folder")
+        self.links_skipped = 0
+        self.linked_folders_skipped = []
+
+    @property
+    def where(self) -> dict:
+        """The source as recorded in an index's state."""
+        where = {"kind": self.kind, "path": self.root}
+        return {**where, "follow_links": True} if self.follow_links else where
 
     def list(self, exclude=None) -> list[Item]:
         """Every image file under the folder, sorted by path; `exclude` is a folder to skip."""
         exclude = os.path.realpath(exclude) if exclude else None
-        items = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            if exclude and os.path.realpath(dirpath) == exclude:
+        items, seen = [], set()
+        self.links_skipped, self.linked_folders_skipped = 0, []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=self.follow_links):
+            real = os.path.realpath(dirpath)
+            if (exclude and real == exclude) or real in seen:  # the index, or a link cycle
                 dirnames[:] = []
                 continue
+            seen.add(real)
+            if not self.follow_links:
+                for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                    self.linked_folders_skipped.append(self._rel(os.path.join(dirpath, name)))
             dirnames.sort()
             for name in filenames:
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                full = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(full)
-                except OSError:
-                    continue  # vanished or a dangling link
-                rel = os.path.relpath(full, self.root).replace(os.sep, "/")
-                items.append(Item(rel, int(st.st_size), int(st.st_mtime_ns)))
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    item = self._item(os.path.join(dirpath, name))
+                    if item is not None:
+                        items.append(item)
         items.sort(key=lambda it: it.path)
         return items
+
+    def _rel(self, full: str) -> str:
+        return os.path.relpath(full, self.root).replace(os.sep, "/")
+
+    def _item(self, full: str) -> Item | None:
+        """The `Item` of one listed file, or None (vanished, dangling, a link leaving)."""
+        if not self.follow_links and not _inside(os.path.realpath(full), self.root):
+            self.links_skipped += 1
+            return None
+        try:
+            st = os.stat(full)
+        except OSError:
+            return None  # vanished or a dangling link
+        return Item(self._rel(full), int(st.st_size), int(st.st_mtime_ns))
 
     def file_path(self, rel: str) -> str:
         """The absolute path of an indexed image, refusing anything outside the folder.
 
-        Symbolic links are resolved first, so a link pointing out of the folder is refused too.
+        Symbolic links are resolved first, so a link pointing out of the folder is refused too
+        (unless the folder follows links: then the link itself must lie in the folder).
         """
         if not rel or "\x00" in rel or os.path.isabs(rel):
             raise ImageAccessError(f"refused image path {rel!r}")
-        full = os.path.realpath(os.path.join(self.root, rel))
-        if os.path.commonpath([full, self.root]) != self.root or full == self.root:
+        if self.follow_links:
+            full = os.path.normpath(os.path.join(self.root, rel))
+        else:
+            full = os.path.realpath(os.path.join(self.root, rel))
+        if not _inside(full, self.root) or full == self.root:
             raise ImageAccessError(f"refused image path {rel!r}: outside the indexed folder")
         return full
 
@@ -91,6 +124,10 @@ class ImageFolder:
                 return fh.read()
         except OSError as exc:
             raise ImageAccessError(f"cannot read image {rel!r}: {exc.strerror or exc}") from exc
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
 
 
 class RecordsFolder:
@@ -113,6 +150,11 @@ class RecordsFolder:
         self._offsets = {}
         self._lock = threading.Lock()
         self._manifest = None
+
+    @property
+    def where(self) -> dict:
+        """The source as recorded in an index's state."""
+        return {"kind": self.kind, "path": self.root}
 
     def manifest(self) -> dict:
         if self._manifest is None:
@@ -170,17 +212,21 @@ class RecordsFolder:
             raw = fh.read(length)
         from records.schema import decode_example_py  # noqa: PLC0415
 
-        record = decode_example_py(raw)
+        try:
+            record = decode_example_py(raw)
+        except Exception as exc:  # noqa: BLE001 (protobuf raises its own DecodeError)
+            raise ImageAccessError(f"records entry {rel!r} is damaged (shard {name} changed "
+                                   "or truncated since indexing?)") from exc
         if record["index"] != int(index):
             raise ImageAccessError(f"records entry {rel!r}: shard holds index {record['index']} "
                                    "at that position (records changed since indexing?)")
         return record["image_bytes"]
 
 
-def open_source(kind: str, path):
+def open_source(kind: str, path, follow_links: bool = False):
     """An `ImageFolder` or `RecordsFolder` for `kind` in {"images", "records"}."""
     if kind == "images":
-        return ImageFolder(path)
+        return ImageFolder(path, follow_links=follow_links)
     if kind == "records":
         return RecordsFolder(path)
     raise RetrievalError(f"unknown image source kind {kind!r}")

@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import re
+import zipfile
 
 import numpy as np
 
@@ -136,9 +137,11 @@ def read_chunk(path: str, with_embeddings: bool = True) -> dict:
         raise RetrievalError(f"index folder {os.path.dirname(path)} is missing "
                              f"{os.path.basename(path)} (listed in {STATE_NAME}); rebuild the "
                              "index with `retrieval.py index`") from exc
-    except (OSError, ValueError, KeyError) as exc:
-        raise RetrievalError(f"index chunk {path} is unreadable ({exc}); rebuild the index "
-                             "with `retrieval.py index`") from exc
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise RetrievalError(f"chunk file {path} is damaged; rebuild with retrieval.py "
+                             "index") from exc
+    if not isinstance(out["paths"], np.ndarray) or out["paths"].ndim != 1:
+        raise RetrievalError(f"chunk file {path} is damaged; rebuild with retrieval.py index")
     return out
 
 

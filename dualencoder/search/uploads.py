@@ -1,0 +1,60 @@
+"""A query photo uploaded to the server: size limits and safe decoding, in memory only.
+
+The bytes are never written to disk. Only common photo formats are opened, and the image
+size is checked from its header before any pixel is decoded (a small file can claim a huge
+image: a decompression bomb).
+
+Example:
+```python
+pixels = decode_upload(request_body, size=224)     # [224, 224, 3] float32, or RetrievalError
+```
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from dualencoder.search.errors import RetrievalError
+from dualencoder.search.sources import decode_image
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 40_000_000  # 40 megapixels
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+class UploadTooLarge(RetrievalError):
+    """An upload over the byte or pixel limit (HTTP 413)."""
+
+
+def decode_upload(data: bytes, size: int) -> np.ndarray:
+    """Decode uploaded image bytes to `[size, size, 3]` float32 pixels like the indexer does.
+
+    Raises:
+        UploadTooLarge: more than `MAX_UPLOAD_BYTES` bytes or `MAX_UPLOAD_PIXELS` pixels.
+        RetrievalError: empty, or not an image of one of `FORMATS`.
+    """
+    if not data:
+        raise RetrievalError("empty upload: send the bytes of a photo (JPEG, PNG, WebP, ...)")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadTooLarge(f"photo larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            width, height = img.size  # from the header; nothing decoded yet
+    except Image.DecompressionBombError:
+        raise UploadTooLarge(f"photo of more than {MAX_UPLOAD_PIXELS // 1_000_000} "
+                             "megapixels") from None
+    except Exception:  # noqa: BLE001 (PIL raises many types for bad files)
+        raise RetrievalError("the upload is not a readable photo (JPEG, PNG, WebP, GIF, BMP, "
+                             "TIFF)") from None
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise UploadTooLarge(f"photo of {width}x{height} pixels; at most "
+                             f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
+    try:
+        return decode_image(data, size)
+    except ValueError:
+        raise RetrievalError("the upload is not a readable photo (damaged or truncated)") \
+            from None
