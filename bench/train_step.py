@@ -183,7 +183,7 @@ def keras_utils_seed():
 
 
 def text_backbone_path():
-    from dualencoder.model.towers import TextTower
+    from dualencoder.model.text_tower import TextTower
 
     return TextTower.resolve_preset(TEXT_TOWER)
 

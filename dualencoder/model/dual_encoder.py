@@ -22,7 +22,8 @@ from keras import ops
 
 from dualencoder import losses as losses_lib
 from dualencoder.model.heads import HEAD_KINDS, build_head
-from dualencoder.model.towers import DEFAULT_TEXT_TOWER, ImageTower, TextTower
+from dualencoder.model.image_tower import ImageTower
+from dualencoder.model.text_tower import DEFAULT_TEXT_TOWER, TextTower
 from dualencoder.model.layout import (CONFIG_FILE, SAVE_FORMAT, SAVE_FORMAT_VERSION, VOCAB_FILE,
                                       WEIGHTS_FILE)
 
