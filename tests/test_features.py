@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from dualencoder.model import encoding
 from dualencoder.train import features
 from dualencoder.train import runtime
 from dualencoder.testing import tiny_locked_run_config
@@ -18,9 +19,9 @@ def test_length_grouped_text_features_equal_full_length(synthetic_records):
     model = runtime.build(locked_cfg())
     texts = ["a red circle", "a small blue square to the left of a large green star " * 2,
              "star", "a yellow triangle above a purple circle", "", "circle circle circle"]
-    _, text_fn = features.tower_functions(model)
+    _, text_fn = encoding.tower_functions(model)
     full = np.asarray(text_fn(texts))
-    grouped = features.encode_texts_by_length(model, texts, batch_size=2)
+    grouped = encoding.encode_texts_by_length(model, texts, batch_size=2)
     assert grouped.shape == full.shape
     np.testing.assert_allclose(grouped, full, rtol=1e-4, atol=1e-5)
 
@@ -144,7 +145,7 @@ def test_lowres_views(synthetic_records, tmp_path):
     src = features.CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
     n = len(src.arrays["image_index"])
     feats = src.arrays["image_features"].reshape(3, n, -1)
-    image_fn, _ = features.tower_functions(model)
+    image_fn, _ = encoding.tower_functions(model)
     np.testing.assert_allclose(feats[1][:64], np.asarray(image_fn(view1)), rtol=1e-4, atol=1e-5)
     # other files than the full-resolution crop views (same view numbers)
     features.CachedPairs(model, locked_cfg("data.cached_views=3"), train, str(tmp_path),

@@ -28,7 +28,8 @@ import hashlib
 
 import numpy as np
 
-from dualencoder.train.features import encode_texts_by_length, tower_functions, variables_digest
+from dualencoder.model.encoding import encode_texts_by_length, tower_functions
+from dualencoder.train.features import variables_digest
 
 
 def combine(embeddings) -> np.ndarray:

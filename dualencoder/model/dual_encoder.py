@@ -21,6 +21,7 @@ import numpy as np
 from keras import ops
 
 from dualencoder import losses as losses_lib
+from dualencoder.model import encoding
 from dualencoder.model.heads import HEAD_KINDS, build_head
 from dualencoder.model.image_tower import ImageTower
 from dualencoder.model.text_tower import DEFAULT_TEXT_TOWER, TextTower
@@ -241,7 +242,7 @@ class DualEncoder(keras.Model):
         if self.logit_bias is not None:
             names.append("logit_bias")
         self._trackers = [keras.metrics.Mean(name=n) for n in names]
-        object.__setattr__(self, "_encode_fns", {})
+        object.__setattr__(self, "_embedding_fns", None)
         self.built = True
 
     # ------------------------------------------------------------------ config
@@ -397,25 +398,10 @@ class DualEncoder(keras.Model):
 
     # ------------------------------------------------------------------ encoding
 
-    def _encode_fn(self, kind):
-        if kind not in self._encode_fns:
-            import tensorflow as tf
-
-            if kind == "image":
-
-                def fn(images):
-                    return self.embed_from_features(self.image_features(images), None)[0]
-
-            else:
-
-                def fn(token_ids, padding_mask):
-                    feats = self.text_tower(
-                        {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
-                    )
-                    return self.embed_from_features(None, feats)[1]
-
-            self._encode_fns[kind] = tf.function(fn, reduce_retracing=True)
-        return self._encode_fns[kind]
+    def _encode_fns(self):
+        if self._embedding_fns is None:
+            object.__setattr__(self, "_embedding_fns", encoding.embedding_functions(self))
+        return self._embedding_fns
 
     def encode_images(self, images, batch_size=64):
         """L2-normalised image embeddings `[B, embed_dim]`.
@@ -424,30 +410,13 @@ class DualEncoder(keras.Model):
             images: `[B, S, S, 3]` raw pixels (uint8 or float 0..255; `S` is
                 `self.image_size`): a NumPy array, a list, or a tensor.
             batch_size: images per forward pass (at most
-                `features.image_chunk_size()` on a host without a GPU: a CPU runs
+                `encoding.image_chunk_size()` on a host without a GPU: a CPU runs
                 large CNNs faster on small batches).
 
         Returns:
             A NumPy float32 array, or a tf.Tensor when `images` is a tensor.
         """
-        import tensorflow as tf
-
-        from dualencoder.train.features import image_chunk_size
-
-        chunk = image_chunk_size()
-        batch_size = min(batch_size, chunk) if chunk else batch_size
-        as_tensor = _is_tensor(images)
-        if not as_tensor:
-            images = np.asarray(images)
-        if len(images.shape) != 4 or images.shape[-1] != 3:
-            raise ValueError(f"encode_images expects [B, S, S, 3] images, got shape {images.shape}")
-        fn = self._encode_fn("image")
-        n = int(images.shape[0])
-        outputs = [
-            fn(tf.cast(images[i : i + batch_size], tf.float32)) for i in range(0, n, batch_size)
-        ]
-        result = tf.concat(outputs, 0) if outputs else tf.zeros((0, self.embed_dim), tf.float32)
-        return result if as_tensor else result.numpy()
+        return encoding.encode_images(self, self._encode_fns()[0], images, batch_size)
 
     def encode_texts(self, texts, batch_size=256):
         """L2-normalised text embeddings `[B, embed_dim]`.
@@ -462,31 +431,7 @@ class DualEncoder(keras.Model):
             A NumPy float32 array, or a tf.Tensor when `texts` (or the token
             dict's values) are tensors.
         """
-        import tensorflow as tf
-
-        fn = self._encode_fn("text")
-        if isinstance(texts, dict):
-            as_tensor = _is_tensor(texts["token_ids"])
-            ids = tf.convert_to_tensor(texts["token_ids"])
-            mask = tf.convert_to_tensor(texts["padding_mask"])
-            n = int(ids.shape[0])
-            outputs = [
-                fn(tf.cast(ids[i : i + batch_size], tf.int32), tf.cast(mask[i : i + batch_size], tf.bool))
-                for i in range(0, n, batch_size)
-            ]
-        else:
-            as_tensor = _is_tensor(texts)
-            if isinstance(texts, str):
-                raise ValueError("encode_texts expects a list of strings, got a single str")
-            if not as_tensor:
-                texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
-            n = int(texts.shape[0]) if as_tensor else len(texts)
-            outputs = []
-            for i in range(0, n, batch_size):
-                tokens = self.tokenizer(texts[i : i + batch_size])
-                outputs.append(fn(tokens["token_ids"], tokens["padding_mask"]))
-        result = tf.concat(outputs, 0) if outputs else tf.zeros((0, self.embed_dim), tf.float32)
-        return result if as_tensor else result.numpy()
+        return encoding.encode_texts(self, self._encode_fns()[1], texts, batch_size)
 
     # ------------------------------------------------------------------ identity / io
 

@@ -190,7 +190,7 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     and/or `features.text_features` arrays, from the on-disk cache); those towers do not run.
     """
     from dualencoder.data import pipeline as data
-    from dualencoder.train.features import tower_functions
+    from dualencoder.model.encoding import tower_functions
 
     cache = tower_cache if tower_cache is not None else {}
     if "functions" not in cache:
