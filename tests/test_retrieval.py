@@ -190,12 +190,14 @@ def test_cli_process_exit_code_without_tensorflow(tmp_path):
 
 
 def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
-    """The real `DualEncoder` (tiny towers) through save_dir, index, search and its fingerprint;
+    """The real `DualEncoder` (tiny towers) through save_model, index, search and its fingerprint;
     hubness penalties against the captions of a records bank."""
     testing = pytest.importorskip("dualencoder.testing")
+    from dualencoder.model.saving import save_model
+
     model = testing.tiny_model()
     work = tmp_path / "work"
-    model.save_dir(str(work / "model"))
+    save_model(model, str(work / "model"))
     images = tmp_path / "images"
     make_images(images, 5)
     write_image(str(images / "big.png"), seed=1, size=90)  # resized to the model's image size

@@ -15,7 +15,7 @@ resizes each group from the source images instead.
 Example:
 ```python
 from dualencoder.encoders.ensemble import EnsembleEncoder
-from dualencoder.model.dual_encoder import load
+from dualencoder.model.saving import load
 ens = EnsembleEncoder([load("runs/a/model"), load("runs/b/model")])
 sims = ens.encode_images(images) @ ens.encode_texts(["a dog"]).T
 ```

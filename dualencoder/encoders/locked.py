@@ -16,7 +16,7 @@ path by itself for a model whose towers are locked. The result equals running th
 Example:
 ```python
 from dualencoder.encoders.locked import LockedHeads
-from dualencoder.model.dual_encoder import load
+from dualencoder.model.saving import load
 heads = LockedHeads.of(load("runs/f8k/recipe/model"), feature_dirs=["runs/f8k/features"])
 emb = heads.records_images("runs/f8k/records/dev", resize_method="bicubic")
 ```

@@ -1,9 +1,8 @@
 """The dual encoder: image tower + text tower + projection heads + loss.
 
-`build_model(config)` makes a `DualEncoder` from a flat config dict (see
-`DEFAULT_CONFIG`); `model.save_dir(path)` / `load(path)` persist it in a
-self-contained folder (config.json, model.weights.h5, vocab.txt) that loads
-without the original presets or weight files.
+`build_model(config)` makes a `DualEncoder` from a flat config dict (keys and defaults:
+`dualencoder.config.ModelConfig`); `dualencoder.model.saving` writes and loads it as a
+self-contained folder.
 """
 
 from __future__ import annotations
@@ -12,70 +11,26 @@ import copy
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 from keras import ops
 
 from dualencoder import losses as losses_lib
+from dualencoder.config import model_defaults
 from dualencoder.model import encoding
 from dualencoder.model.heads import HEAD_KINDS, build_head
 from dualencoder.model.image_tower import ImageTower
-from dualencoder.model.text_tower import DEFAULT_TEXT_TOWER, TextTower
-from dualencoder.model.layout import (CONFIG_FILE, SAVE_FORMAT, SAVE_FORMAT_VERSION, VOCAB_FILE,
-                                      WEIGHTS_FILE)
+from dualencoder.model.text_tower import TextTower
 
-__all__ = ["DualEncoder", "build_model", "load", "DEFAULT_CONFIG", "SAVE_FORMAT"]
-
-DEFAULT_CONFIG = {
-    # image tower: a keras.applications name or "tiny"
-    "image_tower": "xception",
-    # "imagenet" (Keras download), "none" or a local .weights.h5 / .h5 path
-    "image_weights": "imagenet",
-    "image_size": 299,
-    # "all" | "none" | N (top-N blocks)
-    "image_trainable": "all",
-    # "all-minilm-l6-v2" (local package), "tiny", a HF / keras-hub folder or
-    # preset name, or (in saved models) a dict of TextTower arguments
-    "text_tower": DEFAULT_TEXT_TOWER,
-    # "mean" | "cls" (ignored with head="attention")
-    "text_pooling": "mean",
-    # "all" | "none" | N (top-N transformer layers)
-    "text_trainable": "all",
-    "sequence_length": 64,
-    "embed_dim": 256,
-    # "mlp" (keras-io head) | "linear" | "attention" (learned-query pooling
-    # over the towers' spatial/token outputs, then a linear projection)
-    "head": "mlp",
-    "head_layers": 1,
-    "head_dropout": 0.1,
-    "attention_heads": 8,
-    # "clip" | "soft" | "siglip"
-    "loss": "clip",
-    # None | "max_violation", added with weight extra_loss_weight
-    "extra_loss": None,
-    "extra_loss_weight": 0.0,
-    "init_logit_scale": 1 / 0.07,
-    "max_logit_scale": 100.0,
-    # the temperature's learning-rate multiplier (the variable is log_logit_scale / mult, so an
-    # optimizer step moves the log scale `mult` times further; 1 = plain)
-    "logit_scale_lr_mult": 1.0,
-    # initial SigLIP bias (only used with loss="siglip"; the paper uses -10)
-    "init_logit_bias": -10.0,
-}
-
+__all__ = ["DualEncoder", "build_model"]
 
 
 def _resolve_config(config):
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    resolved = model_defaults()
+    unknown = sorted(set(config) - set(resolved))
     if unknown:
-        raise ValueError(
-            f"Unknown model config key(s) {unknown}; valid keys: {sorted(DEFAULT_CONFIG)}"
-        )
-    resolved = copy.deepcopy(DEFAULT_CONFIG)
+        raise ValueError(f"Unknown model config key(s) {unknown}; valid keys: {sorted(resolved)}")
     resolved.update(copy.deepcopy(dict(config)))
     if resolved["head"] not in HEAD_KINDS:
         raise ValueError(f"Unknown head {resolved['head']!r}; valid heads: {list(HEAD_KINDS)}")
@@ -130,7 +85,7 @@ def _top1_accuracy(similarity, image_index):
 class DualEncoder(keras.Model):
     """A CLIP-style dual encoder: image and text towers with projection heads.
 
-    Built from a flat config (`DEFAULT_CONFIG` documents every key); prefer
+    Built from a flat config (`dualencoder.config.ModelConfig` documents every key); prefer
     `build_model(config)`. Calling the model on a batch
     `{"images" [B,S,S,3] 0..255, "token_ids" [B,L], "padding_mask" [B,L], ...}`
     returns `(image_emb, text_emb)`, both `[B, embed_dim]` float32 and
@@ -148,7 +103,7 @@ class DualEncoder(keras.Model):
     "mixed_float16"); heads, embeddings and losses are float32.
 
     Args:
-        config: dict of `DEFAULT_CONFIG` keys; missing keys take the defaults.
+        config: dict of `ModelConfig` keys; missing keys take the defaults.
         name: the Keras model name.
         **overrides: more config keys, applied over `config`.
 
@@ -266,7 +221,7 @@ class DualEncoder(keras.Model):
 
         `image_weights` becomes "none" and `text_tower` the backbone's own
         architecture (the weights then come from a checkpoint); the text
-        vocabulary is left as `None` (`save_dir` writes it as vocab.txt).
+        vocabulary is left as `None` (`saving.save_model` writes it as vocab.txt).
         """
         config = self.model_config
         config["image_weights"] = "none"
@@ -438,7 +393,7 @@ class DualEncoder(keras.Model):
     def fingerprint(self):
         """Short sha256 hex of the portable config, vocabulary and all weights.
 
-        Equal for a model and its `save_dir`/`load` copy; changes with any
+        Equal for a model and its `save_model`/`load` copy; changes with any
         weight update.
         """
         digest = hashlib.sha256()
@@ -452,51 +407,6 @@ class DualEncoder(keras.Model):
             digest.update(np.ascontiguousarray(value).tobytes())
         return digest.hexdigest()[:16]
 
-    def save_dir(self, path):
-        """Save to folder `path` atomically: config.json, model.weights.h5, vocab.txt.
-
-        The folder is written under a temporary name beside `path` and renamed
-        into place (replacing an existing save), so a crash never leaves a
-        half-written model at `path`. It loads with `load(path)` without the
-        original presets or weight files.
-
-        Returns:
-            `path`.
-        """
-        path = os.path.abspath(os.fspath(path))
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-        try:
-            self.save_weights(os.path.join(tmp, WEIGHTS_FILE))
-            self.tokenizer.save_vocabulary(tmp)
-            config = self.portable_config()
-            config["text_tower"]["vocabulary"] = VOCAB_FILE
-            meta = {
-                "format": SAVE_FORMAT,
-                "format_version": SAVE_FORMAT_VERSION,
-                "config": config,
-                "fingerprint": self.fingerprint(),
-                "files": [CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE],
-                "keras_version": keras.__version__,
-            }
-            with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=2, sort_keys=True, default=str)
-                fh.flush()
-                os.fsync(fh.fileno())
-            backup = None
-            if os.path.exists(path):
-                backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-                os.rmdir(backup)
-                os.rename(path, backup)
-            os.rename(tmp, path)
-            if backup is not None:
-                shutil.rmtree(backup, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
-
 
 def _is_tensor(x):
     import tensorflow as tf
@@ -505,10 +415,10 @@ def _is_tensor(x):
 
 
 def build_model(config=None, **overrides):
-    """A `DualEncoder` from a flat config dict (missing keys: `DEFAULT_CONFIG`).
+    """A `DualEncoder` from a flat config dict (missing keys: `config.model_defaults()`).
 
     Args:
-        config: dict of `DEFAULT_CONFIG` keys.
+        config: dict of `ModelConfig` keys.
         **overrides: more keys, applied over `config`.
 
     Raises:
@@ -521,58 +431,3 @@ def build_model(config=None, **overrides):
     config = dict(config or {})
     config.update(overrides)
     return DualEncoder(**config)
-
-
-def load(path):
-    """Load a `DualEncoder` saved with `model.save_dir(path)`, or the `model/` of a training
-    workdir `path`.
-
-    Raises:
-        ValueError: when `path` is not a complete, consistent save (missing
-            files, unparsable config.json, weights that do not fit, or a
-            fingerprint mismatch), naming the problem.
-    """
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "model", CONFIG_FILE)):  # a training workdir
-        path = os.path.join(path, "model")
-    expected = f"a folder with {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE} written by DualEncoder.save_dir"
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: no such model folder (expected {expected})")
-    config_path = os.path.join(path, CONFIG_FILE)
-    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not os.path.isfile(os.path.join(path, f))]
-    if missing:
-        raise ValueError(f"{path}: missing {missing} (expected {expected})")
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{config_path}: unreadable or not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{config_path}: not a DualEncoder config (expected {expected})")
-    if meta.get("format_version", 0) > SAVE_FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path}: format_version {meta['format_version']} is newer than this "
-            f"code supports ({SAVE_FORMAT_VERSION})"
-        )
-    config = meta["config"]
-    text = config.get("text_tower")
-    if isinstance(text, dict) and text.get("vocabulary"):
-        text["vocabulary"] = os.path.join(path, text["vocabulary"])
-    try:
-        model = DualEncoder(**config)
-    except Exception as exc:
-        raise ValueError(f"{config_path}: cannot rebuild the model ({exc.__class__.__name__}: {exc})") from exc
-    weights_path = os.path.join(path, WEIGHTS_FILE)
-    try:
-        model.load_weights(weights_path)
-    except Exception as exc:
-        raise ValueError(
-            f"{weights_path}: the weights do not fit the saved config ({exc.__class__.__name__}: {exc})"
-        ) from exc
-    saved = meta.get("fingerprint")
-    if saved is not None and saved != model.fingerprint():
-        raise ValueError(
-            f"{path}: fingerprint mismatch after loading (saved {saved}, loaded "
-            f"{model.fingerprint()}): the weights or vocabulary were changed or corrupted"
-        )
-    return model

@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 
+from dualencoder.model.saving import save_model
 from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
 from records.files import atomic_write, write_json_atomic
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
@@ -175,7 +176,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
         runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
     write_best_model(model, groups["model"], workdir)
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
-        model.save_dir(os.path.join(workdir, "model"))  # no validation: keep the last model
+        save_model(model, os.path.join(workdir, "model"))  # no validation: keep the last model
     summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
                "best": state["best"], "history": state["history"],
                "cached_features": cached}
@@ -209,7 +210,7 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables
                          **{k: v for k, v in row.items() if k.startswith("val_")}}
         state["bad_epochs"] = state["plateau_wait"] = 0
         if best_variables is None:
-            model.save_dir(os.path.join(workdir, "model"))
+            save_model(model, os.path.join(workdir, "model"))
         else:
             save_variables_atomic(os.path.join(workdir, BEST_HEADS), best_variables)
     else:
@@ -347,7 +348,7 @@ def write_best_model(model, variables, workdir: str) -> None:
                               f"{len(variables)} variables; delete it and retrain")
     for variable, value in zip(variables, values):
         variable.assign(value)
-    model.save_dir(os.path.join(workdir, "model"))
+    save_model(model, os.path.join(workdir, "model"))
     os.remove(path)
 
 
