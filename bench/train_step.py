@@ -1,12 +1,12 @@
-"""Training-step throughput: `dualencoder.train.loop.make_train_step` vs the keras-io example's step,
-and cached-feature (LiT) epochs vs uncached ones.
+"""Training-step throughput: `dualencoder.train.step.make_train_step` vs the keras-io example's
+step, and cached-feature (LiT) epochs vs uncached ones.
 
 Part 1, pairs/s of one optimizer step, Xception + all-MiniLM-L6-v2, both towers fully
 fine-tuned, batch 32, at 224 and 299 px, side by side in one process on the same batch
 (random 0..255 images, real tokenized captions), timed steps interleaved (ours, ours+XLA,
 keras-io, ours, ...) so machine noise hits all of them alike; medians and ratios reported:
 
-* `ours`: `make_train_step(model, optimizer, strategy, cfg)` as `trainer.train` builds it
+* `ours`: `make_train_step(model, optimizer, strategy, cfg)` as `dualencoder.train.loop.train` builds it
   (clip loss with multi-positive targets, in-batch accuracy metrics, AdamW with warmup+cosine
   and weight-decay exclusions, float32), called the way the trainer calls it;
 * `ours_xla`: the same with `run.jit_compile=true` (the replica step compiled by XLA);
@@ -129,7 +129,7 @@ def our_variants(image_size, batch_size, *, xla=True, precision="float32", names
     import keras
 
     from dualencoder.train import runtime
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train.step import make_train_step
 
     names = names or {False: "ours", True: "ours_xla"}
     cfg = our_config(image_size, batch_size, precision=precision)
@@ -147,7 +147,7 @@ def our_variants(image_size, batch_size, *, xla=True, precision="float32", names
                                our_config(image_size, batch_size, jit=jit, precision=precision))
 
         def run(step=step):
-            # as trainer.train: every metric to a Python float after each step
+            # as train.loop.train: every metric to a Python float after each step
             metrics = {k: float(v) for k, v in step(batch).items()}
             return metrics["loss"]
 
@@ -277,7 +277,7 @@ def lit_epochs(args, log):
 
     from dualencoder.train import features
     from dualencoder.train import runtime
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train.step import make_train_step
     from records.build import build_records
     from records.schema import RecordsError
     from records.verify import verify_records

@@ -5,7 +5,7 @@ tests/test_multidevice.py. Run as a separate process (device setup must precede 
 
 MODE: "single" (default strategy), "mirrored" (two logical CPU devices), "multi_worker"
 (TF_CONFIG set by the caller; this process is worker WORKER_INDEX of two). Every mode runs
-the same global batch through `dualencoder.train.loop.make_train_step` and writes the loss and
+the same global batch through `dualencoder.train.step.make_train_step` and writes the loss and
 a digest of the updated weights.
 """
 
@@ -33,7 +33,7 @@ def main(mode, out, worker=0):
     from dualencoder.train import runtime
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train.step import make_train_step
 
     cfg = Config.from_sources(None, [
         "model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",

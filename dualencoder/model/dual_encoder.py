@@ -14,11 +14,12 @@ import math
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from dualencoder import losses as losses_lib
 from dualencoder.config import model_defaults
-from dualencoder.model import encoding
+from dualencoder.model import encoding, training_step
 from dualencoder.model.heads import HEAD_KINDS, build_head
 from dualencoder.model.image_tower import ImageTower
 from dualencoder.model.text_tower import TextTower
@@ -68,17 +69,6 @@ class MaxValue(keras.constraints.Constraint):
 def _l2_normalize(x):
     x = ops.cast(x, "float32")
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
-
-
-def _top1_accuracy(similarity, image_index):
-    """Fraction of rows whose best column shows the same image."""
-    best = ops.argmax(similarity, axis=1)
-    if image_index is None:
-        hits = ops.equal(best, ops.arange(ops.shape(similarity)[0], dtype=best.dtype))
-    else:
-        image_index = ops.reshape(image_index, (-1,))
-        hits = ops.equal(ops.take(image_index, best), image_index)
-    return ops.mean(ops.cast(hits, "float32"))
 
 
 @keras.saving.register_keras_serializable(package="dualencoder")
@@ -188,9 +178,8 @@ class DualEncoder(keras.Model):
                 name="logit_bias",
             )
         self._loss_fn = losses_lib.get_loss(self.loss_name)
-        self._extra_loss_fn = (
-            losses_lib.get_loss(c["extra_loss"]) if c["extra_loss"] is not None else None
-        )
+        extra = c["extra_loss"]
+        self._extra_loss_fn = losses_lib.get_loss(extra) if extra is not None else None
         self._extra_loss_weight = float(c["extra_loss_weight"])
 
         names = ["loss", "temperature", "logit_scale", "i2t_acc", "t2i_acc"]
@@ -252,7 +241,7 @@ class DualEncoder(keras.Model):
     def text_features(self, tokens, training=False):
         """Text tower output only. `tokens`: a token dict or a list of strings."""
         if not isinstance(tokens, dict):
-            tokens = self.tokenizer(list(tokens) if not _is_tensor(tokens) else tokens)
+            tokens = self.tokenizer(list(tokens) if not tf.is_tensor(tokens) else tokens)
         tokens = {"token_ids": tokens["token_ids"], "padding_mask": tokens["padding_mask"]}
         return self.text_tower(tokens, training=training)
 
@@ -291,22 +280,20 @@ class DualEncoder(keras.Model):
             as a hit.
         """
         scale = self.logit_scale
-        loss = self._loss_fn(
-            image_emb, text_emb, scale, image_index=image_index, bias=self.logit_bias
-        )
+        loss = self._loss_fn(image_emb, text_emb, scale, image_index=image_index,
+                             bias=self.logit_bias)
         if self._extra_loss_fn is not None and self._extra_loss_weight:
             loss = loss + self._extra_loss_weight * self._extra_loss_fn(
                 image_emb, text_emb, scale, image_index=image_index, bias=self.logit_bias
             )
-        similarity = ops.matmul(
-            ops.cast(image_emb, "float32"), ops.transpose(ops.cast(text_emb, "float32"))
-        )
+        similarity = ops.matmul(ops.cast(image_emb, "float32"),
+                                ops.transpose(ops.cast(text_emb, "float32")))
         metrics = {
             "loss": loss,
             "temperature": 1.0 / scale,
             "logit_scale": scale,
-            "i2t_acc": _top1_accuracy(similarity, image_index),
-            "t2i_acc": _top1_accuracy(ops.transpose(similarity), image_index),
+            "i2t_acc": losses_lib.top1_accuracy(similarity, image_index),
+            "t2i_acc": losses_lib.top1_accuracy(ops.transpose(similarity), image_index),
         }
         if self.logit_bias is not None:
             metrics["logit_bias"] = ops.convert_to_tensor(self.logit_bias)
@@ -325,31 +312,16 @@ class DualEncoder(keras.Model):
 
     @staticmethod
     def _unpack(data):
-        if isinstance(data, (tuple, list)):
-            data = data[0]
-        return data
+        return data[0] if isinstance(data, (tuple, list)) else data
 
     def train_step(self, data):
-        import tensorflow as tf
-
-        batch = self._unpack(data)
-        with tf.GradientTape() as tape:
-            img, txt = self(batch, training=True)
-            loss, logs = self.compute_contrastive_loss(img, txt, batch.get("image_index"))
-            if self.losses:
-                loss = loss + ops.sum([ops.cast(x, "float32") for x in self.losses])
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-        return self._update_trackers(logs)
+        """`fit`'s step: `training_step.training_step` (the training loop's step too)."""
+        metrics = training_step.training_step(self, self.optimizer, self._unpack(data))
+        return self._update_trackers(metrics)
 
     def test_step(self, data):
-        batch = self._unpack(data)
-        img, txt = self(batch, training=False)
-        _, logs = self.compute_contrastive_loss(img, txt, batch.get("image_index"))
-        return self._update_trackers(logs)
+        _, metrics = training_step.batch_loss(self, self._unpack(data), training=False)
+        return self._update_trackers(metrics)
 
     # ------------------------------------------------------------------ encoding
 
@@ -388,7 +360,7 @@ class DualEncoder(keras.Model):
         """
         return encoding.encode_texts(self, self._encode_fns()[1], texts, batch_size)
 
-    # ------------------------------------------------------------------ identity / io
+    # ------------------------------------------------------------------ identity
 
     def fingerprint(self):
         """Short sha256 hex of the portable config, vocabulary and all weights.
@@ -406,12 +378,6 @@ class DualEncoder(keras.Model):
             digest.update(str(value.dtype).encode() + str(value.shape).encode())
             digest.update(np.ascontiguousarray(value).tobytes())
         return digest.hexdigest()[:16]
-
-
-def _is_tensor(x):
-    import tensorflow as tf
-
-    return tf.is_tensor(x)
 
 
 def build_model(config=None, **overrides):

@@ -26,13 +26,9 @@ import warnings
 
 from dualencoder.model.saving import save_model
 from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
+from dualencoder.train.step import make_train_step
 from records.files import atomic_write, write_json_atomic
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
-
-
-# What a training step reads from a batch (captions and ids stay outside the compiled step).
-STEP_INPUTS = ("images", "token_ids", "padding_mask", "image_index", "image_features",
-               "text_features")
 
 
 class TrainingDiverged(RuntimeError):
@@ -228,92 +224,6 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables
         log(f"early stopping: no improvement for {state['bad_epochs']} epochs")
         return True
     return False
-
-
-def make_train_step(model, optimizer, strategy, cfg: Config):
-    """A compiled distributed step: forward, multi-positive contrastive loss on the *global*
-    batch (embeddings all-gathered across replicas), gradients (with `optim.split_loss_accum`
-    summed over micro-batches that each have their own loss; with `optim.micro_batch`, the
-    full-batch gradient by gradient caching, `dualencoder.train.grad_cache`), clipping, AdamW update."""
-    import tensorflow as tf
-
-    replicas = strategy.num_replicas_in_sync
-    accum = cfg.optim.split_loss_accum
-    train_image = cfg.model.image_trainable != "none"
-    train_text = cfg.model.text_trainable != "none"
-
-    def forward(batch):
-        # Cached features (locked towers) arrive in the batch; otherwise run the towers.
-        img_f = batch.get("image_features")
-        if img_f is None:
-            img_f = model.image_features(batch["images"], training=train_image)
-        txt_f = batch.get("text_features")
-        if txt_f is None:
-            txt_f = model.text_features({"token_ids": batch["token_ids"],
-                                         "padding_mask": batch["padding_mask"]},
-                                        training=train_text)
-        img, txt = model.embed_from_features(img_f, txt_f, training=True)
-        index = batch["image_index"]
-        if replicas > 1:
-            img, txt = gather_replicas(img), gather_replicas(txt)
-            index = tf.cast(gather_replicas(tf.cast(index, tf.float64)), tf.int64)
-        return model.compute_contrastive_loss(img, txt, index)
-
-    def replica_step(batch):
-        variables = model.trainable_variables
-        grads, metrics = None, None
-        for micro in range(accum):
-            part = batch if accum == 1 else {
-                k: tf.split(v, accum, axis=0)[micro] for k, v in batch.items()}
-            with tf.GradientTape() as tape:
-                loss, metrics = forward(part)
-                scaled = optimizer.scale_loss(loss / (replicas * accum))
-            g = tape.gradient(scaled, variables)
-            if accum > 1:  # sums of IndexedSlices (embedding rows) need dense tensors
-                g = [None if x is None else tf.convert_to_tensor(x) for x in g]
-            grads = g if grads is None else [
-                b if a is None else a if b is None else a + b for a, b in zip(grads, g)]
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        if cfg.optim.clipnorm:
-            grads, _ = tf.clip_by_global_norm(grads, cfg.optim.clipnorm)
-        optimizer.apply_gradients(zip(grads, variables))
-        return metrics
-
-    if cfg.optim.micro_batch:  # gradient caching replaces the step above
-        from dualencoder.train import grad_cache
-        replica_step = grad_cache.make_replica_step(model, optimizer, cfg, replicas,
-                                                    gather=gather_replicas)
-
-    # XLA compiles the per-replica computation; the outer function stays a plain graph.
-    run_replica = (tf.function(tf.autograph.experimental.do_not_convert(replica_step),
-                               jit_compile=True) if cfg.run.jit_compile else replica_step)
-
-    @tf.function(jit_compile=False, reduce_retracing=True)
-    def step(batch):
-        batch = {k: v for k, v in batch.items() if k in STEP_INPUTS}  # no strings into XLA
-        per_replica = strategy.run(run_replica, args=(batch,))
-        # Every replica computed the loss on the same all-gathered global batch: its metrics
-        # are identical everywhere, so the first local replica's are the global ones.
-        return {k: strategy.experimental_local_results(v)[0] for k, v in per_replica.items()}
-
-    return step
-
-
-def gather_replicas(t):
-    """Concatenate every replica's `t` along axis 0, in replica order, with gradients.
-
-    Written as an all-reduce of zero-padded blocks: `ReplicaContext.all_gather` fails under
-    MultiWorkerMirroredStrategy on CPU ("destinations can not be empty", TF 2.21), and the
-    all-reduce's gradient is the same (upstream gradients summed over replicas, then the
-    local block). Local batches must have equal sizes (the pipeline drops remainders).
-    """
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    n, i = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
-    local = tf.shape(t)[0]
-    pad = [[i * local, (n - 1 - i) * local]] + [[0, 0]] * (len(t.shape) - 1)
-    return ctx.all_reduce("SUM", tf.pad(t, pad))
 
 
 # --------------------------------------------------------------------------------------------
