@@ -59,7 +59,7 @@ def child(spec: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
     from dualencoder.train.step import make_train_step
@@ -71,8 +71,8 @@ def child(spec: dict) -> dict:
         f"data.batch_size={spec['batch']}", f"optim.micro_batch={spec['micro']}",
         "optim.warmup_steps=0"])
     keras.utils.set_random_seed(0)
-    model = runtime.build(cfg)
-    optimizer = runtime.make_optimizer(cfg, steps_per_epoch=100)
+    model = setup.build(cfg)
+    optimizer = setup.make_optimizer(cfg, steps_per_epoch=100)
     optimizer.build(model.trainable_variables)
     step = make_train_step(model, optimizer, tf.distribute.get_strategy(), cfg)
     batches = []

@@ -29,8 +29,9 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The dual encoder (see `dualencoder.model.dual_encoder.build_model`); the one table of
-    model defaults (`model_defaults()`), for training configs and `build_model` alike.
+    """The dual encoder; the one table of model defaults (`build_model` fills in `model_defaults()`).
+
+    See `dualencoder.model.dual_encoder.build_model`.
 
     image_tower: a `keras.applications` name (xception, efficientnetb0..b7, resnet50, ...) or
         "tiny" (tests). image_weights: "imagenet" (Keras download), "none" or a local weights

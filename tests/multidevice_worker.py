@@ -30,7 +30,7 @@ def main(mode, out, worker=0):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
 
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
     from dualencoder.train.step import make_train_step
@@ -48,8 +48,8 @@ def main(mode, out, worker=0):
                 "multi_worker": tf.distribute.MultiWorkerMirroredStrategy}[mode]()
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, steps_per_epoch=10)
+        model = setup.build(cfg)
+        optimizer = setup.make_optimizer(cfg, steps_per_epoch=10)
         optimizer.build(model.trainable_variables)
     # Same initial weights and the same global batch in every mode (3 images x 2-3 captions,
     # so multi-positive targets cross the replica boundary).
@@ -62,7 +62,7 @@ def main(mode, out, worker=0):
         return tf.data.Dataset.from_tensors(part)
 
     if mode == "multi_worker":
-        dataset = runtime.distribute(strategy, make)
+        dataset = setup.distribute(strategy, make)
     else:
         dataset = strategy.experimental_distribute_dataset(make(1, 0))
     step = make_train_step(model, optimizer, strategy, cfg)

@@ -217,20 +217,20 @@ def _steps(cfg, batches):
     import keras
     import tensorflow as tf
 
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.train.step import make_train_step
 
-    runtime.set_precision(cfg.run.precision)
+    setup.set_precision(cfg.run.precision)
     try:
         keras.utils.set_random_seed(0)
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, steps_per_epoch=10)
+        model = setup.build(cfg)
+        optimizer = setup.make_optimizer(cfg, steps_per_epoch=10)
         optimizer.build(model.trainable_variables)
         step = make_train_step(model, optimizer, tf.distribute.get_strategy(), cfg)
         losses = [float(step(b)["loss"]) for b in batches]
         return losses, snapshot(model.trainable_variables)
     finally:
-        runtime.set_precision("float32")
+        setup.set_precision("float32")
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
@@ -366,7 +366,7 @@ def _worker(mode, out):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
 
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
     from dualencoder.train.step import make_train_step
@@ -381,8 +381,8 @@ def _worker(mode, out):
                 else tf.distribute.get_strategy())
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, steps_per_epoch=10)
+        model = setup.build(cfg)
+        optimizer = setup.make_optimizer(cfg, steps_per_epoch=10)
         optimizer.build(model.trainable_variables)
     batch = tiny_batch(model, batch_size=8, seed=1, images_per_batch=3)
     batch = {k: tf.convert_to_tensor(v) for k, v in batch.items() if k != "caption"}

@@ -24,20 +24,17 @@ import os
 import time
 import warnings
 
+from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 from dualencoder.model.saving import save_model
 from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
 from dualencoder.train.step import make_train_step
 from records.files import atomic_write, write_json_atomic
-from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step range."""
 
 
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
 def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     """Train (or resume) in `workdir`; returns the final summary dict (also `summary.json`).
 
@@ -51,65 +48,35 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     import tensorflow as tf
 
     from dualencoder.data import pipeline as data
-    from dualencoder.train import features
-    from dualencoder.train import runtime
+    from dualencoder.train import features, setup, validation
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(cfg, workdir)
     cached = features.use_cache(cfg)  # "both", "text" or None; bad combinations fail here
-    records, val_records = runtime.resolve_records(cfg, log=log)
-    strategy = runtime.make_strategy(cfg.run.strategy)
-    if cfg.run.jit_compile and not tf.config.list_logical_devices("GPU"):
-        warnings.warn("run.jit_compile=true without a GPU: XLA on CPU compiled for minutes and "
-                      "ran ~3x slower per step in bench/train_step.py; consider turning it off")
-    runtime.set_precision(cfg.run.precision)
-    keras.utils.set_random_seed(cfg.run.seed)
-    with strategy.scope():
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, data.steps_per_epoch(
-            records, cfg.data.batch_size, all_captions=cfg.data.all_captions))
-        optimizer.build(model.trainable_variables)
+    records, val_records = setup.resolve_records(cfg, log=log)
+    strategy = setup.make_strategy(cfg.run.strategy)
+    model, optimizer = setup.model_and_optimizer(cfg, strategy, records)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
-
     ckpts = CheckpointManager(os.path.join(workdir, "checkpoints"), cfg.run.keep_checkpoints)
     groups, frozen = checkpoint_groups(model, optimizer)
-    state = restore(ckpts, groups, frozen, model, optimizer) or {
-        "step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": None,
-        "bad_epochs": 0, "plateau_wait": 0}
-    state["frozen_towers"] = frozen
-    if state["step"]:
-        log(f"resuming {workdir} from {state['checkpoint']}: epoch {state['epoch'] + 1}, "
-            f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
+    state = resume(ckpts, groups, frozen, model, optimizer, workdir, log)
 
     feature_dir = (cfg.run.features_dir or os.path.join(workdir, "features")) if cached else None
     source = (features.CachedPairs(model, cfg, records, feature_dir, mode=cached, log=log)
               if cached else None)
     step_fn = make_train_step(model, optimizer, strategy, cfg)
-    shards = runtime.input_shards(strategy)
+    shards = setup.input_shards(strategy)
     steps_per_epoch = data.steps_per_epoch(records, cfg.data.batch_size // shards,
                                            all_captions=cfg.data.all_captions, num_shards=shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-
     ledger = os.path.join(workdir, "ledger.jsonl") if cfg.run.ledger else None
-
-    def save(**extra):
-        state.update(extra)
-        ckpts.save(groups, state)
-
     val_cache: dict = {}  # frozen towers: validation features computed once per run
     plotted = (0.0, -1)  # (when, epochs drawn) of curves.png
     stop = state.get("stopped", False)
     while not stop and state["epoch"] < cfg.optim.epochs and state["step"] < max_steps:
         epoch, start = state["epoch"], state["step_in_epoch"]
-        if cached == "both" and strategy.num_replicas_in_sync == 1 and shards == 1:
-            # one device, cached features: batches straight from the host arrays. (Tearing
-            # down a tf.data iterator at every epoch's end stalled for up to 10 s on CPU.)
-            batches = (tf.nest.map_structure(tf.convert_to_tensor, b)
-                       for b in source.host_batches(epoch, skip_batches=start))
-        else:
-            batches = runtime.distribute(strategy, lambda shards, index: epoch_batches(
-                cfg, records, model, source, cached, epoch=epoch, skip_batches=start,
-                num_shards=shards, shard_index=index))
+        batches = training_batches(cfg, records, model, source, cached, strategy, shards,
+                                   epoch=epoch, skip_batches=start)
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"])
         bar.update(start)
         t0, sums, last_good = time.time(), {}, state["step"]
@@ -118,29 +85,18 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             state["step"] += 1
             state["step_in_epoch"] += 1
             if ledger:
-                ids = [int(i) for part in strategy.experimental_local_results(batch["image_index"])
-                       for i in part.numpy()]
-                with open(ledger, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": state["step"], "epoch": epoch + 1, "ids": ids,
-                                         "loss": metrics["loss"]}) + "\n")
-            if not math.isfinite(metrics["loss"]):
-                raise TrainingDiverged(
-                    f"loss became {metrics['loss']} between step {last_good + 1} and step "
-                    f"{state['step']} (epoch {epoch + 1}); the last good checkpoint "
-                    f"{ckpts.checkpoints()[-1] if ckpts.checkpoints() else '(none)'} is kept. "
-                    "Lower optim.lr, use precision float32, or set optim.clipnorm.")
+                append_ledger(ledger, state["step"], epoch, batch, metrics, strategy)
+            check_finite(metrics["loss"], state["step"], last_good, epoch, ckpts)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
             bar.update(state["step_in_epoch"], [("loss", metrics["loss"]),
                                                 ("temp", metrics["temperature"]), ("lr", lr)])
             if state["step"] % 10 == 0:
-                with tb.as_default(step=state["step"]):
-                    for k, v in metrics.items():
-                        tf.summary.scalar(f"train/{k}", v)
-                    tf.summary.scalar("train/lr", lr)
+                write_scalars(tb, state["step"], {**{f"train/{k}": v for k, v in metrics.items()},
+                                                  "train/lr": lr})
             if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
-                save()
+                ckpts.save(groups, state)
                 last_good = state["step"]
             if on_step is not None:
                 on_step(state)
@@ -151,45 +107,102 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
                "seconds": round(time.time() - t0, 2), "lr": lr,
                **{f"train_{k}": v / max(done, 1) for k, v in sums.items()}}
         if val_records:
-            row.update(runtime.validate(model, cfg, val_records, tower_cache=val_cache,
-                                        feature_dir=feature_dir, log=log))
+            row.update(validation.validate(model, cfg, val_records, tower_cache=val_cache,
+                                           feature_dir=feature_dir, log=log))
         state["history"].append(row)
         stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log,
                             best_variables=groups["model"] if frozen else None)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        with tb.as_default(step=state["step"]):
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    tf.summary.scalar(f"epoch/{k}", v)
-        save(stopped=stop)
+        write_scalars(tb, state["step"], epoch_scalars(row))
+        state["stopped"] = stop
+        ckpts.save(groups, state)
         write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
         # the curves every epoch, or every ~30 s when epochs are short (a plot costs ~1 s);
         # always once more when training ends (below)
         if time.time() - plotted[0] >= 30:
-            runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
+            validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
             plotted = (time.time(), len(state["history"]))
     if state["history"] and plotted[1] != len(state["history"]):
-        runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
-    write_best_model(model, groups["model"], workdir)
-    if not os.path.exists(os.path.join(workdir, "model", "config.json")):
-        save_model(model, os.path.join(workdir, "model"))  # no validation: keep the last model
-    summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
-               "best": state["best"], "history": state["history"],
-               "cached_features": cached}
-    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    return summary
+        validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
+    return finish(model, groups["model"], state, workdir, cached)
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces of a step and of an epoch
+# --------------------------------------------------------------------------------------------
+def resume(ckpts, groups, frozen, model, optimizer, workdir: str, log) -> dict:
+    """The training state of the newest intact checkpoint (logged), or a fresh one."""
+    state = restore(ckpts, groups, frozen, model, optimizer) or {
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": None,
+        "bad_epochs": 0, "plateau_wait": 0}
+    state["frozen_towers"] = frozen
+    if state["step"]:
+        log(f"resuming {workdir} from {state['checkpoint']}: epoch {state['epoch'] + 1}, "
+            f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
+    return state
+
+
+def training_batches(cfg, records, model, source, cached, strategy, shards, *, epoch,
+                     skip_batches):
+    """An epoch's (distributed) batches from batch `skip_batches` on."""
+    import tensorflow as tf
+
+    from dualencoder.train import setup
+
+    if cached == "both" and strategy.num_replicas_in_sync == 1 and shards == 1:
+        # one device, cached features: batches straight from the host arrays. (Tearing down a
+        # tf.data iterator at every epoch's end stalled for up to 10 s on CPU.)
+        return (tf.nest.map_structure(tf.convert_to_tensor, b)
+                for b in source.host_batches(epoch, skip_batches=skip_batches))
+    return setup.distribute(strategy, lambda num_shards, index: epoch_batches(
+        cfg, records, model, source, cached, epoch=epoch, skip_batches=skip_batches,
+        num_shards=num_shards, shard_index=index))
 
 
 def epoch_batches(cfg, records, model, source, cached, *, epoch, skip_batches, num_shards=1,
                   shard_index=0):
     """One epoch's batches for this input worker: decoded pairs, or cached features."""
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
 
     kwargs = dict(epoch=epoch, skip_batches=skip_batches, num_shards=num_shards,
                   shard_index=shard_index)
-    images = None if cached == "both" else runtime.train_dataset(
+    images = None if cached == "both" else setup.train_dataset(
         cfg, records, model.tokenizer, **kwargs)
     return source.epoch(images=images, **kwargs) if cached else images
+
+
+def append_ledger(path: str, step: int, epoch: int, batch, metrics: dict, strategy) -> None:
+    """One line of `ledger.jsonl`: the step's image ids (every local replica's) and loss."""
+    ids = [int(i) for part in strategy.experimental_local_results(batch["image_index"])
+           for i in part.numpy()]
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": step, "epoch": epoch + 1, "ids": ids,
+                             "loss": metrics["loss"]}) + "\n")
+
+
+def check_finite(loss: float, step: int, last_good: int, epoch: int, ckpts) -> None:
+    """Raise `TrainingDiverged` when the loss is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss became {loss} between step {last_good + 1} and step {step} (epoch "
+            f"{epoch + 1}); the last good checkpoint "
+            f"{ckpts.checkpoints()[-1] if ckpts.checkpoints() else '(none)'} is kept. "
+            "Lower optim.lr, use precision float32, or set optim.clipnorm.")
+
+
+def epoch_scalars(row: dict) -> dict:
+    """An epoch's history row as TensorBoard scalars (`epoch/<key>`)."""
+    return {f"epoch/{k}": v for k, v in row.items()
+            if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+
+
+def write_scalars(writer, step: int, values: dict) -> None:
+    """TensorBoard scalars at `step`."""
+    import tensorflow as tf
+
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            tf.summary.scalar(name, value)
 
 
 def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables=None) -> bool:
@@ -230,6 +243,19 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables
 # The best model of a run with frozen towers
 # --------------------------------------------------------------------------------------------
 BEST_HEADS = "best_heads.npz"
+
+
+def finish(model, variables, state: dict, workdir: str, cached) -> dict:
+    """The run's final model in `workdir/model` (the best epoch's, or the last model when
+    nothing was validated) and its summary (returned, and written to `summary.json`)."""
+    write_best_model(model, variables, workdir)
+    if not os.path.exists(os.path.join(workdir, "model", "config.json")):
+        save_model(model, os.path.join(workdir, "model"))  # no validation: keep the last model
+    summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
+               "best": state["best"], "history": state["history"],
+               "cached_features": cached}
+    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    return summary
 
 
 def save_variables_atomic(path: str, variables) -> None:
