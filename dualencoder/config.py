@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The dual encoder; the one table of model defaults (`build_model` fills in `model_defaults()`).
+    """The dual encoder; the one table of model defaults (`model_defaults()`, used by build_model).
 
     See `dualencoder.model.dual_encoder.build_model`.
 
