@@ -144,12 +144,13 @@ def bench_zeroshot(tmp):
     from dualencoder.encoders.load import load_encoder
     from dualencoder.eval.inputs import prepare_class_data
     from dualencoder.eval.zeroshot_eval import run_zeroshot
+    from dualencoder.model.saving import save_model
     from dualencoder.testing import tiny_model
 
     shared = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_dev")
     data_dir = shared if os.path.isdir(shared) else _color_folders(os.path.join(tmp, "colors"))
     model_dir = os.path.join(tmp, "work", "model")
-    tiny_model().save_dir(model_dir)
+    save_model(tiny_model(), model_dir)
     encoder, info = load_encoder(os.path.dirname(model_dir))
     data = prepare_class_data(data_dir, cache_dir=os.path.join(tmp, "cache"))
     t = time.perf_counter()

@@ -3,7 +3,7 @@ tower, at batch B without caching, B in micro-batches of M, and plain batch M.
 
 Each configuration runs in a fresh subprocess (so one's memory cannot hide another's): it builds
 the dual encoder (a `keras.applications` image tower with random weights, trained in full, at a
-reduced image size so it fits a CPU; the tiny text tower), runs `trainer.make_train_step` on
+reduced image size so it fits a CPU; the tiny text tower), runs `dualencoder.train.step.make_train_step` on
 random batches, and reports seconds per step (median of the timed steps after one warm-up step)
 and memory: the process RSS high-water mark (`ru_maxrss`, includes the TensorFlow runtime and
 the model), the RSS just before the first step, and on a GPU TensorFlow's own peak
@@ -59,10 +59,10 @@ def child(spec: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train.step import make_train_step
 
     cfg = Config.from_sources(None, [
         f"model.image_tower={spec['tower']}", "model.image_weights=none",
@@ -71,8 +71,8 @@ def child(spec: dict) -> dict:
         f"data.batch_size={spec['batch']}", f"optim.micro_batch={spec['micro']}",
         "optim.warmup_steps=0"])
     keras.utils.set_random_seed(0)
-    model = runtime.build(cfg)
-    optimizer = runtime.make_optimizer(cfg, steps_per_epoch=100)
+    model = setup.build(cfg)
+    optimizer = setup.make_optimizer(cfg, steps_per_epoch=100)
     optimizer.build(model.trainable_variables)
     step = make_train_step(model, optimizer, tf.distribute.get_strategy(), cfg)
     batches = []

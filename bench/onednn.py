@@ -4,7 +4,7 @@ TensorFlow turns oneDNN on by default only on CPUs with AVX-512 VNNI/BF16 or AMX
 command-line programs set `TF_ENABLE_ONEDNN_OPTS=1` on x86-64 (`machine.tensorflow_defaults`).
 The variable is read when TensorFlow loads, so each measurement is a fresh child process
 (this file with `--child`), the two settings alternating round by round so machine noise hits
-both alike. A child times the product's compiled tower (`features.tower_functions`: chunks of
+both alike. A child times the product's compiled tower (`encoding.tower_functions`: chunks of
 8 images on a CPU) on random images and reports images/s, its user and system CPU seconds
 and minor page faults. The table shows the medians and the ratio on/off.
 
@@ -39,12 +39,12 @@ def child(size: int, images: int, tower: str) -> dict:
     import numpy as np
     from tensorflow.python.util import _pywrap_util_port
 
-    from dualencoder.train import features
+    from dualencoder.model import encoding
     from dualencoder.model.dual_encoder import build_model
 
     model = build_model({"image_tower": tower, "image_weights": None, "image_size": size,
                          "text_tower": "tiny", "image_trainable": "none"})
-    image_fn, _ = features.tower_functions(model)
+    image_fn, _ = encoding.tower_functions(model)
     pixels = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
     np.asarray(image_fn(pixels[:16]))  # tracing, warm-up
     r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

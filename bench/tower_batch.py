@@ -3,9 +3,9 @@
 Locked-tower training and every evaluation spend most of their time in one forward pass of the
 image tower over each image. On a CPU the batch size matters: small batches keep the large
 early activations (e.g. Xception's 150x150x128 maps at 299 px) in the caches. This times, side
-by side in one process, the compiled tower (`features.tower_functions`' graph, no chunking) on
+by side in one process, the compiled tower (`encoding.tower_functions`' graph, no chunking) on
 random images for several batch sizes, and the product's `image_fn` (which runs a batch in
-chunks of `features.image_chunk_size()`: 8 without a GPU) on batches of 32, the size the
+chunks of `encoding.image_chunk_size()`: 8 without a GPU) on batches of 32, the size the
 feature cache feeds it. Rounds alternate the order of the variants so machine noise hits them
 alike; the table shows the median images/s of the rounds and the ratio to batch 32. The
 product's outputs are checked against one batch-32 call (max |difference|, float rounding).
@@ -49,14 +49,14 @@ def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
 
-    from dualencoder.train import features
-    from dualencoder import machine
+    from dualencoder.model import encoding
+    from records import machine
     from dualencoder.model.dual_encoder import build_model
 
     model = build_model({"image_tower": args.tower, "image_weights": None,
                          "image_size": args.size, "text_tower": "tiny",
                          "image_trainable": "none"})
-    image_fn, _ = features.tower_functions(model)
+    image_fn, _ = encoding.tower_functions(model)
     graph = tf.function(lambda x: model.image_features(x, training=False),
                         reduce_retracing=True)
     rng = np.random.default_rng(0)
@@ -90,7 +90,7 @@ def main(argv=None):
     diff = float(np.abs(np.asarray(image_fn(pixels)) - np.asarray(graph(pixels))).max())
     med = {k: statistics.median(v) for k, v in rates.items()}
     base = med.get("batch_32")
-    chunk = features.image_chunk_size()
+    chunk = encoding.image_chunk_size()
     cpu = machine.cpu_model()
     print(f"\nImage tower {args.tower} at {args.size} px, inference, {os.cpu_count()} CPU cores "
           f"({cpu}), "

@@ -1,12 +1,12 @@
-"""Training-step throughput: `dualencoder.train.loop.make_train_step` vs the keras-io example's step,
-and cached-feature (LiT) epochs vs uncached ones.
+"""Training-step throughput: `dualencoder.train.step.make_train_step` vs the keras-io example's
+step, and cached-feature (LiT) epochs vs uncached ones.
 
 Part 1, pairs/s of one optimizer step, Xception + all-MiniLM-L6-v2, both towers fully
 fine-tuned, batch 32, at 224 and 299 px, side by side in one process on the same batch
 (random 0..255 images, real tokenized captions), timed steps interleaved (ours, ours+XLA,
 keras-io, ours, ...) so machine noise hits all of them alike; medians and ratios reported:
 
-* `ours`: `make_train_step(model, optimizer, strategy, cfg)` as `trainer.train` builds it
+* `ours`: `make_train_step(model, optimizer, strategy, cfg)` as `dualencoder.train.loop.train` builds it
   (clip loss with multi-positive targets, in-batch accuracy metrics, AdamW with warmup+cosine
   and weight-decay exclusions, float32), called the way the trainer calls it;
 * `ours_xla`: the same with `run.jit_compile=true` (the replica step compiled by XLA);
@@ -128,17 +128,17 @@ def our_variants(image_size, batch_size, *, xla=True, precision="float32", names
     """Our model/optimizer plus one step function per variant (sharing model and optimizer)."""
     import keras
 
-    from dualencoder.train import runtime
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train import setup
+    from dualencoder.train.step import make_train_step
 
     names = names or {False: "ours", True: "ours_xla"}
     cfg = our_config(image_size, batch_size, precision=precision)
-    runtime.set_precision(precision)
+    setup.set_precision(precision)
     keras.utils.set_random_seed(0)
-    strategy = runtime.make_strategy(cfg.run.strategy)
+    strategy = setup.make_strategy(cfg.run.strategy)
     with strategy.scope():
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, steps_per_epoch=1000)
+        model = setup.build(cfg)
+        optimizer = setup.make_optimizer(cfg, steps_per_epoch=1000)
         optimizer.build(model.trainable_variables)
     batch, ref_batch = make_batches(model.tokenizer, image_size, batch_size)
     variants = []
@@ -147,7 +147,7 @@ def our_variants(image_size, batch_size, *, xla=True, precision="float32", names
                                our_config(image_size, batch_size, jit=jit, precision=precision))
 
         def run(step=step):
-            # as trainer.train: every metric to a Python float after each step
+            # as train.loop.train: every metric to a Python float after each step
             metrics = {k: float(v) for k, v in step(batch).items()}
             return metrics["loss"]
 
@@ -183,7 +183,7 @@ def keras_utils_seed():
 
 
 def text_backbone_path():
-    from dualencoder.model.towers import TextTower
+    from dualencoder.model.text_tower import TextTower
 
     return TextTower.resolve_preset(TEXT_TOWER)
 
@@ -276,8 +276,8 @@ def lit_epochs(args, log):
     import keras
 
     from dualencoder.train import features
-    from dualencoder.train import runtime
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train import setup
+    from dualencoder.train.step import make_train_step
     from records.build import build_records
     from records.schema import RecordsError
     from records.verify import verify_records
@@ -292,15 +292,15 @@ def lit_epochs(args, log):
             "model.text_trainable=none", "data.augment=false"]
     cfg_off = our_config(size, bs, extra=base + ["run.cache_features=off"])
     cfg_on = our_config(size, bs, extra=base + ["run.cache_features=on"])
-    runtime.set_precision("float32")
+    setup.set_precision("float32")
     keras.utils.set_random_seed(0)
-    strategy = runtime.make_strategy("auto")
+    strategy = setup.make_strategy("auto")
     from dualencoder.data.order import steps_per_epoch
 
     steps = steps_per_epoch(records, bs)
     with strategy.scope():
-        model = runtime.build(cfg_off)
-        optimizer = runtime.make_optimizer(cfg_off, steps)
+        model = setup.build(cfg_off)
+        optimizer = setup.make_optimizer(cfg_off, steps)
         optimizer.build(model.trainable_variables)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     feature_dir = os.path.join(args.workdir, f"lit_features_{os.getpid()}")
@@ -317,7 +317,7 @@ def lit_epochs(args, log):
         if cached:
             batches, step = source.epoch(epoch), step_on
         else:
-            batches, step = runtime.train_dataset(cfg_off, records, model.tokenizer,
+            batches, step = setup.train_dataset(cfg_off, records, model.tokenizer,
                                                   epoch=epoch), step_off
         n, in_steps = 0, 0.0
         for batch in strategy.experimental_distribute_dataset(batches):
@@ -426,9 +426,9 @@ def gpu_rows(args, log):
                          "device": tf.config.list_physical_devices("GPU")[0].name})
             del model, optimizer, variants
             gc.collect()
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
 
-    runtime.set_precision("float32")
+    setup.set_precision("float32")
     return rows, None
 
 

@@ -29,19 +29,26 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The dual encoder (see `dualencoder.model.dual_encoder.build_model`).
+    """The dual encoder; the one table of model defaults (`model_defaults()`, used by build_model).
+
+    See `dualencoder.model.dual_encoder.build_model`.
 
     image_tower: a `keras.applications` name (xception, efficientnetb0..b7, resnet50, ...) or
-        "tiny" (tests). image_weights: "imagenet", "none" or a local weights file.
-    image_size: square input size in pixels. image_trainable: "all", "none" or an int N (top-N
-        blocks). text_tower: a keras-hub preset name, a local folder, "tiny", or "" for the
-        installed MiniLM package. text_pooling: "mean" or "cls". text_trainable: like
-        image_trainable, in transformer layers. sequence_length: tokens per caption.
+        "tiny" (tests). image_weights: "imagenet" (Keras download), "none" or a local weights
+        file. image_size: square input size in pixels. image_trainable: "all", "none" or an int
+        N (top-N blocks). text_tower: "all-minilm-l6-v2" (the installed MiniLM package, also
+        ""), a keras-hub preset name, a local Hugging Face / keras-hub folder, "tiny", or (in
+        saved models) a dict of TextTower arguments. text_pooling: "mean" or "cls" (ignored
+        with head="attention"). text_trainable: like image_trainable, in transformer layers.
+        sequence_length: tokens per caption.
     embed_dim: shared space size. head: "mlp" (seed design), "linear" or "attention" (learned
-        query pooling over spatial/token outputs); head_layers, head_dropout, attention_heads. loss: "clip", "soft" or "siglip"; extra_loss: None or "max_violation"
-        with extra_loss_weight. init_logit_scale / max_logit_scale: temperature init and clamp;
-        logit_scale_lr_mult: the temperature's learning-rate multiplier (short runs: 10-50);
-        init_logit_bias: SigLIP's bias init.
+        query pooling over spatial/token outputs, then a linear projection); head_layers,
+        head_dropout, attention_heads. loss: "clip", "soft" or "siglip"; extra_loss: None or
+        "max_violation" with extra_loss_weight. init_logit_scale / max_logit_scale: temperature
+        init and clamp; logit_scale_lr_mult: the temperature's learning-rate multiplier (the
+        variable is log_logit_scale / mult, so an optimizer step moves the log scale `mult`
+        times further; 1 = plain; short runs: 10-50); init_logit_bias: SigLIP's bias init (the
+        paper uses -10).
     """
 
     image_tower: str = "xception"
@@ -189,6 +196,11 @@ _RETIRED = {"optim.grad_accum": (
     "optim.grad_accum is gone: use optim.micro_batch=M (gradient caching: the exact gradient "
     "of the full-batch loss, B/M micro-batches) or optim.split_loss_accum=N (the old "
     "behaviour: a loss per micro-batch of B/N, trains like batch B/N)")}
+
+
+def model_defaults() -> dict:
+    """Every model key with its default (a fresh dict): what `build_model` fills in."""
+    return dataclasses.asdict(ModelConfig())
 
 
 def _parse_value(text: str) -> Any:

@@ -32,6 +32,7 @@ __all__ = [
     "max_violation_loss",
     "positive_mask",
     "group_ids",
+    "top1_accuracy",
     "get_loss",
     "LOSSES",
 ]
@@ -256,6 +257,18 @@ def max_violation_loss(
     cost_text = ops.relu(margin + hardest_text - positive_scores)
     cost_image = ops.relu(margin + hardest_image - positive_scores)
     return ops.mean(cost_text + cost_image)
+
+
+def top1_accuracy(similarity, image_index):
+    """In-batch top-1 retrieval accuracy: the fraction of rows of `similarity` whose best
+    column shows the same image (`image_index`; None = the diagonal)."""
+    best = ops.argmax(similarity, axis=1)
+    if image_index is None:
+        hits = ops.equal(best, ops.arange(ops.shape(similarity)[0], dtype=best.dtype))
+    else:
+        image_index = ops.reshape(image_index, (-1,))
+        hits = ops.equal(ops.take(image_index, best), image_index)
+    return ops.mean(ops.cast(hits, "float32"))
 
 
 LOSSES = {

@@ -29,7 +29,7 @@ TINY_CAPTIONS = (
 def tiny_config(**overrides):
     """A model config with tiny towers: "tiny" CNN at 32 px, "tiny" BERT
     (2 layers, hidden 32, tokenizer.tiny_vocabulary()), sequence length 16,
-    16-d embeddings, no downloads. Keys of `model.DEFAULT_CONFIG` override."""
+    16-d embeddings, no downloads. Keys of `config.ModelConfig` override."""
     config = {
         "image_tower": "tiny",
         "image_weights": "none",

@@ -5,7 +5,7 @@ tests/test_multidevice.py. Run as a separate process (device setup must precede 
 
 MODE: "single" (default strategy), "mirrored" (two logical CPU devices), "multi_worker"
 (TF_CONFIG set by the caller; this process is worker WORKER_INDEX of two). Every mode runs
-the same global batch through `dualencoder.train.loop.make_train_step` and writes the loss and
+the same global batch through `dualencoder.train.step.make_train_step` and writes the loss and
 a digest of the updated weights.
 """
 
@@ -30,10 +30,10 @@ def main(mode, out, worker=0):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
 
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train.step import make_train_step
 
     cfg = Config.from_sources(None, [
         "model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",
@@ -48,8 +48,8 @@ def main(mode, out, worker=0):
                 "multi_worker": tf.distribute.MultiWorkerMirroredStrategy}[mode]()
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, steps_per_epoch=10)
+        model = setup.build(cfg)
+        optimizer = setup.make_optimizer(cfg, steps_per_epoch=10)
         optimizer.build(model.trainable_variables)
     # Same initial weights and the same global batch in every mode (3 images x 2-3 captions,
     # so multi-positive targets cross the replica boundary).
@@ -62,7 +62,7 @@ def main(mode, out, worker=0):
         return tf.data.Dataset.from_tensors(part)
 
     if mode == "multi_worker":
-        dataset = runtime.distribute(strategy, make)
+        dataset = setup.distribute(strategy, make)
     else:
         dataset = strategy.experimental_distribute_dataset(make(1, 0))
     step = make_train_step(model, optimizer, strategy, cfg)

@@ -5,6 +5,7 @@ import pytest
 
 from dualencoder.encoders import load as load_lib
 from dualencoder.encoders.ensemble import EnsembleEncoder, resize_images
+from dualencoder.model.saving import save_model
 from dualencoder.testing import TINY_CAPTIONS, same_towers_new_heads, tiny_model
 
 
@@ -67,7 +68,7 @@ def test_cross_resolution_ensemble(trainable):
 
 def test_ensemble_spec(tmp_path):
     a, b = locked_pair()
-    a.save_dir(str(tmp_path / "a")), b.save_dir(str(tmp_path / "b"))
+    save_model(a, str(tmp_path / "a")), save_model(b, str(tmp_path / "b"))
     spec = f"ensemble:{tmp_path / 'a'},{tmp_path / 'b'}"
     info = load_lib.check_model_spec(spec)
     assert info["family"] == "ensemble" and len(info["members"]) == 2

@@ -26,10 +26,11 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_workdir(tmp_path_factory):
     """A training workdir holding a saved tiny model in model/."""
+    from dualencoder.model.saving import save_model
     from dualencoder.testing import tiny_model
 
     work = tmp_path_factory.mktemp("work")
-    tiny_model().save_dir(str(work / "model"))
+    save_model(tiny_model(), str(work / "model"))
     return str(work)
 
 

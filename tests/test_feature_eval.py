@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from dualencoder.cli import evaluate
-import train as train_cli
+from dualencoder.cli import train as train_cli
 from dualencoder.data import pipeline as data
 from dualencoder.data.annotations import read_captions
 from dualencoder.encoders import cache as embed_cache
-from dualencoder.train import runtime
+from dualencoder.train import setup
+from dualencoder.train import validation
 from dualencoder.train import features as F
 from dualencoder.encoders.ensemble import EnsembleEncoder
 from dualencoder.encoders.locked import LockedHeads, model_feature_dirs
@@ -31,14 +32,14 @@ def tower_embeddings(encoder, records):
 
 
 def second_head(model, cfg):
-    return same_towers_new_heads(model, runtime.build(cfg), seed=3, scale=0.3)
+    return same_towers_new_heads(model, setup.build(cfg), seed=3, scale=0.3)
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
 def test_heads_on_cached_features_equal_the_towers(synthetic_records, tmp_path, ensemble,
                                                   monkeypatch):
     cfg = locked_cfg()
-    model = runtime.build(cfg)
+    model = setup.build(cfg)
     encoder = EnsembleEncoder([model, second_head(model, cfg)]) if ensemble else model
     val = synthetic_records["val"]
     want_img, want_index, want_txt, texts = tower_embeddings(encoder, val)
@@ -74,8 +75,8 @@ def test_heads_on_cached_features_equal_the_towers(synthetic_records, tmp_path, 
 def test_cross_resolution_ensemble_reads_one_feature_file_per_size(synthetic_records,
                                                                     tmp_path):
     cfg = locked_cfg()
-    model = runtime.build(cfg)
-    big = same_towers_new_heads(model, runtime.build(locked_cfg("model.image_size=48")), seed=5)
+    model = setup.build(cfg)
+    big = same_towers_new_heads(model, setup.build(locked_cfg("model.image_size=48")), seed=5)
     encoder = EnsembleEncoder([model, second_head(model, cfg), big])
     val = synthetic_records["val"]
     heads = LockedHeads.of(encoder, write_dir=str(tmp_path / "store"))
@@ -96,9 +97,9 @@ def test_cross_resolution_ensemble_reads_one_feature_file_per_size(synthetic_rec
 
 def test_training_features_are_found_by_content(synthetic_records, tmp_path):
     cfg = locked_cfg()
-    model = runtime.build(cfg)
+    model = setup.build(cfg)
     val = synthetic_records["val"]
-    runtime.validate(model, cfg, val, feature_dir=str(tmp_path / "train_feats"),
+    validation.validate(model, cfg, val, feature_dir=str(tmp_path / "train_feats"),
                      log=lambda *_: None)  # how training caches validation features
     heads = LockedHeads.of(model, feature_dirs=[str(tmp_path / "train_feats")])
     got = heads.records_images(val, resize_method=cfg.data.resize_method, progress=False)
@@ -111,11 +112,11 @@ def test_training_features_are_found_by_content(synthetic_records, tmp_path):
 
 
 def test_not_for_trained_towers_or_attention_heads():
-    assert LockedHeads.of(runtime.build(locked_cfg("model.image_trainable=all"))) is None
-    assert LockedHeads.of(runtime.build(locked_cfg("model.head=attention"))) is None
+    assert LockedHeads.of(setup.build(locked_cfg("model.image_trainable=all"))) is None
+    assert LockedHeads.of(setup.build(locked_cfg("model.head=attention"))) is None
     assert LockedHeads.of(object()) is None
     cfg = locked_cfg()
-    model = runtime.build(cfg)
+    model = setup.build(cfg)
     other = second_head(model, cfg)
     assert LockedHeads.of(EnsembleEncoder([model, other])) is not None
     w = other.image_tower.weights[0]
@@ -123,7 +124,7 @@ def test_not_for_trained_towers_or_attention_heads():
     heads = LockedHeads.of(EnsembleEncoder([model, other]))
     assert [idx for _, idx in heads.groups["image"]] == [[0], [1]]
     assert [idx for _, idx in heads.groups["text"]] == [[0, 1]]
-    trained = runtime.build(locked_cfg("model.image_trainable=all"))
+    trained = setup.build(locked_cfg("model.image_trainable=all"))
     assert LockedHeads.of(EnsembleEncoder([model, trained])) is None
 
 
@@ -166,7 +167,7 @@ def test_evaluate_reuses_the_training_feature_cache(synthetic_records, tmp_path)
 
 
 def test_embed_cache_without_locked_towers_runs_the_encoder(synthetic_records, tmp_path):
-    model = runtime.build(locked_cfg("model.image_trainable=all"))
+    model = setup.build(locked_cfg("model.image_trainable=all"))
     got = embed_cache.embed_images(model, synthetic_records["val"], cache_dir=False,
                                    progress=False)
     assert got["tower_features"] is None

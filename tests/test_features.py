@@ -6,8 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from dualencoder.model import encoding
 from dualencoder.train import features
-from dualencoder.train import runtime
+from dualencoder.train import setup
+from dualencoder.train import validation
 from dualencoder.testing import tiny_locked_run_config
 
 
@@ -15,18 +17,18 @@ locked_cfg = tiny_locked_run_config
 
 
 def test_length_grouped_text_features_equal_full_length(synthetic_records):
-    model = runtime.build(locked_cfg())
+    model = setup.build(locked_cfg())
     texts = ["a red circle", "a small blue square to the left of a large green star " * 2,
              "star", "a yellow triangle above a purple circle", "", "circle circle circle"]
-    _, text_fn = features.tower_functions(model)
+    _, text_fn = encoding.tower_functions(model)
     full = np.asarray(text_fn(texts))
-    grouped = features.encode_texts_by_length(model, texts, batch_size=2)
+    grouped = encoding.encode_texts_by_length(model, texts, batch_size=2)
     assert grouped.shape == full.shape
     np.testing.assert_allclose(grouped, full, rtol=1e-4, atol=1e-5)
 
 
 def test_image_and_text_caches_are_separate_files(synthetic_records, tmp_path):
-    model = runtime.build(locked_cfg())
+    model = setup.build(locked_cfg())
     train = synthetic_records["train"]
     logs = []
     a = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=logs.append)
@@ -45,7 +47,7 @@ def test_image_and_text_caches_are_separate_files(synthetic_records, tmp_path):
 
 
 def test_damaged_cache_file_is_recomputed(synthetic_records, tmp_path):
-    model = runtime.build(locked_cfg())
+    model = setup.build(locked_cfg())
     train = synthetic_records["train"]
     a = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
     image_file = next(p for p in os.listdir(tmp_path) if p.startswith("image-"))
@@ -59,20 +61,20 @@ def test_damaged_cache_file_is_recomputed(synthetic_records, tmp_path):
 @pytest.mark.parametrize("val_subset", [0, 50])
 def test_validation_from_disk_cache_matches_towers(synthetic_records, tmp_path, val_subset):
     cfg = locked_cfg(f"run.val_subset={val_subset}")
-    model = runtime.build(cfg)
+    model = setup.build(cfg)
     val = synthetic_records["val"]
-    expected = runtime.validate(model, cfg, val)
-    got = runtime.validate(model, cfg, val, feature_dir=str(tmp_path), log=lambda *_: None)
+    expected = validation.validate(model, cfg, val)
+    got = validation.validate(model, cfg, val, feature_dir=str(tmp_path), log=lambda *_: None)
     assert sorted(os.listdir(tmp_path))  # the validation features were cached
     for key in expected:
         assert got[key] == pytest.approx(expected[key], abs=1e-3), key
-    again = runtime.validate(model, cfg, val, feature_dir=str(tmp_path), log=lambda *_: None)
+    again = validation.validate(model, cfg, val, feature_dir=str(tmp_path), log=lambda *_: None)
     assert again == pytest.approx(got)
 
 
 def test_cached_views_rotate_per_epoch(synthetic_records, tmp_path):
     cfg = locked_cfg("data.cached_views=3", "run.seed=5")
-    model = runtime.build(cfg)
+    model = setup.build(cfg)
     train = synthetic_records["train"]
     src = features.CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
     assert sum(n.startswith("image-") for n in os.listdir(tmp_path)) == 3
@@ -140,11 +142,11 @@ def test_lowres_views(synthetic_records, tmp_path):
     # view 2 is its full-resolution counterpart's crop, only blurred: closer to it than to
     # the uncropped low-res view
     assert np.abs(view2 - crop2).mean() < np.abs(view1.numpy() - crop2).mean()
-    model = runtime.build(cfg)
+    model = setup.build(cfg)
     src = features.CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
     n = len(src.arrays["image_index"])
     feats = src.arrays["image_features"].reshape(3, n, -1)
-    image_fn, _ = features.tower_functions(model)
+    image_fn, _ = encoding.tower_functions(model)
     np.testing.assert_allclose(feats[1][:64], np.asarray(image_fn(view1)), rtol=1e-4, atol=1e-5)
     # other files than the full-resolution crop views (same view numbers)
     features.CachedPairs(model, locked_cfg("data.cached_views=3"), train, str(tmp_path),

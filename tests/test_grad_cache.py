@@ -40,23 +40,19 @@ def _batch(model, seed=0):
     return {k: tf.convert_to_tensor(v) for k, v in batch.items() if k != "caption"}
 
 
-def _flags(model):
-    return dict(train_image=not model.image_tower.frozen, train_text=not model.text_tower.frozen)
-
-
 def reference_gradients(model, batch, chunks=1):
     """The plain step's gradients under one tape: the towers run on `chunks` consecutive
     slices (1 = the whole batch at once), the loss on the concatenated embeddings."""
     import tensorflow as tf
 
-    from dualencoder.train.grad_cache import embed
+    from dualencoder.model.training_step import embed_batch
 
     @tf.function
     def fn(batch):
         with tf.GradientTape() as tape:
             size = B // chunks
-            outs = [embed(model, {k: v[i * size:(i + 1) * size] for k, v in batch.items()},
-                          **_flags(model)) for i in range(chunks)]
+            outs = [embed_batch(model, {k: v[i * size:(i + 1) * size] for k, v in batch.items()})
+                    for i in range(chunks)]
             img = tf.concat([o[0] for o in outs], 0)
             txt = tf.concat([o[1] for o in outs], 0)
             loss, _ = model.compute_contrastive_loss(img, txt, batch["image_index"])
@@ -73,7 +69,7 @@ def cached(model, batch, k=K):
 
     from dualencoder.train.grad_cache import cached_gradients
 
-    fn = tf.function(lambda b: cached_gradients(model, b, k, **_flags(model)))
+    fn = tf.function(lambda b: cached_gradients(model, b, k))
     grads, metrics = fn(batch)
     return [g.numpy() for g in grads], float(metrics["loss"])
 
@@ -173,7 +169,7 @@ def test_split_loss_accumulation_is_not_the_full_batch_gradient():
     only its micro-batch's negatives."""
     import tensorflow as tf
 
-    from dualencoder.train.grad_cache import embed
+    from dualencoder.model.training_step import embed_batch
 
     model = _build()
     batch = _batch(model)
@@ -183,7 +179,7 @@ def test_split_loss_accumulation_is_not_the_full_batch_gradient():
         total = 0.0
         for i in range(K):
             part = {k: v[i * m:(i + 1) * m] for k, v in batch.items()}
-            img, txt = embed(model, part, **_flags(model))
+            img, txt = embed_batch(model, part)
             total += model.compute_contrastive_loss(img, txt, part["image_index"])[0] / K
     split = [tf.zeros_like(v).numpy() if g is None else tf.convert_to_tensor(g).numpy()
              for g, v in zip(tape.gradient(total, model.trainable_variables),
@@ -221,20 +217,20 @@ def _steps(cfg, batches):
     import keras
     import tensorflow as tf
 
-    from dualencoder.train import runtime
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train import setup
+    from dualencoder.train.step import make_train_step
 
-    runtime.set_precision(cfg.run.precision)
+    setup.set_precision(cfg.run.precision)
     try:
         keras.utils.set_random_seed(0)
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, steps_per_epoch=10)
+        model = setup.build(cfg)
+        optimizer = setup.make_optimizer(cfg, steps_per_epoch=10)
         optimizer.build(model.trainable_variables)
         step = make_train_step(model, optimizer, tf.distribute.get_strategy(), cfg)
         losses = [float(step(b)["loss"]) for b in batches]
         return losses, snapshot(model.trainable_variables)
     finally:
-        runtime.set_precision("float32")
+        setup.set_precision("float32")
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
@@ -370,10 +366,10 @@ def _worker(mode, out):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
 
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.config import Config
     from dualencoder.testing import tiny_batch
-    from dualencoder.train.loop import make_train_step
+    from dualencoder.train.step import make_train_step
 
     micro = 2 if mode == "mirrored" else 0
     cfg = Config.from_sources(None, [
@@ -385,8 +381,8 @@ def _worker(mode, out):
                 else tf.distribute.get_strategy())
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, steps_per_epoch=10)
+        model = setup.build(cfg)
+        optimizer = setup.make_optimizer(cfg, steps_per_epoch=10)
         optimizer.build(model.trainable_variables)
     batch = tiny_batch(model, batch_size=8, seed=1, images_per_batch=3)
     batch = {k: tf.convert_to_tensor(v) for k, v in batch.items() if k != "caption"}

@@ -55,7 +55,6 @@ def imported_modules(path: str, known: set[str]) -> set[str]:
     return {m for m in found if m != me}
 
 
-@pytest.mark.xfail(strict=True, reason="the split of the large modules is under way")
 def test_modules_and_functions_are_small():
     too_long = []
     for path in library_files():

@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 
 from dualencoder import losses
-from dualencoder.model.dual_encoder import DEFAULT_CONFIG, DualEncoder, build_model, load
+from dualencoder.config import model_defaults
+from dualencoder.model.dual_encoder import DualEncoder, build_model
+from dualencoder.model.saving import load, save_model
 from dualencoder.testing import tiny_batch, tiny_config, tiny_model
 
 
@@ -111,7 +113,7 @@ def test_logit_scale_lr_mult_moves_the_temperature_faster(tmp_path):
     # Adam's first step moves a variable by lr whatever its gradient: the log scale, mult x lr
     assert moved[1.0] == pytest.approx(1e-3, rel=0.05)
     assert moved[20.0] == pytest.approx(20e-3, rel=0.05)
-    m.save_dir(str(tmp_path / "m"))
+    save_model(m, str(tmp_path / "m"))
     assert float(load(str(tmp_path / "m")).logit_scale) == pytest.approx(float(m.logit_scale))
     with pytest.raises(ValueError, match="logit_scale_lr_mult"):
         tiny_model(logit_scale_lr_mult=0)
@@ -158,7 +160,7 @@ def test_config_validation():
         build_model(tiny_config(loss="max_violation"))
     with pytest.raises(ValueError, match="valid names"):
         build_model(tiny_config(extra_loss="hinge"))
-    assert set(tiny_config()) <= set(DEFAULT_CONFIG)
+    assert set(tiny_config()) <= set(model_defaults())
 
 
 def test_get_config_from_config_round_trip(model):
@@ -186,13 +188,13 @@ def test_fingerprint_changes_with_weights():
 
 @pytest.mark.parametrize("overrides", [{}, {"head": "attention", "loss": "siglip"}, {"head": "linear", "image_trainable": 1, "text_trainable": "none"}],
                          ids=["mlp", "attention-siglip", "linear-frozen"])
-def test_save_dir_and_load(tmp_path, overrides):
+def test_save_model_and_load(tmp_path, overrides):
     m = tiny_model(**overrides)
     if overrides:  # make weights differ from any fresh init
         m.set_weights([w + 0.01 for w in m.get_weights()])
     m.log_logit_scale.assign(2.5)
     path = tmp_path / "saved"
-    assert m.save_dir(str(path)) == str(path)
+    assert save_model(m, str(path)) == str(path)
     assert sorted(os.listdir(path)) == ["config.json", "model.weights.h5", "vocab.txt"]
     assert os.listdir(tmp_path) == ["saved"]  # no temporary folders left behind
     meta = json.loads((path / "config.json").read_text())
@@ -214,11 +216,11 @@ def test_save_dir_and_load(tmp_path, overrides):
     assert len(loaded.trainable_weights) == len(m.trainable_weights)
 
 
-def test_save_dir_overwrites_atomically(tmp_path):
+def test_save_model_overwrites_atomically(tmp_path):
     a, b = tiny_model(), tiny_model()
     path = tmp_path / "m"
-    a.save_dir(path)
-    b.save_dir(path)
+    save_model(a, path)
+    save_model(b, path)
     assert load(path).fingerprint() == b.fingerprint() != a.fingerprint()
     assert os.listdir(tmp_path) == ["m"]
 
@@ -227,7 +229,7 @@ def test_load_errors(tmp_path, model):
     with pytest.raises(ValueError, match="no such model folder"):
         load(tmp_path / "absent")
     path = tmp_path / "m"
-    model.save_dir(path)
+    save_model(model, path)
     (path / "vocab.txt").rename(tmp_path / "vocab.txt")
     with pytest.raises(ValueError, match=r"missing \['vocab.txt'\]"):
         load(path)
@@ -277,7 +279,7 @@ def test_xception_minilm_save_load(shared, tmp_path):
     m = build_model({"image_weights": str(weights), "image_size": 96, "image_trainable": 2,
                      "text_trainable": 1, "sequence_length": 24, "embed_dim": 32})
     assert m.image_tower.output_dim == 2048 and m.text_tower.output_dim == 384
-    m.save_dir(tmp_path / "m")
+    save_model(m, tmp_path / "m")
     loaded = load(tmp_path / "m")
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (2, 96, 96, 3)).astype("float32")

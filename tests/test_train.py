@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import train as train_cli
+from dualencoder.cli import train as train_cli
 from dualencoder.config import Config
 
 TINY = ["model.image_tower=tiny", "model.image_weights=none", "model.image_size=32",
@@ -129,7 +129,7 @@ def test_frozen_towers_write_the_best_epoch_once(synthetic_records, tmp_path):
     model folder is written once, at the end, with the best epoch's weights, also when the
     run was interrupted after its best epoch and resumed."""
     import dualencoder
-    from dualencoder.train import runtime
+    from dualencoder.train import validation
     from dualencoder.train.loop import BEST_HEADS, train
 
     extra = ["model.image_trainable=none", "model.text_trainable=none", "optim.epochs=4",
@@ -143,7 +143,7 @@ def test_frozen_towers_write_the_best_epoch_once(synthetic_records, tmp_path):
         summary["history"]  # the last epoch is worse than the best one
     assert not os.path.exists(os.path.join(straight, BEST_HEADS))
     model = dualencoder.load(os.path.join(straight, "model"))
-    again = runtime.validate(model, cfg, synthetic_records["val"], log=lambda *_: None)
+    again = validation.validate(model, cfg, synthetic_records["val"], log=lambda *_: None)
     assert again["val_rsum"] == pytest.approx(summary["best"]["val_rsum"], abs=1e-6)
 
     resumed = str(tmp_path / "resumed")

@@ -32,7 +32,7 @@ Deliberate differences, so that a benchmark compares *the step*, not the towers 
 
 * the towers are those of this project: Xception from a local ImageNet weights file at any
   `image_size`, and (instead of the example's TF-Hub BERT) a keras-hub `BertBackbone` such as
-  all-MiniLM-L6-v2, pooled like `dualencoder.model.towers.TextTower` (masked mean by default; the
+  all-MiniLM-L6-v2, pooled like `dualencoder.model.text_tower.TextTower` (masked mean by default; the
   unused `pooled_dense` stays frozen, as in the project);
 * captions arrive tokenized (`token_ids`, `padding_mask`): the example ran its TF-Hub
   preprocessor inside the model, tokenization is part of the input-pipeline benchmark

@@ -15,7 +15,7 @@ resizes each group from the source images instead.
 Example:
 ```python
 from dualencoder.encoders.ensemble import EnsembleEncoder
-from dualencoder.model.dual_encoder import load
+from dualencoder.model.saving import load
 ens = EnsembleEncoder([load("runs/a/model"), load("runs/b/model")])
 sims = ens.encode_images(images) @ ens.encode_texts(["a dog"]).T
 ```
@@ -28,7 +28,8 @@ import hashlib
 
 import numpy as np
 
-from dualencoder.train.features import encode_texts_by_length, tower_functions, variables_digest
+from dualencoder.model.encoding import encode_texts_by_length, tower_functions
+from dualencoder.train.features import variables_digest
 
 
 def combine(embeddings) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A spec is one of:
 - a saved model folder (`config.json` + `model.weights.h5` + vocabulary, written by
-  `DualEncoder.save_dir`),
+  `dualencoder.model.saving.save_model`),
 - a training workdir (its `model/` folder is loaded),
 - `ensemble:A,B[,...]`: the mean-cosine ensemble of two or more such models
   (`dualencoder.encoders.ensemble`),
@@ -121,7 +121,7 @@ def load_encoder(spec: str):
         encoder = _frozen(inner, [])
     else:
         from dualencoder.encoders.locked import model_feature_dirs
-        from dualencoder.model.dual_encoder import load
+        from dualencoder.model.saving import load
 
         try:
             inner = load(info["model_dir"])

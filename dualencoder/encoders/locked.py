@@ -16,7 +16,7 @@ path by itself for a model whose towers are locked. The result equals running th
 Example:
 ```python
 from dualencoder.encoders.locked import LockedHeads
-from dualencoder.model.dual_encoder import load
+from dualencoder.model.saving import load
 heads = LockedHeads.of(load("runs/f8k/recipe/model"), feature_dirs=["runs/f8k/features"])
 emb = heads.records_images("runs/f8k/records/dev", resize_method="bicubic")
 ```
@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from dualencoder.model.encoding import encode_texts_by_length
 from dualencoder.train import features as F
 
 
@@ -167,7 +168,7 @@ class LockedHeads:
     def texts(self, texts, *, progress: bool = False) -> np.ndarray:
         """Embeddings of any texts: each text tower on length-sorted batches, then the heads."""
         texts = list(texts)
-        return self._combine("text", lambda digest, m: F.encode_texts_by_length(
+        return self._combine("text", lambda digest, m: encode_texts_by_length(
             self.members[m], texts, progress=progress))
 
 

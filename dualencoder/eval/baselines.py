@@ -82,9 +82,9 @@ def build_backbone(arch: str, weights: str, image_size: int):
     model = ctor(weights=None, **kwargs)
     if weights != "none":
         try:
-            from dualencoder.model.towers import _load_weights_quietly
+            from dualencoder.model.image_tower import load_weights_quietly
 
-            _load_weights_quietly(model, weights)
+            load_weights_quietly(model, weights)
         except Exception as exc:
             raise EvaluationError(f"{weights}: cannot load into {name} without top ("
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]})"

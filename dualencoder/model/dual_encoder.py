@@ -1,9 +1,8 @@
 """The dual encoder: image tower + text tower + projection heads + loss.
 
-`build_model(config)` makes a `DualEncoder` from a flat config dict (see
-`DEFAULT_CONFIG`); `model.save_dir(path)` / `load(path)` persist it in a
-self-contained folder (config.json, model.weights.h5, vocab.txt) that loads
-without the original presets or weight files.
+`build_model(config)` makes a `DualEncoder` from a flat config dict (keys and defaults:
+`dualencoder.config.ModelConfig`); `dualencoder.model.saving` writes and loads it as a
+self-contained folder.
 """
 
 from __future__ import annotations
@@ -12,68 +11,27 @@ import copy
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from dualencoder import losses as losses_lib
+from dualencoder.config import model_defaults
+from dualencoder.model import encoding, training_step
 from dualencoder.model.heads import HEAD_KINDS, build_head
-from dualencoder.model.towers import DEFAULT_TEXT_TOWER, ImageTower, TextTower
-from dualencoder.model.layout import (CONFIG_FILE, SAVE_FORMAT, SAVE_FORMAT_VERSION, VOCAB_FILE,
-                                      WEIGHTS_FILE)
+from dualencoder.model.image_tower import ImageTower
+from dualencoder.model.text_tower import TextTower
 
-__all__ = ["DualEncoder", "build_model", "load", "DEFAULT_CONFIG", "SAVE_FORMAT"]
-
-DEFAULT_CONFIG = {
-    # image tower: a keras.applications name or "tiny"
-    "image_tower": "xception",
-    # "imagenet" (Keras download), "none" or a local .weights.h5 / .h5 path
-    "image_weights": "imagenet",
-    "image_size": 299,
-    # "all" | "none" | N (top-N blocks)
-    "image_trainable": "all",
-    # "all-minilm-l6-v2" (local package), "tiny", a HF / keras-hub folder or
-    # preset name, or (in saved models) a dict of TextTower arguments
-    "text_tower": DEFAULT_TEXT_TOWER,
-    # "mean" | "cls" (ignored with head="attention")
-    "text_pooling": "mean",
-    # "all" | "none" | N (top-N transformer layers)
-    "text_trainable": "all",
-    "sequence_length": 64,
-    "embed_dim": 256,
-    # "mlp" (keras-io head) | "linear" | "attention" (learned-query pooling
-    # over the towers' spatial/token outputs, then a linear projection)
-    "head": "mlp",
-    "head_layers": 1,
-    "head_dropout": 0.1,
-    "attention_heads": 8,
-    # "clip" | "soft" | "siglip"
-    "loss": "clip",
-    # None | "max_violation", added with weight extra_loss_weight
-    "extra_loss": None,
-    "extra_loss_weight": 0.0,
-    "init_logit_scale": 1 / 0.07,
-    "max_logit_scale": 100.0,
-    # the temperature's learning-rate multiplier (the variable is log_logit_scale / mult, so an
-    # optimizer step moves the log scale `mult` times further; 1 = plain)
-    "logit_scale_lr_mult": 1.0,
-    # initial SigLIP bias (only used with loss="siglip"; the paper uses -10)
-    "init_logit_bias": -10.0,
-}
-
+__all__ = ["DualEncoder", "build_model"]
 
 
 def _resolve_config(config):
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    resolved = model_defaults()
+    unknown = sorted(set(config) - set(resolved))
     if unknown:
-        raise ValueError(
-            f"Unknown model config key(s) {unknown}; valid keys: {sorted(DEFAULT_CONFIG)}"
-        )
-    resolved = copy.deepcopy(DEFAULT_CONFIG)
+        raise ValueError(f"Unknown model config key(s) {unknown}; valid keys: {sorted(resolved)}")
     resolved.update(copy.deepcopy(dict(config)))
     if resolved["head"] not in HEAD_KINDS:
         raise ValueError(f"Unknown head {resolved['head']!r}; valid heads: {list(HEAD_KINDS)}")
@@ -113,22 +71,11 @@ def _l2_normalize(x):
     return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
 
 
-def _top1_accuracy(similarity, image_index):
-    """Fraction of rows whose best column shows the same image."""
-    best = ops.argmax(similarity, axis=1)
-    if image_index is None:
-        hits = ops.equal(best, ops.arange(ops.shape(similarity)[0], dtype=best.dtype))
-    else:
-        image_index = ops.reshape(image_index, (-1,))
-        hits = ops.equal(ops.take(image_index, best), image_index)
-    return ops.mean(ops.cast(hits, "float32"))
-
-
 @keras.saving.register_keras_serializable(package="dualencoder")
 class DualEncoder(keras.Model):
     """A CLIP-style dual encoder: image and text towers with projection heads.
 
-    Built from a flat config (`DEFAULT_CONFIG` documents every key); prefer
+    Built from a flat config (`dualencoder.config.ModelConfig` documents every key); prefer
     `build_model(config)`. Calling the model on a batch
     `{"images" [B,S,S,3] 0..255, "token_ids" [B,L], "padding_mask" [B,L], ...}`
     returns `(image_emb, text_emb)`, both `[B, embed_dim]` float32 and
@@ -146,7 +93,7 @@ class DualEncoder(keras.Model):
     "mixed_float16"); heads, embeddings and losses are float32.
 
     Args:
-        config: dict of `DEFAULT_CONFIG` keys; missing keys take the defaults.
+        config: dict of `ModelConfig` keys; missing keys take the defaults.
         name: the Keras model name.
         **overrides: more config keys, applied over `config`.
 
@@ -231,16 +178,15 @@ class DualEncoder(keras.Model):
                 name="logit_bias",
             )
         self._loss_fn = losses_lib.get_loss(self.loss_name)
-        self._extra_loss_fn = (
-            losses_lib.get_loss(c["extra_loss"]) if c["extra_loss"] is not None else None
-        )
+        extra = c["extra_loss"]
+        self._extra_loss_fn = losses_lib.get_loss(extra) if extra is not None else None
         self._extra_loss_weight = float(c["extra_loss_weight"])
 
         names = ["loss", "temperature", "logit_scale", "i2t_acc", "t2i_acc"]
         if self.logit_bias is not None:
             names.append("logit_bias")
         self._trackers = [keras.metrics.Mean(name=n) for n in names]
-        object.__setattr__(self, "_encode_fns", {})
+        object.__setattr__(self, "_embedding_fns", None)
         self.built = True
 
     # ------------------------------------------------------------------ config
@@ -264,7 +210,7 @@ class DualEncoder(keras.Model):
 
         `image_weights` becomes "none" and `text_tower` the backbone's own
         architecture (the weights then come from a checkpoint); the text
-        vocabulary is left as `None` (`save_dir` writes it as vocab.txt).
+        vocabulary is left as `None` (`saving.save_model` writes it as vocab.txt).
         """
         config = self.model_config
         config["image_weights"] = "none"
@@ -295,7 +241,7 @@ class DualEncoder(keras.Model):
     def text_features(self, tokens, training=False):
         """Text tower output only. `tokens`: a token dict or a list of strings."""
         if not isinstance(tokens, dict):
-            tokens = self.tokenizer(list(tokens) if not _is_tensor(tokens) else tokens)
+            tokens = self.tokenizer(list(tokens) if not tf.is_tensor(tokens) else tokens)
         tokens = {"token_ids": tokens["token_ids"], "padding_mask": tokens["padding_mask"]}
         return self.text_tower(tokens, training=training)
 
@@ -334,22 +280,20 @@ class DualEncoder(keras.Model):
             as a hit.
         """
         scale = self.logit_scale
-        loss = self._loss_fn(
-            image_emb, text_emb, scale, image_index=image_index, bias=self.logit_bias
-        )
+        loss = self._loss_fn(image_emb, text_emb, scale, image_index=image_index,
+                             bias=self.logit_bias)
         if self._extra_loss_fn is not None and self._extra_loss_weight:
             loss = loss + self._extra_loss_weight * self._extra_loss_fn(
                 image_emb, text_emb, scale, image_index=image_index, bias=self.logit_bias
             )
-        similarity = ops.matmul(
-            ops.cast(image_emb, "float32"), ops.transpose(ops.cast(text_emb, "float32"))
-        )
+        similarity = ops.matmul(ops.cast(image_emb, "float32"),
+                                ops.transpose(ops.cast(text_emb, "float32")))
         metrics = {
             "loss": loss,
             "temperature": 1.0 / scale,
             "logit_scale": scale,
-            "i2t_acc": _top1_accuracy(similarity, image_index),
-            "t2i_acc": _top1_accuracy(ops.transpose(similarity), image_index),
+            "i2t_acc": losses_lib.top1_accuracy(similarity, image_index),
+            "t2i_acc": losses_lib.top1_accuracy(ops.transpose(similarity), image_index),
         }
         if self.logit_bias is not None:
             metrics["logit_bias"] = ops.convert_to_tensor(self.logit_bias)
@@ -368,53 +312,23 @@ class DualEncoder(keras.Model):
 
     @staticmethod
     def _unpack(data):
-        if isinstance(data, (tuple, list)):
-            data = data[0]
-        return data
+        return data[0] if isinstance(data, (tuple, list)) else data
 
     def train_step(self, data):
-        import tensorflow as tf
-
-        batch = self._unpack(data)
-        with tf.GradientTape() as tape:
-            img, txt = self(batch, training=True)
-            loss, logs = self.compute_contrastive_loss(img, txt, batch.get("image_index"))
-            if self.losses:
-                loss = loss + ops.sum([ops.cast(x, "float32") for x in self.losses])
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-        return self._update_trackers(logs)
+        """`fit`'s step: `training_step.training_step` (the training loop's step too)."""
+        metrics = training_step.training_step(self, self.optimizer, self._unpack(data))
+        return self._update_trackers(metrics)
 
     def test_step(self, data):
-        batch = self._unpack(data)
-        img, txt = self(batch, training=False)
-        _, logs = self.compute_contrastive_loss(img, txt, batch.get("image_index"))
-        return self._update_trackers(logs)
+        _, metrics = training_step.batch_loss(self, self._unpack(data), training=False)
+        return self._update_trackers(metrics)
 
     # ------------------------------------------------------------------ encoding
 
-    def _encode_fn(self, kind):
-        if kind not in self._encode_fns:
-            import tensorflow as tf
-
-            if kind == "image":
-
-                def fn(images):
-                    return self.embed_from_features(self.image_features(images), None)[0]
-
-            else:
-
-                def fn(token_ids, padding_mask):
-                    feats = self.text_tower(
-                        {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
-                    )
-                    return self.embed_from_features(None, feats)[1]
-
-            self._encode_fns[kind] = tf.function(fn, reduce_retracing=True)
-        return self._encode_fns[kind]
+    def _encode_fns(self):
+        if self._embedding_fns is None:
+            object.__setattr__(self, "_embedding_fns", encoding.embedding_functions(self))
+        return self._embedding_fns
 
     def encode_images(self, images, batch_size=64):
         """L2-normalised image embeddings `[B, embed_dim]`.
@@ -423,30 +337,13 @@ class DualEncoder(keras.Model):
             images: `[B, S, S, 3]` raw pixels (uint8 or float 0..255; `S` is
                 `self.image_size`): a NumPy array, a list, or a tensor.
             batch_size: images per forward pass (at most
-                `features.image_chunk_size()` on a host without a GPU: a CPU runs
+                `encoding.image_chunk_size()` on a host without a GPU: a CPU runs
                 large CNNs faster on small batches).
 
         Returns:
             A NumPy float32 array, or a tf.Tensor when `images` is a tensor.
         """
-        import tensorflow as tf
-
-        from dualencoder.train.features import image_chunk_size
-
-        chunk = image_chunk_size()
-        batch_size = min(batch_size, chunk) if chunk else batch_size
-        as_tensor = _is_tensor(images)
-        if not as_tensor:
-            images = np.asarray(images)
-        if len(images.shape) != 4 or images.shape[-1] != 3:
-            raise ValueError(f"encode_images expects [B, S, S, 3] images, got shape {images.shape}")
-        fn = self._encode_fn("image")
-        n = int(images.shape[0])
-        outputs = [
-            fn(tf.cast(images[i : i + batch_size], tf.float32)) for i in range(0, n, batch_size)
-        ]
-        result = tf.concat(outputs, 0) if outputs else tf.zeros((0, self.embed_dim), tf.float32)
-        return result if as_tensor else result.numpy()
+        return encoding.encode_images(self, self._encode_fns()[0], images, batch_size)
 
     def encode_texts(self, texts, batch_size=256):
         """L2-normalised text embeddings `[B, embed_dim]`.
@@ -461,38 +358,14 @@ class DualEncoder(keras.Model):
             A NumPy float32 array, or a tf.Tensor when `texts` (or the token
             dict's values) are tensors.
         """
-        import tensorflow as tf
+        return encoding.encode_texts(self, self._encode_fns()[1], texts, batch_size)
 
-        fn = self._encode_fn("text")
-        if isinstance(texts, dict):
-            as_tensor = _is_tensor(texts["token_ids"])
-            ids = tf.convert_to_tensor(texts["token_ids"])
-            mask = tf.convert_to_tensor(texts["padding_mask"])
-            n = int(ids.shape[0])
-            outputs = [
-                fn(tf.cast(ids[i : i + batch_size], tf.int32), tf.cast(mask[i : i + batch_size], tf.bool))
-                for i in range(0, n, batch_size)
-            ]
-        else:
-            as_tensor = _is_tensor(texts)
-            if isinstance(texts, str):
-                raise ValueError("encode_texts expects a list of strings, got a single str")
-            if not as_tensor:
-                texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
-            n = int(texts.shape[0]) if as_tensor else len(texts)
-            outputs = []
-            for i in range(0, n, batch_size):
-                tokens = self.tokenizer(texts[i : i + batch_size])
-                outputs.append(fn(tokens["token_ids"], tokens["padding_mask"]))
-        result = tf.concat(outputs, 0) if outputs else tf.zeros((0, self.embed_dim), tf.float32)
-        return result if as_tensor else result.numpy()
-
-    # ------------------------------------------------------------------ identity / io
+    # ------------------------------------------------------------------ identity
 
     def fingerprint(self):
         """Short sha256 hex of the portable config, vocabulary and all weights.
 
-        Equal for a model and its `save_dir`/`load` copy; changes with any
+        Equal for a model and its `save_model`/`load` copy; changes with any
         weight update.
         """
         digest = hashlib.sha256()
@@ -506,63 +379,12 @@ class DualEncoder(keras.Model):
             digest.update(np.ascontiguousarray(value).tobytes())
         return digest.hexdigest()[:16]
 
-    def save_dir(self, path):
-        """Save to folder `path` atomically: config.json, model.weights.h5, vocab.txt.
-
-        The folder is written under a temporary name beside `path` and renamed
-        into place (replacing an existing save), so a crash never leaves a
-        half-written model at `path`. It loads with `load(path)` without the
-        original presets or weight files.
-
-        Returns:
-            `path`.
-        """
-        path = os.path.abspath(os.fspath(path))
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-        try:
-            self.save_weights(os.path.join(tmp, WEIGHTS_FILE))
-            self.tokenizer.save_vocabulary(tmp)
-            config = self.portable_config()
-            config["text_tower"]["vocabulary"] = VOCAB_FILE
-            meta = {
-                "format": SAVE_FORMAT,
-                "format_version": SAVE_FORMAT_VERSION,
-                "config": config,
-                "fingerprint": self.fingerprint(),
-                "files": [CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE],
-                "keras_version": keras.__version__,
-            }
-            with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=2, sort_keys=True, default=str)
-                fh.flush()
-                os.fsync(fh.fileno())
-            backup = None
-            if os.path.exists(path):
-                backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-                os.rmdir(backup)
-                os.rename(path, backup)
-            os.rename(tmp, path)
-            if backup is not None:
-                shutil.rmtree(backup, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
-
-
-def _is_tensor(x):
-    import tensorflow as tf
-
-    return tf.is_tensor(x)
-
 
 def build_model(config=None, **overrides):
-    """A `DualEncoder` from a flat config dict (missing keys: `DEFAULT_CONFIG`).
+    """A `DualEncoder` from a flat config dict (missing keys: `config.model_defaults()`).
 
     Args:
-        config: dict of `DEFAULT_CONFIG` keys.
+        config: dict of `ModelConfig` keys.
         **overrides: more keys, applied over `config`.
 
     Raises:
@@ -575,58 +397,3 @@ def build_model(config=None, **overrides):
     config = dict(config or {})
     config.update(overrides)
     return DualEncoder(**config)
-
-
-def load(path):
-    """Load a `DualEncoder` saved with `model.save_dir(path)`, or the `model/` of a training
-    workdir `path`.
-
-    Raises:
-        ValueError: when `path` is not a complete, consistent save (missing
-            files, unparsable config.json, weights that do not fit, or a
-            fingerprint mismatch), naming the problem.
-    """
-    path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "model", CONFIG_FILE)):  # a training workdir
-        path = os.path.join(path, "model")
-    expected = f"a folder with {CONFIG_FILE}, {WEIGHTS_FILE} and {VOCAB_FILE} written by DualEncoder.save_dir"
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: no such model folder (expected {expected})")
-    config_path = os.path.join(path, CONFIG_FILE)
-    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not os.path.isfile(os.path.join(path, f))]
-    if missing:
-        raise ValueError(f"{path}: missing {missing} (expected {expected})")
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{config_path}: unreadable or not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != SAVE_FORMAT or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{config_path}: not a DualEncoder config (expected {expected})")
-    if meta.get("format_version", 0) > SAVE_FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path}: format_version {meta['format_version']} is newer than this "
-            f"code supports ({SAVE_FORMAT_VERSION})"
-        )
-    config = meta["config"]
-    text = config.get("text_tower")
-    if isinstance(text, dict) and text.get("vocabulary"):
-        text["vocabulary"] = os.path.join(path, text["vocabulary"])
-    try:
-        model = DualEncoder(**config)
-    except Exception as exc:
-        raise ValueError(f"{config_path}: cannot rebuild the model ({exc.__class__.__name__}: {exc})") from exc
-    weights_path = os.path.join(path, WEIGHTS_FILE)
-    try:
-        model.load_weights(weights_path)
-    except Exception as exc:
-        raise ValueError(
-            f"{weights_path}: the weights do not fit the saved config ({exc.__class__.__name__}: {exc})"
-        ) from exc
-    saved = meta.get("fingerprint")
-    if saved is not None and saved != model.fingerprint():
-        raise ValueError(
-            f"{path}: fingerprint mismatch after loading (saved {saved}, loaded "
-            f"{model.fingerprint()}): the weights or vocabulary were changed or corrupted"
-        )
-    return model

@@ -1,8 +1,8 @@
 """The saved model folder's layout, readable without TensorFlow.
 
 A saved model is a folder with `config.json` (format, version, the model's config and its
-weights fingerprint), `model.weights.h5` and `vocab.txt`, written by `DualEncoder.save_dir`.
-A training workdir keeps its final model in `model/`.
+weights fingerprint), `model.weights.h5` and `vocab.txt`, written by
+`dualencoder.model.saving.save_model`. A training workdir keeps its final model in `model/`.
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ or a tower invalidates only that tower's file (a 299 px run reuses the 224 px ru
 features); rerunning reuses both. Validation records get the same files, so per-epoch validation
 of a locked-tower run runs the heads only, from the first epoch of the first run on.
 
-Captions go through the text tower in batches of similar length, each trimmed to its longest
-caption: the padding mask makes the pooled output the same as at full `sequence_length`
-(masked positions never reach the real tokens), at a fraction of the cost.
+Captions go through the text tower in batches of similar length
+(`dualencoder.model.encoding.encode_texts_by_length`).
 """
 
 from __future__ import annotations
@@ -126,51 +125,6 @@ def text_cache_key(model, cfg: Config, records: str) -> str:
                     sequence_length=cfg.model.sequence_length, pooling=cfg.model.text_pooling)
 
 
-def image_chunk_size() -> int:
-    """Images per image-tower call at inference: 8 on a host without a GPU, 0 (no limit) with
-    one. A CPU runs a large CNN faster on small batches, whose activations stay in its caches:
-    Xception at 299 px on the 2-core reference machine ran ~6.6 img/s in batches of 4-8 and
-    ~5.1 img/s in batches of 32 (`bench/tower_batch.py`). A GPU wants large batches."""
-    import tensorflow as tf
-
-    return 0 if tf.config.list_logical_devices("GPU") else 8
-
-
-def tower_functions(model):
-    """Compiled (graph-mode) tower calls: `image_fn(images)`, `text_fn(tokens)`.
-
-    Eager Keras re-allocates every intermediate on each call; on a 2-core CPU that made
-    Xception feature extraction several times slower than the same graph. `image_fn` runs a
-    batch in chunks of `image_chunk_size()` images. `text_fn` takes texts or a tokenizer
-    output dict (of any length up to `sequence_length`).
-    """
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def image_graph(images):
-        return model.image_features(images, training=False)
-
-    chunk = image_chunk_size()
-
-    def image_fn(images):
-        n = int(images.shape[0])
-        if not chunk or n <= chunk:
-            return image_graph(images)
-        return tf.concat([image_graph(images[i:i + chunk]) for i in range(0, n, chunk)], 0)
-
-    @tf.function(reduce_retracing=True)
-    def text_fn(token_ids, padding_mask):
-        return model.text_features({"token_ids": token_ids, "padding_mask": padding_mask},
-                                   training=False)
-
-    def text(tokens):
-        if not isinstance(tokens, dict):
-            tokens = model.tokenizer(list(tokens))
-        return text_fn(tokens["token_ids"], tokens["padding_mask"])
-
-    return image_fn, text
-
-
 def compute_image_features(model, records: str, *, image_size: int, resize_method: str,
                            batch_size: int = 32, view: int = 0, lowres: int = 0,
                            progress: bool = True):
@@ -179,6 +133,7 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
     from tqdm.auto import tqdm
 
     from dualencoder.data import pipeline as data
+    from dualencoder.model.encoding import tower_functions
     from records.schema import read_manifest
 
     image_fn, _ = tower_functions(model)
@@ -198,43 +153,11 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
             "image_index": np.concatenate(index).astype(np.int64)}
 
 
-def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None,
-                           progress: bool = True) -> np.ndarray:
-    """Text-tower outputs `[len(texts), F]` (float32), batches grouped by token length.
-
-    Texts are tokenized once, sorted by length and run in batches trimmed to their longest
-    text (rounded up to a multiple of 8, to bound retracing); rows come back in input order.
-    """
-    from tqdm.auto import tqdm
-
-    if text_fn is None:
-        _, text_fn = tower_functions(model)
-    texts = [str(t) for t in texts]
-    if not texts:
-        return np.zeros((0, 0), np.float32)
-    tokens = model.tokenizer(texts)
-    ids = np.asarray(tokens["token_ids"])
-    mask = np.asarray(tokens["padding_mask"]).astype(bool)
-    lengths = mask.sum(axis=1)
-    order = np.argsort(lengths, kind="stable")
-    full = ids.shape[1]
-    out = None
-    for i in tqdm(range(0, len(texts), batch_size), desc=f"text features ({len(texts)})",
-                  unit="batch", disable=not progress):
-        rows = order[i:i + batch_size]
-        width = min(full, max(8, -(-int(lengths[rows].max()) // 8) * 8))
-        feats = np.asarray(text_fn({"token_ids": ids[rows, :width],
-                                    "padding_mask": mask[rows, :width]}), dtype=np.float32)
-        if out is None:
-            out = np.empty((len(texts),) + feats.shape[1:], np.float32)
-        out[rows] = feats
-    return out
-
-
 def compute_text_features(model, records: str, *, progress: bool = True):
     """Text-tower outputs of every caption of `records` (each distinct caption once):
     {"text_features" [M, F], "caption_image_index" [M]} with captions grouped by image."""
     from dualencoder.data.annotations import read_captions
+    from dualencoder.model.encoding import encode_texts_by_length
 
     texts, owner = read_captions(records)
     # Each distinct caption goes through the tower once (templated captions repeat a lot).

@@ -33,21 +33,22 @@ Exactness of the second pass. It must compute the same function as the first:
   pixels.
 
 Under `MirroredStrategy` each replica embeds its own rows, the tables are all-gathered
-(`trainer.gather_replicas`), every replica computes the loss on the global batch and
+(`dualencoder.train.step.gather_replicas`), every replica computes the loss on the global batch and
 back-propagates the rows of the gradient that belong to it. The optimizer sums the replicas'
 parameter gradients, so the per-replica loss is divided by the number of replicas R (as in
 the plain step) and its embedding-gradient rows multiplied back by R: replica r's rows feed
 the global loss only through replica r's own pass 2.
 
-Used by `trainer.make_train_step` when `optim.micro_batch` > 0.
+Used by `dualencoder.train.step.make_train_step` when `optim.micro_batch` > 0; the embeddings
+come from `dualencoder.model.training_step.embed_batch`, as in the plain step.
 """
 
 from __future__ import annotations
 
 from dualencoder.config import Config, ConfigError
+from dualencoder.model.training_step import apply_gradients, embed_batch
 
-__all__ = ["micro_batches", "state_variables", "embed", "cached_gradients",
-           "make_replica_step"]
+__all__ = ["micro_batches", "state_variables", "cached_gradients", "make_replica_step"]
 
 
 def micro_batches(cfg: Config, replicas: int = 1) -> int:
@@ -86,21 +87,6 @@ def state_variables(model) -> list:
     return found
 
 
-def embed(model, batch, *, train_image: bool, train_text: bool):
-    """`(image_emb, text_emb)` of a (micro-)batch as the training step computes them: cached
-    tower features when the batch carries them, else the towers (in training mode when
-    trained), then the heads in training mode."""
-    img_f = batch.get("image_features")
-    if img_f is None:
-        img_f = model.image_features(batch["images"], training=train_image)
-    txt_f = batch.get("text_features")
-    if txt_f is None:
-        txt_f = model.text_features({"token_ids": batch["token_ids"],
-                                     "padding_mask": batch["padding_mask"]},
-                                    training=train_text)
-    return model.embed_from_features(img_f, txt_f, training=True)
-
-
 def _embedding_variables(model):
     ids = set()
     for part in (model.image_tower, model.text_tower, model.image_head, model.text_head):
@@ -108,8 +94,8 @@ def _embedding_variables(model):
     return ids
 
 
-def cached_gradients(model, batch, num_micro: int, *, train_image=True, train_text=True,
-                     replicas: int = 1, scale_loss=None, gather=None):
+def cached_gradients(model, batch, num_micro: int, *, replicas: int = 1, scale_loss=None,
+                     gather=None):
     """Gradients of the full-batch contrastive loss with respect to
     `model.trainable_variables`, computed micro-batch by micro-batch (see the module doc).
 
@@ -118,7 +104,6 @@ def cached_gradients(model, batch, num_micro: int, *, train_image=True, train_te
         batch: dict of tensors (`images`/`image_features`, `token_ids` + `padding_mask` /
             `text_features`, `image_index`); strings must be removed beforehand.
         num_micro: micro-batches; must divide the (local) batch.
-        train_image, train_text: run the towers in training mode (as the plain step).
         replicas: replicas in sync (the loss is divided by it, as the plain step does).
         scale_loss: `optimizer.scale_loss` (mixed-float16 loss scaling), or None.
         gather: `fn(t) -> t` concatenating all replicas' rows (needed when replicas > 1).
@@ -152,7 +137,7 @@ def cached_gradients(model, batch, num_micro: int, *, train_image=True, train_te
     dim = model.embed_dim
 
     def first(i, images, texts):
-        img, txt = embed(model, part(i), train_image=train_image, train_text=train_text)
+        img, txt = embed_batch(model, part(i))
         return (i + 1, images.write(i, tf.stop_gradient(img)),
                 texts.write(i, tf.stop_gradient(txt)))
 
@@ -194,7 +179,7 @@ def cached_gradients(model, batch, num_micro: int, *, train_image=True, train_te
         with tf.control_dependencies(sums):  # one micro-batch at a time
             p = {key: tf.identity(value) for key, value in p.items()}
         with tf.GradientTape() as tape:
-            img, txt = embed(model, p, train_image=train_image, train_text=train_text)
+            img, txt = embed_batch(model, p)
         grads = tape.gradient([img, txt], emb_vars, output_gradients=[g_img[i], g_txt[i]])
         return (i + 1, *[s if g is None else s + tf.convert_to_tensor(g)
                          for s, g in zip(sums, grads)])
@@ -212,22 +197,15 @@ def cached_gradients(model, batch, num_micro: int, *, train_image=True, train_te
 def make_replica_step(model, optimizer, cfg: Config, replicas: int, gather=None):
     """The per-replica training step with gradient caching (`optim.micro_batch` > 0):
     `fn(batch) -> metrics`, applying one optimizer update (with `optim.clipnorm`)."""
-    import tensorflow as tf
-
     if cfg.optim.split_loss_accum > 1:
         raise ConfigError("optim.micro_batch and optim.split_loss_accum > 1 exclude each "
                           "other; use one")
     k = micro_batches(cfg, replicas)
-    train_image = cfg.model.image_trainable != "none"
-    train_text = cfg.model.text_trainable != "none"
 
     def replica_step(batch):
-        grads, metrics = cached_gradients(
-            model, batch, k, train_image=train_image, train_text=train_text,
-            replicas=replicas, scale_loss=optimizer.scale_loss, gather=gather)
-        if cfg.optim.clipnorm:
-            grads, _ = tf.clip_by_global_norm(grads, cfg.optim.clipnorm)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        grads, metrics = cached_gradients(model, batch, k, replicas=replicas,
+                                          scale_loss=optimizer.scale_loss, gather=gather)
+        apply_gradients(model, optimizer, grads, cfg.optim.clipnorm)
         return metrics
 
     return replica_step

@@ -24,23 +24,17 @@ import os
 import time
 import warnings
 
-from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
-from records.files import atomic_write, write_json_atomic
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
-
-
-# What a training step reads from a batch (captions and ids stay outside the compiled step).
-STEP_INPUTS = ("images", "token_ids", "padding_mask", "image_index", "image_features",
-               "text_features")
+from dualencoder.model.saving import save_model
+from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
+from dualencoder.train.step import make_train_step
+from records.files import atomic_write, write_json_atomic
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step range."""
 
 
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
 def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     """Train (or resume) in `workdir`; returns the final summary dict (also `summary.json`).
 
@@ -54,66 +48,36 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     import tensorflow as tf
 
     from dualencoder.data import order as data_order
-    from dualencoder.train import features
-    from dualencoder.train import runtime
+    from dualencoder.train import features, setup, validation
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(cfg, workdir)
     cached = features.use_cache(cfg)  # "both", "text" or None; bad combinations fail here
-    records, val_records = runtime.resolve_records(cfg, log=log)
-    strategy = runtime.make_strategy(cfg.run.strategy)
-    if cfg.run.jit_compile and not tf.config.list_logical_devices("GPU"):
-        warnings.warn("run.jit_compile=true without a GPU: XLA on CPU compiled for minutes and "
-                      "ran ~3x slower per step in bench/train_step.py; consider turning it off")
-    runtime.set_precision(cfg.run.precision)
-    keras.utils.set_random_seed(cfg.run.seed)
-    with strategy.scope():
-        model = runtime.build(cfg)
-        optimizer = runtime.make_optimizer(cfg, data_order.steps_per_epoch(
-            records, cfg.data.batch_size, all_captions=cfg.data.all_captions))
-        optimizer.build(model.trainable_variables)
+    records, val_records = setup.resolve_records(cfg, log=log)
+    strategy = setup.make_strategy(cfg.run.strategy)
+    model, optimizer = setup.model_and_optimizer(cfg, strategy, records)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
-
     ckpts = CheckpointManager(os.path.join(workdir, "checkpoints"), cfg.run.keep_checkpoints)
     groups, frozen = checkpoint_groups(model, optimizer)
-    state = restore(ckpts, groups, frozen, model, optimizer) or {
-        "step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": None,
-        "bad_epochs": 0, "plateau_wait": 0}
-    state["frozen_towers"] = frozen
-    if state["step"]:
-        log(f"resuming {workdir} from {state['checkpoint']}: epoch {state['epoch'] + 1}, "
-            f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
+    state = resume(ckpts, groups, frozen, model, optimizer, workdir, log)
 
     feature_dir = (cfg.run.features_dir or os.path.join(workdir, "features")) if cached else None
     source = (features.CachedPairs(model, cfg, records, feature_dir, mode=cached, log=log)
               if cached else None)
     step_fn = make_train_step(model, optimizer, strategy, cfg)
-    shards = runtime.input_shards(strategy)
+    shards = setup.input_shards(strategy)
     steps_per_epoch = data_order.steps_per_epoch(records, cfg.data.batch_size // shards,
                                                  all_captions=cfg.data.all_captions,
                                                  num_shards=shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-
     ledger = os.path.join(workdir, "ledger.jsonl") if cfg.run.ledger else None
-
-    def save(**extra):
-        state.update(extra)
-        ckpts.save(groups, state)
-
     val_cache: dict = {}  # frozen towers: validation features computed once per run
     plotted = (0.0, -1)  # (when, epochs drawn) of curves.png
     stop = state.get("stopped", False)
     while not stop and state["epoch"] < cfg.optim.epochs and state["step"] < max_steps:
         epoch, start = state["epoch"], state["step_in_epoch"]
-        if cached == "both" and strategy.num_replicas_in_sync == 1 and shards == 1:
-            # one device, cached features: batches straight from the host arrays. (Tearing
-            # down a tf.data iterator at every epoch's end stalled for up to 10 s on CPU.)
-            batches = (tf.nest.map_structure(tf.convert_to_tensor, b)
-                       for b in source.host_batches(epoch, skip_batches=start))
-        else:
-            batches = runtime.distribute(strategy, lambda shards, index: epoch_batches(
-                cfg, records, model, source, cached, epoch=epoch, skip_batches=start,
-                num_shards=shards, shard_index=index))
+        batches = training_batches(cfg, records, model, source, cached, strategy, shards,
+                                   epoch=epoch, skip_batches=start)
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"])
         bar.update(start)
         t0, sums, last_good = time.time(), {}, state["step"]
@@ -122,29 +86,18 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             state["step"] += 1
             state["step_in_epoch"] += 1
             if ledger:
-                ids = [int(i) for part in strategy.experimental_local_results(batch["image_index"])
-                       for i in part.numpy()]
-                with open(ledger, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": state["step"], "epoch": epoch + 1, "ids": ids,
-                                         "loss": metrics["loss"]}) + "\n")
-            if not math.isfinite(metrics["loss"]):
-                raise TrainingDiverged(
-                    f"loss became {metrics['loss']} between step {last_good + 1} and step "
-                    f"{state['step']} (epoch {epoch + 1}); the last good checkpoint "
-                    f"{ckpts.checkpoints()[-1] if ckpts.checkpoints() else '(none)'} is kept. "
-                    "Lower optim.lr, use precision float32, or set optim.clipnorm.")
+                append_ledger(ledger, state["step"], epoch, batch, metrics, strategy)
+            check_finite(metrics["loss"], state["step"], last_good, epoch, ckpts)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
             bar.update(state["step_in_epoch"], [("loss", metrics["loss"]),
                                                 ("temp", metrics["temperature"]), ("lr", lr)])
             if state["step"] % 10 == 0:
-                with tb.as_default(step=state["step"]):
-                    for k, v in metrics.items():
-                        tf.summary.scalar(f"train/{k}", v)
-                    tf.summary.scalar("train/lr", lr)
+                write_scalars(tb, state["step"], {**{f"train/{k}": v for k, v in metrics.items()},
+                                                  "train/lr": lr})
             if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
-                save()
+                ckpts.save(groups, state)
                 last_good = state["step"]
             if on_step is not None:
                 on_step(state)
@@ -155,45 +108,102 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
                "seconds": round(time.time() - t0, 2), "lr": lr,
                **{f"train_{k}": v / max(done, 1) for k, v in sums.items()}}
         if val_records:
-            row.update(runtime.validate(model, cfg, val_records, tower_cache=val_cache,
-                                        feature_dir=feature_dir, log=log))
+            row.update(validation.validate(model, cfg, val_records, tower_cache=val_cache,
+                                           feature_dir=feature_dir, log=log))
         state["history"].append(row)
         stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log,
                             best_variables=groups["model"] if frozen else None)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        with tb.as_default(step=state["step"]):
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    tf.summary.scalar(f"epoch/{k}", v)
-        save(stopped=stop)
+        write_scalars(tb, state["step"], epoch_scalars(row))
+        state["stopped"] = stop
+        ckpts.save(groups, state)
         write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
         # the curves every epoch, or every ~30 s when epochs are short (a plot costs ~1 s);
         # always once more when training ends (below)
         if time.time() - plotted[0] >= 30:
-            runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
+            validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
             plotted = (time.time(), len(state["history"]))
     if state["history"] and plotted[1] != len(state["history"]):
-        runtime.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
-    write_best_model(model, groups["model"], workdir)
-    if not os.path.exists(os.path.join(workdir, "model", "config.json")):
-        model.save_dir(os.path.join(workdir, "model"))  # no validation: keep the last model
-    summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
-               "best": state["best"], "history": state["history"],
-               "cached_features": cached}
-    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    return summary
+        validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
+    return finish(model, groups["model"], state, workdir, cached)
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces of a step and of an epoch
+# --------------------------------------------------------------------------------------------
+def resume(ckpts, groups, frozen, model, optimizer, workdir: str, log) -> dict:
+    """The training state of the newest intact checkpoint (logged), or a fresh one."""
+    state = restore(ckpts, groups, frozen, model, optimizer) or {
+        "step": 0, "epoch": 0, "step_in_epoch": 0, "history": [], "best": None,
+        "bad_epochs": 0, "plateau_wait": 0}
+    state["frozen_towers"] = frozen
+    if state["step"]:
+        log(f"resuming {workdir} from {state['checkpoint']}: epoch {state['epoch'] + 1}, "
+            f"batch {state['step_in_epoch']} of the epoch, step {state['step']}")
+    return state
+
+
+def training_batches(cfg, records, model, source, cached, strategy, shards, *, epoch,
+                     skip_batches):
+    """An epoch's (distributed) batches from batch `skip_batches` on."""
+    import tensorflow as tf
+
+    from dualencoder.train import setup
+
+    if cached == "both" and strategy.num_replicas_in_sync == 1 and shards == 1:
+        # one device, cached features: batches straight from the host arrays. (Tearing down a
+        # tf.data iterator at every epoch's end stalled for up to 10 s on CPU.)
+        return (tf.nest.map_structure(tf.convert_to_tensor, b)
+                for b in source.host_batches(epoch, skip_batches=skip_batches))
+    return setup.distribute(strategy, lambda num_shards, index: epoch_batches(
+        cfg, records, model, source, cached, epoch=epoch, skip_batches=skip_batches,
+        num_shards=num_shards, shard_index=index))
 
 
 def epoch_batches(cfg, records, model, source, cached, *, epoch, skip_batches, num_shards=1,
                   shard_index=0):
     """One epoch's batches for this input worker: decoded pairs, or cached features."""
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
 
     kwargs = dict(epoch=epoch, skip_batches=skip_batches, num_shards=num_shards,
                   shard_index=shard_index)
-    images = None if cached == "both" else runtime.train_dataset(
+    images = None if cached == "both" else setup.train_dataset(
         cfg, records, model.tokenizer, **kwargs)
     return source.epoch(images=images, **kwargs) if cached else images
+
+
+def append_ledger(path: str, step: int, epoch: int, batch, metrics: dict, strategy) -> None:
+    """One line of `ledger.jsonl`: the step's image ids (every local replica's) and loss."""
+    ids = [int(i) for part in strategy.experimental_local_results(batch["image_index"])
+           for i in part.numpy()]
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": step, "epoch": epoch + 1, "ids": ids,
+                             "loss": metrics["loss"]}) + "\n")
+
+
+def check_finite(loss: float, step: int, last_good: int, epoch: int, ckpts) -> None:
+    """Raise `TrainingDiverged` when the loss is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss became {loss} between step {last_good + 1} and step {step} (epoch "
+            f"{epoch + 1}); the last good checkpoint "
+            f"{ckpts.checkpoints()[-1] if ckpts.checkpoints() else '(none)'} is kept. "
+            "Lower optim.lr, use precision float32, or set optim.clipnorm.")
+
+
+def epoch_scalars(row: dict) -> dict:
+    """An epoch's history row as TensorBoard scalars (`epoch/<key>`)."""
+    return {f"epoch/{k}": v for k, v in row.items()
+            if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+
+
+def write_scalars(writer, step: int, values: dict) -> None:
+    """TensorBoard scalars at `step`."""
+    import tensorflow as tf
+
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            tf.summary.scalar(name, value)
 
 
 def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables=None) -> bool:
@@ -210,7 +220,7 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables
                          **{k: v for k, v in row.items() if k.startswith("val_")}}
         state["bad_epochs"] = state["plateau_wait"] = 0
         if best_variables is None:
-            model.save_dir(os.path.join(workdir, "model"))
+            save_model(model, os.path.join(workdir, "model"))
         else:
             save_variables_atomic(os.path.join(workdir, BEST_HEADS), best_variables)
     else:
@@ -230,96 +240,23 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables
     return False
 
 
-def make_train_step(model, optimizer, strategy, cfg: Config):
-    """A compiled distributed step: forward, multi-positive contrastive loss on the *global*
-    batch (embeddings all-gathered across replicas), gradients (with `optim.split_loss_accum`
-    summed over micro-batches that each have their own loss; with `optim.micro_batch`, the
-    full-batch gradient by gradient caching, `dualencoder.train.grad_cache`), clipping, AdamW update."""
-    import tensorflow as tf
-
-    replicas = strategy.num_replicas_in_sync
-    accum = cfg.optim.split_loss_accum
-    train_image = cfg.model.image_trainable != "none"
-    train_text = cfg.model.text_trainable != "none"
-
-    def forward(batch):
-        # Cached features (locked towers) arrive in the batch; otherwise run the towers.
-        img_f = batch.get("image_features")
-        if img_f is None:
-            img_f = model.image_features(batch["images"], training=train_image)
-        txt_f = batch.get("text_features")
-        if txt_f is None:
-            txt_f = model.text_features({"token_ids": batch["token_ids"],
-                                         "padding_mask": batch["padding_mask"]},
-                                        training=train_text)
-        img, txt = model.embed_from_features(img_f, txt_f, training=True)
-        index = batch["image_index"]
-        if replicas > 1:
-            img, txt = gather_replicas(img), gather_replicas(txt)
-            index = tf.cast(gather_replicas(tf.cast(index, tf.float64)), tf.int64)
-        return model.compute_contrastive_loss(img, txt, index)
-
-    def replica_step(batch):
-        variables = model.trainable_variables
-        grads, metrics = None, None
-        for micro in range(accum):
-            part = batch if accum == 1 else {
-                k: tf.split(v, accum, axis=0)[micro] for k, v in batch.items()}
-            with tf.GradientTape() as tape:
-                loss, metrics = forward(part)
-                scaled = optimizer.scale_loss(loss / (replicas * accum))
-            g = tape.gradient(scaled, variables)
-            if accum > 1:  # sums of IndexedSlices (embedding rows) need dense tensors
-                g = [None if x is None else tf.convert_to_tensor(x) for x in g]
-            grads = g if grads is None else [
-                b if a is None else a if b is None else a + b for a, b in zip(grads, g)]
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        if cfg.optim.clipnorm:
-            grads, _ = tf.clip_by_global_norm(grads, cfg.optim.clipnorm)
-        optimizer.apply_gradients(zip(grads, variables))
-        return metrics
-
-    if cfg.optim.micro_batch:  # gradient caching replaces the step above
-        from dualencoder.train import grad_cache
-        replica_step = grad_cache.make_replica_step(model, optimizer, cfg, replicas,
-                                                    gather=gather_replicas)
-
-    # XLA compiles the per-replica computation; the outer function stays a plain graph.
-    run_replica = (tf.function(tf.autograph.experimental.do_not_convert(replica_step),
-                               jit_compile=True) if cfg.run.jit_compile else replica_step)
-
-    @tf.function(jit_compile=False, reduce_retracing=True)
-    def step(batch):
-        batch = {k: v for k, v in batch.items() if k in STEP_INPUTS}  # no strings into XLA
-        per_replica = strategy.run(run_replica, args=(batch,))
-        # Every replica computed the loss on the same all-gathered global batch: its metrics
-        # are identical everywhere, so the first local replica's are the global ones.
-        return {k: strategy.experimental_local_results(v)[0] for k, v in per_replica.items()}
-
-    return step
-
-
-def gather_replicas(t):
-    """Concatenate every replica's `t` along axis 0, in replica order, with gradients.
-
-    Written as an all-reduce of zero-padded blocks: `ReplicaContext.all_gather` fails under
-    MultiWorkerMirroredStrategy on CPU ("destinations can not be empty", TF 2.21), and the
-    all-reduce's gradient is the same (upstream gradients summed over replicas, then the
-    local block). Local batches must have equal sizes (the pipeline drops remainders).
-    """
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    n, i = ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
-    local = tf.shape(t)[0]
-    pad = [[i * local, (n - 1 - i) * local]] + [[0, 0]] * (len(t.shape) - 1)
-    return ctx.all_reduce("SUM", tf.pad(t, pad))
-
-
 # --------------------------------------------------------------------------------------------
 # The best model of a run with frozen towers
 # --------------------------------------------------------------------------------------------
 BEST_HEADS = "best_heads.npz"
+
+
+def finish(model, variables, state: dict, workdir: str, cached) -> dict:
+    """The run's final model in `workdir/model` (the best epoch's, or the last model when
+    nothing was validated) and its summary (returned, and written to `summary.json`)."""
+    write_best_model(model, variables, workdir)
+    if not os.path.exists(os.path.join(workdir, "model", "config.json")):
+        save_model(model, os.path.join(workdir, "model"))  # no validation: keep the last model
+    summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
+               "best": state["best"], "history": state["history"],
+               "cached_features": cached}
+    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    return summary
 
 
 def save_variables_atomic(path: str, variables) -> None:
@@ -348,7 +285,7 @@ def write_best_model(model, variables, workdir: str) -> None:
                               f"{len(variables)} variables; delete it and retrain")
     for variable, value in zip(variables, values):
         variable.assign(value)
-    model.save_dir(os.path.join(workdir, "model"))
+    save_model(model, os.path.join(workdir, "model"))
     os.remove(path)
 
 

@@ -21,12 +21,13 @@ def synthetic_report(workdir: str, cfg) -> dict:
     from dualencoder.data import pipeline as data
     from dualencoder.data.annotations import class_names
     from dualencoder.eval import metrics
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
+    from dualencoder.train import validation
     from dualencoder.eval import zeroshot
     model = dualencoder.load(os.path.join(workdir, "model"))
-    dirs = runtime.synthetic_default(cfg.data.cache_dir, cfg.data.synthetic_images,
-                                     seed=cfg.run.seed)
-    image_emb, text_emb, rows = runtime.embed_records(
+    dirs = setup.synthetic_default(cfg.data.cache_dir, cfg.data.synthetic_images,
+                                   seed=cfg.run.seed)
+    image_emb, text_emb, rows = validation.embed_records(
         model, dirs["val"], image_size=cfg.model.image_size, resize_method=cfg.data.resize_method)
     recall = metrics.retrieval_metrics(image_emb, text_emb, rows, ks=(1, 5, 10))
     n_images = len(image_emb)

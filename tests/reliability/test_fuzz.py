@@ -179,7 +179,7 @@ KEYS = st.one_of(st.sampled_from(["optim.lr", "data.batch_size", "model.image_to
 @given(key=KEYS, value=WORDS, flag=st.sampled_from(["--set", "--epochs", "--batch-size",
                                                     "--config", "--precision"]))
 def test_train_cli_random_strings(tmp_path, key, value, flag):
-    import train
+    from dualencoder.cli import train
 
     assume("records" not in key and "cache_dir" not in key and "features_dir" not in key)
     extra = [flag, f"{key}={value}" if flag == "--set" else value]

@@ -109,7 +109,7 @@ def test_damaged_shard_skip_bad_reads_every_intact_record(records, tok, how):
 # ------------------------------------------------------------------------------------------
 def test_flipped_byte_verify_names_shard_and_training_refuses(records, capsys, monkeypatch):
     from faultkit import tiny_cfg
-    from dualencoder.train import runtime
+    from dualencoder.train import setup
     from dualencoder.train.loop import train
 
     damage(records, "flipped")
@@ -126,7 +126,7 @@ def test_flipped_byte_verify_names_shard_and_training_refuses(records, capsys, m
     def started(*_a, **_k):
         raise Started()
 
-    monkeypatch.setattr(runtime, "make_strategy", started)  # the step after the data checks
+    monkeypatch.setattr(setup, "make_strategy", started)  # the step after the data checks
     with pytest.raises(Started):
         train(tiny_cfg(str(records), ["data.verify=false"]), str(records.parent / "w2"),
               log=lambda *_: None)

@@ -1,9 +1,9 @@
 """The training input order is a pure function of the seed: same seed, same batches of ids;
-another seed, other ones. Checked on the function training uses (runtime.train_dataset) and
+another seed, other ones. Checked on the function training uses (setup.train_dataset) and
 against the ledger of a real run."""
 
 from faultkit import last_per_step, tiny_cfg
-from dualencoder.train import runtime
+from dualencoder.train import setup
 from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary
 
 FIRST = 5
@@ -12,7 +12,7 @@ FIRST = 5
 def _first_batches(records, seed, epoch=0):
     cfg = tiny_cfg(records, [f"run.seed={seed}"])
     tok = Tokenizer(tiny_vocabulary(), sequence_length=16)
-    ds = runtime.train_dataset(cfg, records, tok, epoch=epoch)
+    ds = setup.train_dataset(cfg, records, tok, epoch=epoch)
     return [b["image_index"].numpy().tolist() for b in ds.take(FIRST)]
 
 

@@ -1,0 +1,89 @@
+"""Which layers of a pretrained backbone train: the `trainable="all" | "none" | N` spec shared
+by the image and text towers, and the top-N-blocks rule for CNNs."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["parse_trainable", "set_top_trainable"]
+
+# Xception / VGG "block14_sepconv1", EfficientNet "block6a_expand_conv", tiny "block2_conv".
+_BLOCK_RE = re.compile(r"^block(\d+)[a-z]?_")
+
+
+def parse_trainable(trainable):
+    """"all" | "none" | int >= 0 (bools from Keras machinery map to all/none)."""
+    if trainable is True or trainable is None:
+        return "all"
+    if trainable is False:
+        return "none"
+    if isinstance(trainable, str):
+        value = trainable.strip().lower()
+        if value in ("all", "none"):
+            return value
+        if value.isdigit():
+            return int(value)
+    elif isinstance(trainable, int) and trainable >= 0:
+        return int(trainable)
+    raise ValueError(
+        f'trainable must be "all", "none" or an int N >= 0 (top-N blocks), got {trainable!r}'
+    )
+
+
+def _layers_with_weights(model):
+    return [layer for layer in model.layers if layer.weights]
+
+
+def _block_of_layers(layers):
+    """Block number per layer from "blockK_" / "blockKx_" names, or None.
+
+    A layer without a block prefix belongs to the *next* block (Xception's
+    residual 1x1 convs and EfficientNet's stem precede the block they feed);
+    layers after the last block (EfficientNet's `top_conv`) belong to it.
+    Returns None when fewer than two blocks are named (use the fallback).
+    """
+    numbers = [
+        int(m.group(1)) if (m := _BLOCK_RE.match(layer.name)) else None
+        for layer in layers
+    ]
+    if len({n for n in numbers if n is not None}) < 2:
+        return None
+    blocks, pending = [], 0
+    for n in numbers:
+        if n is not None:
+            blocks.extend([n] * (pending + 1))
+            pending = 0
+        else:
+            pending += 1
+    last = max(n for n in numbers if n is not None)
+    blocks.extend([last] * pending)
+    return blocks
+
+
+def set_top_trainable(model, trainable):
+    """Freeze `model` except for its top blocks; returns the trainable layers.
+
+    `trainable`: "all", "none" or N. For N, the top-N *blocks* are trainable
+    when layer names carry block numbers ("blockK_" as in Xception and VGG,
+    "blockKx_" as in EfficientNet); otherwise (ResNet, MobileNet, ConvNeXt,
+    DenseNet, ...) the last N layers that have weights. Frozen BatchNorm
+    layers run in inference mode (Keras 3 semantics of `trainable=False`).
+    """
+    trainable = parse_trainable(trainable)
+    layers = _layers_with_weights(model)
+    if trainable == "all":
+        flags = [True] * len(layers)
+    elif trainable == "none" or trainable == 0:
+        flags = [False] * len(layers)
+    else:
+        blocks = _block_of_layers(layers)
+        if blocks is not None:
+            top = max(blocks)
+            flags = [b > top - trainable for b in blocks]
+        else:
+            flags = [i >= len(layers) - trainable for i in range(len(layers))]
+    model.trainable = True
+    for layer, flag in zip(layers, flags):
+        layer.trainable = flag
+    return [layer for layer, flag in zip(layers, flags) if flag]
+
