@@ -142,7 +142,7 @@ def _retrieval_arguments(p):
 
 
 def _retrieval_prepare(args):
-    from dualencoder.eval.inputs import prepare_caption_data
+    from dualencoder.eval.caption_inputs import prepare_caption_data
     from dualencoder.eval.retrieval import check_bank
     from records import schema
 
