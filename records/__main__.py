@@ -159,12 +159,17 @@ def main(argv=None) -> int:
         return _inspect(args)
     except RecordsError as exc:
         return _error(exc)
+    except OSError as exc:  # the disk, not the program: a full disk, a read-only folder, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         print("error: interrupted (no manifest was written; rerun to complete)", file=sys.stderr)
         return 130
 
 
 def _build(args) -> int:
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _error(f"--out {args.out}: exists and is not a directory")
     from records.build import build_records
 
     manifest = build_records(args.source, args.out, shard_size=args.shard_size,
