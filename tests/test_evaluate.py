@@ -46,6 +46,10 @@ def test_usage_errors(capsys, tmp_path):
     _error(capsys, ["zeroshot", "--data", "x", "--out", "o"])  # no --model
     _error(capsys, ["kshot", "--model", "m", "--train", "a", "--test", "b", "--out", "o",
                     "--shots", "0,2"])
+    for steps in ("0", "100001", "many"):
+        err = _error(capsys, ["prompt-tune", "--model", "m", "--train", "a", "--test", "b",
+                              "--out", "o", "--shots", "2", "--steps", steps])
+        assert "--steps" in err and repr(steps) in err, err
 
 
 def test_input_errors_before_model_load(capsys, tmp_path, tiny_workdir):

@@ -80,6 +80,32 @@ def test_top5_only_with_more_than_five_classes():
         assert (r["top5_accuracy"] is not None) == has_top5
 
 
+def test_prompt_tuner_progress_lines_when_piped(capsys):
+    per_t = np.stack([np.eye(3, 6, dtype=np.float32)] * 2)
+    labels = np.arange(3)
+    Z.PromptTuner(per_t, steps=20).fit(np.eye(3, 6), labels)
+    assert capsys.readouterr().err == ""  # quiet by default (--quiet)
+    Z.PromptTuner(per_t, steps=20).fit(np.eye(3, 6), labels, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("prompt tuning: step 20/20, loss ")
+    assert all("\x1b" not in line and "\r" not in line for line in lines)
+
+
+def test_step_progress_is_a_bar_on_a_terminal():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    report = Z.step_progress(5, "tuning", stream=stream)
+    for _ in range(5):
+        report(0.5)
+    report(None)
+    assert "tuning" in stream.getvalue() and "\r" in stream.getvalue()
+
+
 def test_prompt_tuner_starts_at_zero_shot_and_learns_weights():
     # Two templates: template 0 describes the classes, template 1 is misleading.
     d = 6
