@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     path = getattr(args, "dir", None)
     if path is not None and not os.path.isdir(path):  # bad argument (2), not a failed check (1)
         return _error(f"{path}: no such records directory")
+    out = getattr(args, "out", None)
+    if args.command == "build" and os.path.exists(out) and not os.path.isdir(out):
+        return _error(f"--out {out}: exists and is not a directory")
     from records.schema import RecordsError
 
     try:
@@ -168,8 +171,6 @@ def main(argv=None) -> int:
 
 
 def _build(args) -> int:
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return _error(f"--out {args.out}: exists and is not a directory")
     from records.build import build_records
 
     manifest = build_records(args.source, args.out, shard_size=args.shard_size,
