@@ -60,7 +60,9 @@ def run_zeroshot(encoder, data: ClassData, out_dir: str, *, model_info: dict,
                                [data.class_names[emb["labels"][k]] for k in shown],
                                os.path.join(out_dir, "predictions.png"),
                                title=f"Zero-shot predictions — Predicted (True) — {data.name}")
-    summary = {**{k: result[k] for k in SUMMARY_KEYS}, **chance(len(data.class_names))}
+    # top-5 is left out with 5 classes or fewer (it would be 100%)
+    summary = {**{k: result[k] for k in SUMMARY_KEYS if result[k] is not None},
+               **chance(len(data.class_names))}
     settings = {"templates": templates if isinstance(templates, str) else "custom",
                 "num_templates": len(tmpl), "resize": resize,
                 "image_size": int(encoder.image_size)}
