@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     path = getattr(args, "dir", None)
     if path is not None and not os.path.isdir(path):  # bad argument (2), not a failed check (1)
         return _error(f"{path}: no such records directory")
+    out = getattr(args, "out", None)
+    if args.command == "build" and os.path.exists(out) and not os.path.isdir(out):
+        return _error(f"--out {out}: exists and is not a directory")
     from records.schema import RecordsError
 
     try:
@@ -159,6 +162,9 @@ def main(argv=None) -> int:
         return _inspect(args)
     except RecordsError as exc:
         return _error(exc)
+    except OSError as exc:  # the disk, not the program: a full disk, a read-only folder, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         print("error: interrupted (no manifest was written; rerun to complete)", file=sys.stderr)
         return 130

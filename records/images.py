@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 
 from records.schema import RecordsError
 
@@ -46,6 +47,15 @@ def read_image_bytes(image, *, what: str) -> bytes:
         raise RecordsError(f"{what}: image file missing: {path}") from None
     except OSError as exc:
         raise RecordsError(f"{what}: cannot read image file {path}: {exc}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """Why PIL could not decode an image, without the in-memory file object's repr that PIL
+    puts in some messages (`cannot identify image file <_io.BytesIO object at 0x...>`)."""
+    if type(exc).__name__ == "UnidentifiedImageError":
+        return "not a recognised image format"
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def prepare_image(data: bytes, *, what: str, max_side: int | None = None) -> PreparedImage:
@@ -85,7 +95,7 @@ def prepare_image(data: bytes, *, what: str, max_side: int | None = None) -> Pre
     except RecordsError:
         raise
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, ...)
-        raise RecordsError(f"{what}: unreadable image ({type(exc).__name__}: {exc})") from exc
+        raise RecordsError(f"{what}: unreadable image ({_reason(exc)})") from exc
     if need_resize:
         scale = int(max_side) / max(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))

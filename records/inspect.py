@@ -48,8 +48,46 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def sample_records(records_dir, num_images: int) -> list:
+    """The records a contact sheet shows: the first `num_images` of captioned records; of
+    class-folder records, images taken round-robin over the classes (the first image of each
+    class in label order, then the second of each, ...), so that the sheet shows many classes.
+
+    Example:
+    >>> [r["label"] for r in sample_records("data/synth_zeroshot", 4)]
+    [0, 1, 2, 3]
+    """
+    records = iter_records(records_dir, skip_bad=True)
+    num_classes = len(read_manifest(os.fspath(records_dir)).get("class_names") or [])
+    if num_classes < 2:
+        return list(itertools.islice(records, num_images))
+    # with more classes than images, one image of each of the first classes is enough
+    cap = num_images if num_classes <= num_images else 1
+    buckets: dict = {}
+    for rec in records:
+        bucket = buckets.setdefault(rec["label"], [])
+        if len(bucket) < cap:
+            bucket.append(rec)
+            if len(buckets) == num_classes and all(len(b) >= cap for b in buckets.values()):
+                break
+    rounds = itertools.zip_longest(*(buckets[label] for label in sorted(buckets)))
+    return [rec for row in rounds for rec in row if rec is not None][:num_images]
+
+
+def title_lines(record: dict, class_names, *, width: int = 38) -> list:
+    """A contact-sheet title: up to 3 captions of up to 2 lines each, a cut caption ending
+    with "…"; else the class name in brackets; else the image id."""
+    if record["captions"]:
+        return [line for c in record["captions"][:3]
+                for line in textwrap.wrap(c, width, max_lines=2, placeholder=" …")]
+    if 0 <= record["label"] < len(class_names):
+        return [f"[{class_names[record['label']]}]"]
+    return [record["image_id"]]
+
+
 def contact_sheet(records_dir, out_png, *, num_images: int = 16, columns: int = 4) -> str:
-    """Save a PNG grid of the first `num_images` images with their captions or class names.
+    """Save a PNG grid of `num_images` images (`sample_records`) with their captions or class
+    names (`title_lines`).
 
     Args:
         records_dir: a records directory.
@@ -71,20 +109,14 @@ def contact_sheet(records_dir, out_png, *, num_images: int = 16, columns: int = 
 
     manifest = read_manifest(os.fspath(records_dir))
     class_names = manifest.get("class_names") or []
-    samples = list(itertools.islice(iter_records(records_dir, skip_bad=True), num_images))
+    samples = sample_records(records_dir, num_images)
     rows = max(1, -(-len(samples) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, rec in zip(axes.flat, samples):
         ax.imshow(Image.open(io.BytesIO(rec["image_bytes"])).convert("RGB"))
-        if rec["captions"]:
-            lines = [line for c in rec["captions"][:3] for line in textwrap.wrap(c, 38)[:2]]
-        elif 0 <= rec["label"] < len(class_names):
-            lines = [f"[{class_names[rec['label']]}]"]
-        else:
-            lines = [rec["image_id"]]
-        ax.set_title("\n".join(lines[:6]), fontsize=7)
+        ax.set_title("\n".join(title_lines(rec, class_names)), fontsize=7)
     fig.suptitle(f"{records_dir} ({manifest['source']}, {manifest['num_records']} images)",
                  fontsize=9)
     fig.tight_layout()

@@ -47,6 +47,10 @@ def test_usage_errors(capsys, tmp_path):
     _error(capsys, ["zeroshot", "--data", "x", "--out", "o"])  # no --model
     _error(capsys, ["kshot", "--model", "m", "--train", "a", "--test", "b", "--out", "o",
                     "--shots", "0,2"])
+    for steps in ("0", "100001", "many"):
+        err = _error(capsys, ["prompt-tune", "--model", "m", "--train", "a", "--test", "b",
+                              "--out", "o", "--shots", "2", "--steps", steps])
+        assert "--steps" in err and repr(steps) in err, err
 
 
 def test_input_errors_before_model_load(capsys, tmp_path, tiny_workdir):
@@ -281,15 +285,26 @@ def test_baseline_linear_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_baseline_finetune(tmp_path):
+def test_baseline_finetune(tmp_path, capsys):
+    """No Keras warnings (input ran out of data, shuffle ignored); with progress and stdout
+    piped, plain epoch lines (no carriage returns, backspaces or escape codes)."""
+    import warnings
+
     from dualencoder.eval import baselines
 
     colors = make_color_folders(str(tmp_path / "colors"), per_class=5)
     data = prepare_class_data(colors)
-    rep = baselines.run_baseline(data, data, str(tmp_path / "ft"), arch="MobileNetV3Small",
-                                 weights="none", mode="finetune", image_size=32, epochs=1,
-                                 progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = baselines.run_baseline(data, data, str(tmp_path / "ft"), arch="MobileNetV3Small",
+                                     weights="none", mode="finetune", image_size=32, epochs=2,
+                                     patience=5, progress=True)
     assert "finetune_loss" in rep["history"] and rep["metrics"]["num_examples"] == 15
+    assert len(rep["history"]["finetune_loss"]) == 2
+    noisy = [str(w.message) for w in caught if "keras" in w.filename]
+    assert not noisy, noisy
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and not any(c in out for c in "\r\b\x1b"), repr(out[-500:])
 
 
 @pytest.mark.slow

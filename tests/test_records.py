@@ -264,3 +264,24 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, bad_csv, capsys):
     assert "build" in capsys.readouterr().out
     assert main(["build", "folders", "--help"]) == 0
     assert "--class-map" in capsys.readouterr().out
+
+
+def test_contact_sheet_spreads_over_classes_and_marks_cut_captions(tmp_path, make_image):
+    from records.inspect import contact_sheet, sample_records, title_lines
+
+    for cls, count in (("a", 8), ("b", 8), ("c", 1)):  # label order a, b, c; records grouped
+        for i in range(count):
+            make_image(tmp_path / "raw" / cls / f"{i}.png", fmt="PNG")
+    out = tmp_path / "rec"
+    build_records("folders", out, root=str(tmp_path / "raw"))
+    assert [r["label"] for r in sample_records(out, 6)] == [0, 1, 2, 0, 1, 0]
+    assert [r["label"] for r in sample_records(out, 2)] == [0, 1]  # more classes than images
+    png = tmp_path / "sheet.png"
+    assert contact_sheet(out, png, num_images=6) == os.fspath(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    record = {"captions": ["a short one", "word " * 30], "label": -1, "image_id": "x"}
+    lines = title_lines(record, [])
+    assert lines[0] == "a short one" and len(lines) == 3
+    assert lines[-1].endswith("…") and not lines[0].endswith("…")
+    assert title_lines({"captions": [], "label": 1, "image_id": "x"}, ["a", "b"]) == ["[b]"]

@@ -65,9 +65,45 @@ def test_evaluate_zero_shot_on_synthetic_embeddings():
     img[:5] = cls[1]  # five class-0 images look like class 1
     r = Z.evaluate_zero_shot(img, labels, cls, ["a", "b", "c"])
     assert r["accuracy"] == pytest.approx(55 / 60)
-    assert r["top5_accuracy"] == 1.0
+    assert r["top5_accuracy"] is None  # 3 classes: top-5 would be 100% whatever the model
     assert r["most_confused"][0]["a"] == "a" and r["most_confused"][0]["b"] == "b"
     assert r["most_confused"][0]["confusion_rate"] == pytest.approx(5 / 40)
+
+
+def test_top5_only_with_more_than_five_classes():
+    rng = np.random.default_rng(1)
+    for classes, has_top5 in ((5, False), (6, True)):
+        cls = np.eye(classes, 8, dtype=np.float32)
+        labels = np.repeat(np.arange(classes), 4)
+        img = cls[labels] + rng.normal(0, 0.05, (len(labels), 8)).astype(np.float32)
+        r = Z.evaluate_zero_shot(img, labels, cls, [str(i) for i in range(classes)])
+        assert (r["top5_accuracy"] is not None) == has_top5
+
+
+def test_prompt_tuner_progress_lines_when_piped(capsys):
+    per_t = np.stack([np.eye(3, 6, dtype=np.float32)] * 2)
+    labels = np.arange(3)
+    Z.PromptTuner(per_t, steps=20).fit(np.eye(3, 6), labels)
+    assert capsys.readouterr().err == ""  # quiet by default (--quiet)
+    Z.PromptTuner(per_t, steps=20).fit(np.eye(3, 6), labels, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("prompt tuning: step 20/20, loss ")
+    assert all("\x1b" not in line and "\r" not in line for line in lines)
+
+
+def test_step_progress_is_a_bar_on_a_terminal():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    report = Z.step_progress(5, "tuning", stream=stream)
+    for _ in range(5):
+        report(0.5)
+    report(None)
+    assert "tuning" in stream.getvalue() and "\r" in stream.getvalue()
 
 
 def test_prompt_tuner_starts_at_zero_shot_and_learns_weights():
@@ -107,6 +143,10 @@ def test_run_zeroshot_end_to_end_with_fake_encoder(tmp_path):
     loaded = json.load(open(os.path.join(out, "report.json")))
     assert loaded["settings"]["num_templates"] == 80
     assert [c["name"] for c in loaded["per_class"]] == ["blue", "green", "red"]
+    assert loaded["metrics"]["chance_accuracy"] == pytest.approx(1 / 3)
+    assert "top5_accuracy" not in loaded["metrics"]
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| Chance level (1/3 classes) | 33.33 |" in md and "Top-5" not in md
     # Second run reads the embedding cache: the encoder sees no images.
     enc2 = ColorEncoder()
     run_zeroshot(enc2, data, str(tmp_path / "out2"), model_info=info,

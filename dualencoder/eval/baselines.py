@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import sys
 import time
 
 import numpy as np
@@ -135,6 +136,14 @@ def _head(num_classes, dim, seed):
     return keras.Model(inputs, outputs, name="head")
 
 
+def _keras_verbose(progress: bool) -> int:
+    """Keras `verbose`: its live progress bar on a terminal; one plain line per epoch when
+    stdout is piped (the bar's carriage returns and backspaces would litter a log)."""
+    if not progress:
+        return 0
+    return 1 if getattr(sys.stdout, "isatty", lambda: False)() else 2
+
+
 def _callbacks(patience):
     import keras
     return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
@@ -190,7 +199,7 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
     head = _head(c, tr["embeddings"].shape[1], seed)
     head.compile(optimizer=keras.optimizers.Adam(learning_rate),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    verbose = 2 if progress else 0
+    verbose = _keras_verbose(progress)
     t1 = time.perf_counter()
     hist = head.fit(tr["embeddings"][fit_idx], tr["labels"][fit_idx],
                     validation_data=(tr["embeddings"][val_idx], tr["labels"][val_idx]),
@@ -274,6 +283,9 @@ def _finetune(enc, head, train, test, tr, te, fit_idx, val_idx, num_classes, *, 
         ds = D.image_dataset(records_dir, image_size=size, batch_size=64,
                              resize_method=resize).unbatch()
         ds = ds.filter(lambda e: tf.reduce_any(tf.equal(wanted, e["image_index"])))
+        # a filtered dataset's length is unknown; told it, Keras knows where an epoch ends
+        # (instead of warning that the input "ran out of data")
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))
         ds = ds.map(lambda e: (e["images"], e["label"]))
         if shuffle:
             ds = ds.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
@@ -281,9 +293,11 @@ def _finetune(enc, head, train, test, tr, te, fit_idx, val_idx, num_classes, *, 
 
     fit_ds = subset(train.records_dir, tr["image_index"][fit_idx], True)
     val_ds = subset(train.records_dir, tr["image_index"][val_idx], False)
-    hist = model.fit(fit_ds, validation_data=val_ds, epochs=epochs,
-                     callbacks=_callbacks(patience), verbose=verbose)
-    test_ds = D.image_dataset(test.records_dir, image_size=size, batch_size=batch_size,
-                              resize_method=resize).map(lambda e: e["images"])
+    hist = model.fit(fit_ds, validation_data=val_ds, epochs=epochs, shuffle=False,  # fit_ds is
+                     callbacks=_callbacks(patience), verbose=verbose)           # shuffled
+    test_ds = D.image_dataset(test.records_dir, image_size=size, batch_size=64,
+                              resize_method=resize).unbatch()
+    test_ds = test_ds.apply(tf.data.experimental.assert_cardinality(len(te["image_index"])))
+    test_ds = test_ds.map(lambda e: e["images"]).batch(batch_size)
     probs = model.predict(test_ds, verbose=0)
     return probs, hist.history

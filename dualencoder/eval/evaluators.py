@@ -19,6 +19,7 @@ The heavy modules are imported inside the functions, so importing this table is 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import Callable
 
@@ -142,7 +143,7 @@ def _retrieval_arguments(p):
 
 
 def _retrieval_prepare(args):
-    from dualencoder.eval.inputs import prepare_caption_data
+    from dualencoder.eval.caption_inputs import prepare_caption_data
     from dualencoder.eval.retrieval import check_bank
     from records import schema
 
@@ -217,14 +218,25 @@ def _kshot_run(args, prepared, encoder, info):
                      **run_options(args))
 
 
+MAX_STEPS = 100_000  # full-batch steps; more only burns time (the loss settles in hundreds)
+
+
+def _steps(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_STEPS} steps, got {text!r}")
+    return value
+
+
 def _prompt_tune_arguments(p):
     _add_train_test(p)
     p.add_argument("--shots", type=positive_int, required=True,
                    help="training images per class the weights are learned on")
     p.add_argument("--templates", default="clip80",
                    help="the templates to weight: simple | clip80 | FILE")
-    p.add_argument("--steps", type=positive_int, default=300,
-                   help="optimisation steps of the template weights and temperature")
+    p.add_argument("--steps", type=_steps, default=300,
+                   help=f"optimisation steps of the template weights and temperature "
+                        f"(1..{MAX_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the shot sample")
 
 

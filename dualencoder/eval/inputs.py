@@ -1,11 +1,10 @@
 """Evaluation inputs: class-folder and captioned data sets, validated and turned into records.
 
 `prepare_class_data` takes a records directory of class-folder records or raw class folders
-(`DIR/<class>/<images>`, built into the cache once) and returns a `ClassData`;
-`prepare_caption_data` resolves a retrieval spec (`flickr:DIR[:SPLITFILE]`, `coco:DIR:SPLIT`,
-`records:DIR` or a bare records directory) to a records directory. Both reject bad input with
-a one-line `EvaluationError` before any model is loaded; nothing here imports TensorFlow at
-import time. `embed_class_data` embeds a `ClassData` through `dualencoder.encoders.cache`
+(`DIR/<class>/<images>`, built into the cache once) and returns a `ClassData`; it rejects
+bad input with a one-line `EvaluationError` before any model is loaded (captioned data:
+`dualencoder.eval.caption_inputs`); records are verified against their manifest before use
+(`verify_records_dir`); nothing here imports TensorFlow at import time. `embed_class_data` embeds a `ClassData` through `dualencoder.encoders.cache`
 and `load_images` decodes a few records for the report figures.
 """
 
@@ -22,13 +21,31 @@ from dualencoder.eval import zeroshot as Z
 from dualencoder.eval.errors import EvaluationError
 from records.files import IMAGE_EXTENSIONS
 
-__all__ = ["ClassData", "is_records_dir", "class_folder_counts", "prepare_class_data",
+__all__ = ["ClassData", "is_records_dir", "verify_records_dir", "class_folder_counts", "prepare_class_data",
            "ensure_records", "record_labels", "class_counts", "check_same_classes",
-           "check_shots", "prepare_caption_data", "embed_class_data", "load_images"]
+           "check_shots", "embed_class_data", "load_images"]
 
 
 def is_records_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "manifest.json"))
+
+
+def verify_records_dir(path: str) -> dict:
+    """Check every shard of a records directory against its manifest (sizes, sha256, record
+    counts), as training does before it reads records; returns the manifest.
+
+    Raises:
+        EvaluationError: a missing or bad manifest, or a damaged shard (named).
+    """
+    from records import schema
+    from records.verify import verify_records
+
+    try:
+        verify_records(path)
+        return schema.read_manifest(path)
+    except schema.RecordsError as exc:
+        raise EvaluationError(f"{exc} (run `python -m records verify {path}` and rebuild the "
+                              "records)") from exc
 
 
 def class_folder_counts(path: str) -> dict:
@@ -99,7 +116,8 @@ def _cache_root(cache_dir):
     return cache_dir or default_cache_dir()
 
 
-def _folder_key(path: str, extra) -> str:
+def folder_key(path: str, extra) -> str:
+    """A cache key of a raw data folder: its files' names, sizes and times, plus `extra`."""
     h = hashlib.sha256(os.path.abspath(path).encode())
     for root, dirs, files in os.walk(path):
         dirs.sort()
@@ -114,22 +132,33 @@ def _folder_key(path: str, extra) -> str:
     return h.hexdigest()[:24]
 
 
-def _build_cached_records(source, key, cache_dir, skip_bad, **options):
+# What `--skip-bad` skips at build time: errors about one image or row of the source.
+_SKIPPABLE = ("unreadable image", "image file missing", "empty image", "cannot read image",
+              "empty caption")
+
+
+def build_cached_records(source, key, cache_dir, skip_bad, **options):
+    """`(records_dir, manifest)` of `source` built into the cache under `key`: reused when it
+    verifies, (re)built otherwise; a build error is an EvaluationError."""
     from records import schema
     from records.build import build_records
 
     out = os.path.join(_cache_root(cache_dir), "records", f"{source}-{key}")
     if is_records_dir(out):
         try:
-            manifest = schema.read_manifest(out)
-            return out, manifest
-        except schema.RecordsError:
-            pass
+            verify_records_dir(out)
+            return out, schema.read_manifest(out)
+        except (EvaluationError, schema.RecordsError):
+            pass  # damaged since it was built: build it again
     try:
         manifest = build_records(source, out, skip_bad=skip_bad, **options)
     except schema.RecordsError as exc:
-        hint = "" if skip_bad else " (pass --skip-bad to skip unreadable images)"
-        raise EvaluationError(f"{exc}{hint}") from exc
+        skippable = any(what in str(exc) for what in _SKIPPABLE)
+        hint = " (pass --skip-bad to skip unreadable images)" if skippable and not skip_bad \
+            else ""
+        root = os.fspath(options.get("root") or "")
+        where = f"{root}: " if root and root not in str(exc) else ""  # ids are relative to it
+        raise EvaluationError(f"{where}{exc}{hint}") from exc
     return out, manifest
 
 
@@ -169,6 +198,7 @@ def prepare_class_data(path: str, *, class_map=None, cache_dir=None, skip_bad=Fa
                                   "needs at least two")
         if manifest.get("num_records", 0) == 0:
             raise EvaluationError(f"{path}: the records hold no images")
+        verify_records_dir(path)  # the cheap checks first
         skipped = list((manifest.get("build") or {}).get("skipped") or [])
         data = ClassData(path, path, list(folders), _map(folders, mapping), None, name,
                          skipped, cache_dir, skip_bad)
@@ -186,8 +216,8 @@ def ensure_records(data: ClassData) -> ClassData:
     """Build the records of a raw class-folder `ClassData` into the cache (once)."""
     if data.records_dir is not None:
         return data
-    key = _folder_key(data.path, {"skip_bad": data.skip_bad})
-    out, manifest = _build_cached_records("folders", key, data.cache_dir, data.skip_bad,
+    key = folder_key(data.path, {"skip_bad": data.skip_bad})
+    out, manifest = build_cached_records("folders", key, data.cache_dir, data.skip_bad,
                                           root=data.path)
     built = list(manifest.get("class_names") or [])
     if built != data.folder_names:
@@ -239,55 +269,6 @@ def check_shots(shots: int, smallest: int) -> None:
     if shots > smallest:
         raise EvaluationError(f"--shots {shots} is more than the smallest training class has "
                               f"({smallest} images)")
-
-
-def prepare_caption_data(spec: str, *, cache_dir=None, skip_bad=False, build=True):
-    """Resolve a retrieval data spec to a records directory.
-
-    Specs: `flickr:DIR[:SPLITFILE]`, `coco:DIR:SPLIT`, `records:DIR`, or a bare
-    records directory.
-
-    Returns:
-        `(records_dir or None when build=False, name, info dict)`.
-    """
-    kind, _, rest = spec.partition(":")
-    if kind not in ("flickr", "coco", "records") or not rest:
-        kind, rest = "records", spec
-    if kind == "records":
-        if not os.path.exists(rest):
-            raise EvaluationError(f"{rest}: no such directory")
-        if not is_records_dir(rest):
-            raise EvaluationError(f"{rest}: not a records directory (no manifest.json); use "
-                                  "flickr:DIR[:SPLITFILE] or coco:DIR:SPLIT for raw data")
-        return rest, os.path.basename(os.path.normpath(rest)), {"spec": spec}
-    if kind == "flickr":
-        root, _, split = rest.partition(":")
-        if not os.path.isdir(root):
-            raise EvaluationError(f"{root}: no such directory (flickr:DIR[:SPLITFILE])")
-        if split and not os.path.isfile(split) and not os.path.isfile(os.path.join(root, split)):
-            raise EvaluationError(f"{split}: no such split file")
-        if split and not os.path.isfile(split):
-            split = os.path.join(root, split)
-        options = {"root": root}
-        if split:
-            options["split_file"] = split
-        name = "flickr8k" + (f"-{os.path.basename(split).split('.')[-2]}" if split else "")
-    else:
-        root, _, split = rest.partition(":")
-        if not os.path.isdir(root):
-            raise EvaluationError(f"{root}: no such directory (coco:DIR:SPLIT)")
-        if not split:
-            raise EvaluationError("coco data needs a split: coco:DIR:SPLIT (e.g. val2017)")
-        options = {"root": root, "split": split}
-        name = f"coco-{split}"
-    if not build:
-        return None, name, {"spec": spec}
-    key = _folder_key(root, {"options": options, "skip_bad": skip_bad}) if kind == "flickr" \
-        else _folder_key(os.path.join(root, "annotations"), {"options": options,
-                                                               "skip_bad": skip_bad})
-    out, manifest = _build_cached_records(kind, key, cache_dir, skip_bad, **options)
-    return out, name, {"spec": spec, "skipped": len((manifest.get("build") or {}).get(
-        "skipped") or [])}
 
 
 def embed_class_data(encoder, data: ClassData, *, resize, batch_size, cache_dir, progress,

@@ -96,10 +96,12 @@ def classification_metrics(y_true, y_pred, num_classes: int, class_names=None,
         y_pred: int array `[N]`.
         num_classes: int.
         class_names: optional list of `num_classes` names for the per-class table.
-        scores: optional float array `[N, C]`; when given, `top5_accuracy` is added.
+        scores: optional float array `[N, C]`; when given and there are more than 5
+            classes, `top5_accuracy` is computed.
 
     Returns:
-        dict with `accuracy`, `top5_accuracy` (or None), `precision`, `recall`, `f1`
+        dict with `accuracy`, `top5_accuracy` (None without scores or with <= 5 classes),
+        `precision`, `recall`, `f1`
         (macro averages over classes that have test examples), `mean_per_class_recall`
         (the same number as macro recall, also known as balanced accuracy),
         `num_examples`, `confusion_matrix` (list of lists) and `per_class`
@@ -123,8 +125,8 @@ def classification_metrics(y_true, y_pred, num_classes: int, class_names=None,
         return float(values[present].mean()) if present.any() else float("nan")
 
     top5 = None
-    if scores is not None:
-        top5 = topk_accuracy(scores, y_true, min(5, num_classes))
+    if scores is not None and num_classes > 5:  # with 5 classes or fewer it is always 100%
+        top5 = topk_accuracy(scores, y_true, 5)
     return {
         "num_examples": n,
         "accuracy": float(tp.sum() / n) if n else float("nan"),

@@ -165,8 +165,8 @@ def run_prompt_tune(encoder, train: ClassData, test: ClassData, out_dir: str, *,
     zs_cls = Z.class_text_embeddings(None, None, None, per_template=per_t)
     zs = Z.evaluate_zero_shot(te["embeddings"], te["labels"], zs_cls, test.class_names)
     idx = P.balanced_sample(tr["labels"], shots, seed=seed, num_classes=c)
-    tuner = Z.PromptTuner(per_t, steps=steps, seed=seed).fit(tr["embeddings"][idx],
-                                                             tr["labels"][idx])
+    tuner = Z.PromptTuner(per_t, steps=steps, seed=seed).fit(
+        tr["embeddings"][idx], tr["labels"][idx], progress=progress)
     tuned = Z.evaluate_zero_shot(te["embeddings"], te["labels"], tuner.class_embeddings(),
                                  test.class_names)
     clf, _ = P.fit_probe(tr["embeddings"][idx], tr["labels"][idx], c, seed=seed)

@@ -12,7 +12,7 @@ from dualencoder.eval import metrics as M
 from records.files import jsonable, write_json_atomic, write_text_atomic
 
 __all__ = ["write_report", "pct", "summary_md", "per_class_md", "pairs_md", "header",
-           "classification_section", "SUMMARY_KEYS"]
+           "classification_section", "chance", "SUMMARY_KEYS"]
 
 # The metrics a classification report's `metrics` holds.
 SUMMARY_KEYS = ("accuracy", "top5_accuracy", "precision", "recall", "f1",
@@ -33,12 +33,20 @@ def pct(x):
     return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{100 * x:.2f}"
 
 
+def chance(num_classes: int) -> dict:
+    """`{"chance_accuracy": 1 / num_classes, "num_classes"}`: the accuracy of guessing."""
+    return {"chance_accuracy": 1.0 / num_classes, "num_classes": int(num_classes)}
+
+
 def summary_md(m):
     rows = [("Accuracy (top-1)", m.get("accuracy")), ("Top-5 accuracy", m.get("top5_accuracy")),
             ("Precision (macro)", m.get("precision")), ("Recall (macro)", m.get("recall")),
             ("F1 (macro)", m.get("f1")), ("Mean per-class recall", m.get("mean_per_class_recall"))]
     lines = ["| Metric | % |", "|---|---:|"]
     lines += [f"| {k} | {pct(v)} |" for k, v in rows if k != "Top-5 accuracy" or v is not None]
+    if m.get("chance_accuracy") is not None:
+        lines.append(f"| Chance level (1/{m['num_classes']} classes) | "
+                     f"{pct(m['chance_accuracy'])} |")
     return "\n".join(lines)
 
 

@@ -298,8 +298,9 @@ class PromptTuner:
         return class_text_embeddings(None, None, None, weights=self.template_weights,
                                      per_template=self.per_template)
 
-    def fit(self, image_embeddings, labels):
-        """Train on `[N, D]` normalised image embeddings with int labels `[N]`."""
+    def fit(self, image_embeddings, labels, *, progress: bool = False):
+        """Train on `[N, D]` normalised image embeddings with int labels `[N]`; `progress`
+        shows the steps and the loss on stderr (`step_progress`)."""
         import tensorflow as tf
 
         x = tf.constant(_normalize(image_embeddings))
@@ -334,10 +335,46 @@ class PromptTuner:
             s.assign(tf.clip_by_value(s, 0.0, max_log_scale))
             return loss
 
-        self.history = [float(step()) for _ in range(self.steps)]
+        report = step_progress(self.steps, "prompt tuning") if progress else None
+        self.history = []
+        for _ in range(self.steps):
+            self.history.append(float(step()))
+            if report:
+                report(self.history[-1])
+        if report:
+            report(None)
         self.template_logits = a.numpy()
         self.log_scale = float(s.numpy())
         return self
 
     def predict_scores(self, image_embeddings) -> np.ndarray:
         return zero_shot_scores(image_embeddings, self.class_embeddings())
+
+
+def step_progress(total: int, desc: str, stream=None, lines: int = 10):
+    """`report(loss)` after each of `total` steps, `report(None)` at the end: a tqdm bar on a
+    terminal, else (piped logs) a plain `desc: step i/total, loss x` line `lines` times."""
+    import sys
+
+    stream = stream or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=stream)
+
+        def report(loss):
+            if loss is None:
+                bar.close()
+                return
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        return report
+    every, done = max(1, total // lines), [0]
+
+    def report(loss):
+        if loss is None:
+            return
+        done[0] += 1
+        if done[0] % every == 0 or done[0] == total:
+            print(f"{desc}: step {done[0]}/{total}, loss {loss:.4f}", file=stream, flush=True)
+    return report

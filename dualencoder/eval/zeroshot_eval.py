@@ -12,7 +12,7 @@ import numpy as np
 from dualencoder.eval import plots
 from dualencoder.eval import zeroshot as Z
 from dualencoder.eval.inputs import ClassData, embed_class_data, load_images
-from dualencoder.eval.report import (SUMMARY_KEYS, header, pairs_md, per_class_md, summary_md,
+from dualencoder.eval.report import (SUMMARY_KEYS, chance, header, pairs_md, per_class_md, summary_md,
                                      write_report)
 
 __all__ = ["run_zeroshot"]
@@ -60,7 +60,9 @@ def run_zeroshot(encoder, data: ClassData, out_dir: str, *, model_info: dict,
                                [data.class_names[emb["labels"][k]] for k in shown],
                                os.path.join(out_dir, "predictions.png"),
                                title=f"Zero-shot predictions — Predicted (True) — {data.name}")
-    summary = {k: result[k] for k in SUMMARY_KEYS}
+    # top-5 is left out with 5 classes or fewer (it would be 100%)
+    summary = {**{k: result[k] for k in SUMMARY_KEYS if result[k] is not None},
+               **chance(len(data.class_names))}
     settings = {"templates": templates if isinstance(templates, str) else "custom",
                 "num_templates": len(tmpl), "resize": resize,
                 "image_size": int(encoder.image_size)}

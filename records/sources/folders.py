@@ -43,8 +43,15 @@ def load_class_map(spec) -> dict:
     else:
         raise RecordsError(f"class map {spec!r}: neither a file nor a shipped map "
                            f"({', '.join(SHIPPED_MAPS)})")
-    with open(path, encoding="utf-8-sig") as fh:
-        text = fh.read()
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise RecordsError(f"{path}: not a class map (not UTF-8 text: byte {exc.start} is "
+                           f"{exc.object[exc.start:exc.start + 1]!r}); expected JSON or "
+                           "'src,dst' lines") from None
+    except OSError as exc:
+        raise RecordsError(f"{path}: cannot read the class map ({exc.strerror or exc})") from None
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)

@@ -156,18 +156,26 @@ def test_retrieval_cli(files):
 
 def test_records_cli(files):
     out = os.path.join(files["root"], "rec-out")
+    a_file = os.path.join(files["root"], "a-file")
+    with open(a_file, "w") as fh:
+        fh.write("not a directory")
     cases = [
+        ("out is a file", ["build", "synthetic", "--out", a_file, "--num-images", "4"]),
         ("shard 0", ["build", "synthetic", "--out", out, "--shard-size", "0"]),
         ("num -5", ["build", "synthetic", "--out", out, "--num-images", "-5"]),
         ("unknown source", ["build", "nosuch", "--out", out]),
         ("missing dir", ["verify", "/nonexistent/recs"]),
         ("missing inspect", ["inspect", "/nonexistent/recs2"]),
         ("missing csv", ["build", "csv", "/nonexistent/c.csv", "--out", out]),
+        ("out under a file", ["build", "synthetic", "--out", os.path.join(a_file, "sub"),
+                              "--num-images", "4"]),
     ]
     check(drive("records.__main__", cases), {
         "shard 0": ("'0'", False), "num -5": ("'-5'", False), "unknown source": ("nosuch", False),
         "missing dir": ("/nonexistent/recs", False), "missing inspect": ("/nonexistent/recs2", False),
         "missing csv": ("/nonexistent/c.csv", True),
+        "out is a file": ("a-file: exists and is not a directory", False),
+        "out under a file": ("a-file", True),
     })
     assert not os.path.exists(out)
 
