@@ -72,6 +72,14 @@ def test_help_config_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("model.image_tower", "optim.lr", "data.batch_size", "run.precision"):
         assert key in out
+    lines = out.splitlines()
+    # every key is followed by its description (indented deeper than the key)
+    keys = [i for i, line in enumerate(lines) if line.startswith("  ") and " = " in line
+            and not line.startswith("      ")]
+    assert len(keys) == sum(len(vars(getattr(Config(), s))) for s in vars(Config()))
+    for i in keys:
+        assert lines[i + 1].startswith("      ") and len(lines[i + 1].strip()) > 8, lines[i]
+    assert '  optim.lr = 0.001' in out and "AdamW peak learning rate" in out
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,6 +196,28 @@ def test_incompatible_workdir_is_refused(synthetic_records, tmp_path, capsys):
     assert train_cli.main(base + ["--set", "model.embed_dim=32"]) == 2
     err = capsys.readouterr().err
     assert "incompatible config" in err and "model.embed_dim" in err
+
+
+
+def test_rerun_in_a_workdir_defaults_to_its_saved_config(synthetic_records, tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    first = ["--records", synthetic_records["train"], "--workdir", workdir, "--set",
+             "optim.max_steps=1"] + [a for s in TINY for a in ("--set", s)]
+    assert train_cli.main(first) == 0
+    # the original flags need not be repeated: --records and --workdir, or --workdir alone
+    assert train_cli.main(["--records", synthetic_records["train"], "--workdir", workdir]) == 0
+    assert train_cli.main(["--workdir", workdir, "--set", "optim.max_steps=2"]) == 0
+    with open(os.path.join(workdir, "summary.json")) as fh:
+        assert json.load(fh)["steps"] == 2
+    with open(os.path.join(workdir, "config.json")) as fh:
+        assert json.load(fh)["model"]["embed_dim"] == 16
+    capsys.readouterr()
+    # an explicit setting that changes the model is refused, naming only that key
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"model": {"embed_dim": 32, "image_size": 32}}))
+    assert train_cli.main(["--workdir", workdir, "--config", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "model.embed_dim: 16 -> 32" in err and err.count(" -> ") == 1
 
 
 # ----------------------------------------------------------------------------------------

@@ -49,12 +49,13 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
 
     from dualencoder.data import order as data_order
     from dualencoder.train import features, setup, validation
-    os.makedirs(workdir, exist_ok=True)
     check_workdir_config(cfg, workdir)
     cached = features.use_cache(cfg)  # "both", "text" or None; bad combinations fail here
     records, val_records = setup.resolve_records(cfg, log=log)
+    setup.check_training_pairs(cfg, records)  # before anything is written
     strategy = setup.make_strategy(cfg.run.strategy)
     model, optimizer = setup.model_and_optimizer(cfg, strategy, records)
+    os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
     ckpts = CheckpointManager(os.path.join(workdir, "checkpoints"), cfg.run.keep_checkpoints)
     groups, frozen = checkpoint_groups(model, optimizer)
