@@ -291,3 +291,42 @@ def test_xla_and_gradient_accumulation(synthetic_records, tmp_path, extra):
     rows = ledger(str(tmp_path / "w"))
     assert summary["steps"] == 2 and len(rows) == 2
     assert all(np.isfinite(r["loss"]) and len(r["ids"]) == 16 for r in rows)
+
+
+def test_training_output_is_plain_when_not_a_terminal(synthetic_records, tmp_path, capsys):
+    """A log (stdout/stderr not a TTY) gets whole lines: no ANSI codes, no carriage returns
+    (Keras' live progress bar and the feature-caching bars are for terminals)."""
+    from dualencoder.train.loop import train
+
+    cfg = tiny_cfg(synthetic_records["train"], extra=[
+        "optim.epochs=1", "model.image_trainable=none", "model.text_trainable=none"])
+    train(cfg, str(tmp_path / "w"))
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert "\x1b[" not in stream and "\r" not in stream and "\b" not in stream, stream[:300]
+    assert "8/8" in captured.out and "epoch 1:" in captured.out
+
+
+def test_tower_functions_trace_once_per_model(synthetic_records):
+    """Validation, feature caching and the report share one compiled text function per
+    model, so repeated embedding passes do not retrace it."""
+    import logging
+
+    from dualencoder.model.encoding import tower_functions
+    from dualencoder.train import setup, validation
+
+    cfg = tiny_cfg(synthetic_records["train"])
+    model = setup.build(cfg)
+    assert tower_functions(model)[1] is tower_functions(model)[1]
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for _ in range(6):
+            validation.embed_records(model, synthetic_records["val"], image_size=32,
+                                     resize_method="bicubic")
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m], messages

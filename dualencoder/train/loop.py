@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import warnings
 
@@ -79,7 +80,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
         epoch, start = state["epoch"], state["step_in_epoch"]
         batches = training_batches(cfg, records, model, source, cached, strategy, shards,
                                    epoch=epoch, skip_batches=start)
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"])
+        # a live bar on a terminal; in a log (not a TTY) one plain line when the epoch ends
+        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"],
+                                  verbose=1 if sys.stdout.isatty() else 2)
         bar.update(start)
         t0, sums, last_good = time.time(), {}, state["step"]
         for batch in batches:
