@@ -1,8 +1,8 @@
 """Training configuration: typed sections with documented defaults, JSON files and `--set` overrides.
 
 A configuration is four sections (`model`, `data`, `optim`, `run`). Every key has a default
-here; a JSON file and `--set section.key=value` overrides replace defaults, and an unknown
-key is an error (never silently ignored). Configs are data: nothing is ever executed.
+and a one-line description here (`_key`); a JSON file and `--set section.key=value` overrides
+replace defaults, an unknown key is an error. Configs are data: nothing is ever executed.
 
 Example:
 ```python
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 # Keys whose change makes a workdir's checkpoints unusable (resume refuses them).
@@ -27,145 +28,121 @@ class ConfigError(ValueError):
     """A bad configuration value or key; the message names it."""
 
 
+def _key(default, help):
+    """A config key: its default and its one-line description (`describe`, --help-config)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class ModelConfig:
-    """The dual encoder; the one table of model defaults (`model_defaults()`, used by build_model).
+    """The dual encoder; the one table of model defaults (`model_defaults()`, used by
+    `dualencoder.model.dual_encoder.build_model`)."""
 
-    See `dualencoder.model.dual_encoder.build_model`.
-
-    image_tower: a `keras.applications` name (xception, efficientnetb0..b7, resnet50, ...) or
-        "tiny" (tests). image_weights: "imagenet" (Keras download), "none" or a local weights
-        file. image_size: square input size in pixels. image_trainable: "all", "none" or an int
-        N (top-N blocks). text_tower: "all-minilm-l6-v2" (the installed MiniLM package, also
-        ""), a keras-hub preset name, a local Hugging Face / keras-hub folder, "tiny", or (in
-        saved models) a dict of TextTower arguments. text_pooling: "mean" or "cls" (ignored
-        with head="attention"). text_trainable: like image_trainable, in transformer layers.
-        sequence_length: tokens per caption.
-    embed_dim: shared space size. head: "mlp" (seed design), "linear" or "attention" (learned
-        query pooling over spatial/token outputs, then a linear projection); head_layers,
-        head_dropout, attention_heads. loss: "clip", "soft" or "siglip"; extra_loss: None or
-        "max_violation" with extra_loss_weight. init_logit_scale / max_logit_scale: temperature
-        init and clamp; logit_scale_lr_mult: the temperature's learning-rate multiplier (the
-        variable is log_logit_scale / mult, so an optimizer step moves the log scale `mult`
-        times further; 1 = plain; short runs: 10-50); init_logit_bias: SigLIP's bias init (the
-        paper uses -10).
-    """
-
-    image_tower: str = "xception"
-    image_weights: str = "imagenet"
-    image_size: int = 299
-    image_trainable: Any = "all"
-    text_tower: str = "all-minilm-l6-v2"
-    text_pooling: str = "mean"
-    text_trainable: Any = "all"
-    sequence_length: int = 64
-    embed_dim: int = 256
-    head: str = "mlp"
-    head_layers: int = 1
-    head_dropout: float = 0.1
-    attention_heads: int = 8
-    loss: str = "clip"
-    extra_loss: Any = None
-    extra_loss_weight: float = 0.0
-    init_logit_scale: float = 1 / 0.07
-    max_logit_scale: float = 100.0
-    logit_scale_lr_mult: float = 1.0
-    init_logit_bias: float = -10.0
+    image_tower: str = _key("xception", "a keras.applications CNN name (xception, "
+                            "efficientnetb0..b7, resnet50, ...) or \"tiny\" (tests)")
+    image_weights: str = _key("imagenet", "\"imagenet\" (Keras download), \"none\" (random "
+                              "init) or a local weights file")
+    image_size: int = _key(299, "square input size in pixels (at least what the image tower "
+                           "accepts: xception 71, inception 75, other CNNs 32, tiny 8)")
+    image_trainable: Any = _key("all", "\"all\", \"none\" or an int N: train the top-N blocks "
+                                "of the image tower")
+    text_tower: str = _key("all-minilm-l6-v2", "\"all-minilm-l6-v2\" (the installed MiniLM "
+                           "package, also \"\"), a keras-hub preset name, a local Hugging Face "
+                           "/ keras-hub folder, \"tiny\", or (in saved models) a dict of "
+                           "TextTower arguments")
+    text_pooling: str = _key("mean", "\"mean\" or \"cls\" token pooling (ignored with "
+                             "head=attention)")
+    text_trainable: Any = _key("all", "like image_trainable, in transformer layers")
+    sequence_length: int = _key(64, "tokens per caption")
+    embed_dim: int = _key(256, "size of the shared embedding space")
+    head: str = _key("mlp", "\"mlp\", \"linear\" or \"attention\" (learned query pooling over "
+                     "spatial/token outputs, then a linear projection)")
+    head_layers: int = _key(1, "hidden layers of the mlp head")
+    head_dropout: float = _key(0.1, "dropout in the heads, 0 <= p < 1")
+    attention_heads: int = _key(8, "heads of the attention head's query pooling")
+    loss: str = _key("clip", "contrastive loss: \"clip\", \"soft\" or \"siglip\"")
+    extra_loss: Any = _key(None, "null or \"max_violation\" (hardest-negative hinge loss, "
+                           "weighted by extra_loss_weight)")
+    extra_loss_weight: float = _key(0.0, "weight of extra_loss")
+    init_logit_scale: float = _key(1 / 0.07, "initial logit scale (1 / temperature)")
+    max_logit_scale: float = _key(100.0, "the logit scale is clamped to this")
+    logit_scale_lr_mult: float = _key(1.0, "learning-rate multiplier of the temperature (the "
+                                      "variable is log_logit_scale / mult, so a step moves the "
+                                      "log scale mult times further; 1 = plain; short runs: "
+                                      "10-50)")
+    init_logit_bias: float = _key(-10.0, "SigLIP's initial logit bias (the paper uses -10)")
 
 
 @dataclasses.dataclass
 class DataConfig:
-    """Input records and pipeline.
+    """Input records and pipeline."""
 
-    records: training records dir ("" = the synthetic default, built into `cache_dir`).
-    val_records: validation records dir ("" = none; with the synthetic default, its val split).
-    batch_size: global batch (pairs). augment: random resized crop + flip.
-    all_captions: every caption its own pair per epoch (else one random caption per image).
-    resize_method: bicubic, bilinear, nearest or area. skip_bad: drop corrupt records.
-    verify: check shard checksums before training. cache_dir: where the synthetic default
-    records are built. synthetic_images: its training-set size. cached_views: with both towers
-    locked (cached features), image views cached per training image: view 0 is the plain image,
-    views 1.. are fixed random resized crops + flips (the same for every run, so runs share the
-    cache); epoch e uses view (index + e + seed) mod N of each image (N=1: no augmentation).
-    lowres_size: with cached_views >= 2, views 1.. are low-resolution renderings instead: the
-    image shrunk to lowres_size px (8-bit, antialiased), then enlarged back to image_size, as
-    small images (CIFAR's 32 px) are at evaluation; view 1 the whole image, views 2.. after
-    their crop + flip. 0 (default): views 1.. are the crops + flips at full resolution.
-    """
-
-    records: str = ""
-    val_records: str = ""
-    batch_size: int = 64
-    augment: bool = False
-    all_captions: bool = False
-    resize_method: str = "bicubic"
-    skip_bad: bool = False
-    verify: bool = True
-    cache_dir: str = ".cache/dualencoder"
-    synthetic_images: int = 4000
-    cached_views: int = 1
-    lowres_size: int = 0
+    records: str = _key("", "training records dir (\"\" = the synthetic default, built into "
+                        "cache_dir)")
+    val_records: str = _key("", "validation records dir (\"\" = none; with the synthetic "
+                            "default, its val split)")
+    batch_size: int = _key(64, "global batch in image-caption pairs (at most the training "
+                           "pairs per epoch)")
+    augment: bool = _key(False, "random resized crop + flip of training images")
+    all_captions: bool = _key(False, "every caption its own pair per epoch (else one random "
+                              "caption per image)")
+    resize_method: str = _key("bicubic", "bicubic, bilinear, nearest or area")
+    skip_bad: bool = _key(False, "drop corrupt records instead of stopping")
+    verify: bool = _key(True, "check shard checksums before training")
+    cache_dir: str = _key(".cache/dualencoder", "where the synthetic default records are built")
+    synthetic_images: int = _key(4000, "training-set size of the synthetic default")
+    cached_views: int = _key(1, "with both towers locked (cached features), image views cached "
+                             "per training image: view 0 the plain image, views 1.. fixed "
+                             "random resized crops + flips; epoch e uses view (index + e + "
+                             "seed) mod N (1: no augmentation)")
+    lowres_size: int = _key(0, "with cached_views >= 2, views 1.. are the image shrunk to this "
+                            "many px and enlarged back (as small images are at evaluation); "
+                            "0: full-resolution crops + flips")
 
 
 @dataclasses.dataclass
 class OptimConfig:
-    """Optimiser and schedule.
+    """Optimiser and schedule."""
 
-    lr, weight_decay: AdamW. schedule: "cosine" (linear warmup over warmup_steps then cosine
-    to 0 over the run) or "plateau" (ReduceLROnPlateau on val loss: factor, patience).
-    epochs: passes over the training records; max_steps > 0 stops earlier.
-    early_stopping: epochs without val improvement before stopping (0 = off).
-    micro_batch: gradient caching (0 = off): the batch stays data.batch_size and its loss is
-    computed over the whole batch, but the towers run M pairs at a time (embed all
-    micro-batches without gradients, take the loss's gradient with respect to the embeddings,
-    re-embed each micro-batch and back-propagate its rows): the exact full-batch gradient at
-    the activation memory of batch M, for about one extra forward pass. M must divide the
-    per-replica batch. BatchNorm (trained CNN towers) normalises per micro-batch.
-    split_loss_accum: the older, different thing: N micro-batches per optimizer step, each
-    with its own loss, gradients summed: every caption sees B/N-1 negatives, so it trains like
-    batch B/N (1 = off). clipnorm: global gradient clip (0 = off).
-    """
-
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    schedule: str = "cosine"
-    warmup_steps: int = 100
-    plateau_factor: float = 0.2
-    plateau_patience: int = 3
-    epochs: int = 10
-    max_steps: int = 0
-    early_stopping: int = 5
-    micro_batch: int = 0
-    split_loss_accum: int = 1
-    clipnorm: float = 0.0
+    lr: float = _key(1e-3, "AdamW peak learning rate, 0 < lr <= 1")
+    weight_decay: float = _key(0.1, "AdamW decoupled weight decay, 0 <= wd <= 1")
+    schedule: str = _key("cosine", "\"cosine\" (linear warmup over warmup_steps, then cosine "
+                         "to 0 over the run) or \"plateau\" (ReduceLROnPlateau on val loss)")
+    warmup_steps: int = _key(100, "linear warmup steps of the cosine schedule")
+    plateau_factor: float = _key(0.2, "plateau schedule: multiply the lr by this, 0 < f < 1")
+    plateau_patience: int = _key(3, "plateau schedule: epochs without improvement before a cut")
+    epochs: int = _key(10, "passes over the training records")
+    max_steps: int = _key(0, "stop after this many steps (0 = run all epochs)")
+    early_stopping: int = _key(5, "epochs without val improvement before stopping (0 = off)")
+    micro_batch: int = _key(0, "gradient caching (0 = off): the loss stays over the whole "
+                            "batch, the towers run M pairs at a time (the exact gradient at "
+                            "the memory of batch M, ~1 extra forward pass); M divides the "
+                            "per-replica batch")
+    split_loss_accum: int = _key(1, "N micro-batches per step, each with its own loss, "
+                                 "gradients summed (trains like batch B/N; 1 = off)")
+    clipnorm: float = _key(0.0, "global gradient-norm clip (0 = off)")
 
 
 @dataclasses.dataclass
 class RunConfig:
-    """How the run executes.
+    """How the run executes."""
 
-    seed: data order, augmentation, initialisation. precision: float32, mixed_float16 or
-    mixed_bfloat16. jit_compile: XLA. strategy: auto, one_device, mirrored, multi_worker.
-    checkpoint_every: steps between mid-epoch checkpoints (0 = epoch ends only).
-    keep_checkpoints: how many to keep. cache_features: "auto" (when both towers are locked
-    and there is no augmentation), "on" or "off". val_subset: images of val used per epoch
-    (0 = all). eval_after: run the held-out evaluation after training (synthetic default).
-    ledger: append each step's image ids and loss to WORKDIR/ledger.jsonl (audits resume).
-    features_dir: where cached tower features live ("" = WORKDIR/features); share one folder
-    between runs of an ablation (keys hash data, towers, size, resize, sequence length).
-    """
-
-    seed: int = 0
-    precision: str = "float32"
-    jit_compile: bool = False
-    strategy: str = "auto"
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    cache_features: str = "auto"
-    val_subset: int = 1000
-    eval_after: bool = True
-    ledger: bool = False
-    features_dir: str = ""
+    seed: int = _key(0, "seed of data order, augmentation and initialisation")
+    precision: str = _key("float32", "float32, mixed_float16 or mixed_bfloat16")
+    jit_compile: bool = _key(False, "compile the step with XLA")
+    strategy: str = _key("auto", "auto, one_device, mirrored or multi_worker (reads TF_CONFIG)")
+    checkpoint_every: int = _key(200, "steps between mid-epoch checkpoints (0 = epoch ends "
+                                 "only)")
+    keep_checkpoints: int = _key(2, "how many checkpoints to keep")
+    cache_features: str = _key("auto", "cache tower features: \"auto\" (when both towers are "
+                               "locked and there is no augmentation), \"on\" or \"off\"")
+    val_subset: int = _key(1000, "validation images used per epoch (0 = all)")
+    eval_after: bool = _key(True, "run the held-out evaluation after training (synthetic "
+                            "default)")
+    ledger: bool = _key(False, "append each step's image ids and loss to WORKDIR/ledger.jsonl "
+                        "(audits resume)")
+    features_dir: str = _key("", "where cached tower features live (\"\" = WORKDIR/features); "
+                             "runs of an ablation may share one")
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
@@ -184,12 +161,43 @@ _CHOICES = {
 
 _POSITIVE = {("data", "batch_size"), ("model", "image_size"), ("model", "sequence_length"),
              ("model", "embed_dim"), ("optim", "split_loss_accum"), ("model", "head_layers"),
-             ("run", "keep_checkpoints"), ("data", "synthetic_images"),
-             ("data", "cached_views")}
+             ("run", "keep_checkpoints"), ("data", "synthetic_images"), ("data", "cached_views")}
 _NON_NEGATIVE = {("optim", "epochs"), ("optim", "max_steps"), ("optim", "warmup_steps"),
                  ("optim", "early_stopping"), ("run", "checkpoint_every"), ("run", "val_subset"),
-                 ("optim", "weight_decay"), ("optim", "clipnorm"), ("model", "extra_loss_weight"),
                  ("data", "lowres_size"), ("optim", "micro_batch")}
+
+# Numeric ranges beyond the signs above, as intervals ("(0, 1]": 0 < x <= 1). Every float
+# must also be finite, and every integer at most _MAX_INT.
+_BOUNDS = {
+    ("optim", "lr"): "(0, 1]", ("optim", "weight_decay"): "[0, 1]",
+    ("optim", "plateau_factor"): "(0, 1)", ("optim", "clipnorm"): "[0, 1e6]",
+    ("model", "head_dropout"): "[0, 1)", ("model", "extra_loss_weight"): "[0, 1000]",
+    ("model", "init_logit_scale"): "(0, 1e4]", ("model", "max_logit_scale"): "(0, 1e4]",
+    ("model", "logit_scale_lr_mult"): "(0, 1000]", ("model", "init_logit_bias"): "[-1000, 1000]",
+    ("model", "image_size"): "[1, 4096]", ("model", "sequence_length"): "[1, 4096]",
+    ("model", "embed_dim"): "[1, 65536]",
+}
+_MAX_INT = 2**31 - 1
+
+# The smallest input each image tower accepts: name prefix -> pixels (other CNNs: 32).
+_MIN_IMAGE_SIZE = {"xception": 71, "inception": 75, "tiny": 8}
+
+
+def min_image_size(image_tower: str) -> int:
+    """The smallest `model.image_size` the image tower `image_tower` accepts."""
+    name = str(image_tower).lower().replace("_", "").replace("-", "")
+    return next((size for prefix, size in _MIN_IMAGE_SIZE.items() if name.startswith(prefix)),
+                32)
+
+
+def _outside(value: float, interval: str) -> str:
+    """"" when `value` lies in `interval`, else what it must be ("must be > 0 and <= 1")."""
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    lo_ok = lo < value if interval[0] == "(" else lo <= value
+    hi_ok = value < hi if interval[-1] == ")" else value <= hi
+    return "" if lo_ok and hi_ok else (f"must be {'>' if interval[0] == '(' else '>='} {lo:g} "
+                                       f"and {'<' if interval[-1] == ')' else '<='} {hi:g}")
+
 
 # Keys that were removed, with what to use instead.
 _RETIRED = {"optim.grad_accum": (
@@ -201,6 +209,24 @@ _RETIRED = {"optim.grad_accum": (
 def model_defaults() -> dict:
     """Every model key with its default (a fresh dict): what `build_model` fills in."""
     return dataclasses.asdict(ModelConfig())
+
+
+def read_json_object(path: str, flag: str = "--config") -> dict:
+    """The JSON object in file `path`, else a `ConfigError` naming `flag`, `path`, the cause."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{flag} {path}: not a JSON text file (byte {exc.start} is not "
+                          "UTF-8)") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{flag} {path}: not valid JSON ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{flag} {path}: expected a JSON object of sections "
+                          f"{sorted(_SECTIONS)}, got a JSON {type(values).__name__}")
+    return values
 
 
 def _parse_value(text: str) -> Any:
@@ -235,9 +261,15 @@ class Config:
     def from_dict(cls, values: dict, *, origin: str = "config") -> "Config":
         """Defaults updated by a nested dict; unknown sections or keys raise `ConfigError`."""
         cfg = cls()
+        cfg.update(values, origin=origin)
+        cfg.validate()
+        return cfg
+
+    def update(self, values: dict, *, origin: str = "config") -> None:
+        """Set every `{section: {key: value}}` of `values` (not validated)."""
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: expected a JSON object with sections "
-                              f"{sorted(_SECTIONS)}")
+                              f"{sorted(_SECTIONS)}, got {type(values).__name__}")
         for section, body in values.items():
             if section not in _SECTIONS:
                 raise ConfigError(f"{origin}: unknown section {section!r}; sections are "
@@ -245,23 +277,16 @@ class Config:
             if not isinstance(body, dict):
                 raise ConfigError(f"{origin}: section {section!r} must be a JSON object")
             for key, value in body.items():
-                cfg.set(f"{section}.{key}", value, origin=origin)
-        cfg.validate()
-        return cfg
+                self.set(f"{section}.{key}", value, origin=origin)
 
     @classmethod
-    def from_sources(cls, config_file: str | None = None, overrides=()) -> "Config":
-        """Defaults, then a JSON file, then `section.key=value` overrides, validated."""
-        values: dict = {}
-        if config_file:
-            try:
-                with open(config_file, encoding="utf-8") as fh:
-                    values = json.load(fh)
-            except OSError as exc:
-                raise ConfigError(f"--config {config_file}: cannot read ({exc.strerror})") from exc
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"--config {config_file}: not valid JSON ({exc})") from exc
-        cfg = cls.from_dict(values, origin=config_file or "config")
+    def from_sources(cls, config_file: str | None = None, overrides=(), *,
+                     base: str | None = None) -> "Config":
+        """Defaults < JSON file `base` (a saved config.json) < `config_file` < overrides."""
+        cfg = cls()
+        for path, flag in ((base, "saved config"), (config_file, "--config")):
+            if path:
+                cfg.update(read_json_object(path, flag), origin=f"{flag} {path}")
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"--set {item!r}: expected section.key=value, "
@@ -302,8 +327,15 @@ class Config:
             value = getattr(getattr(self, section), key)
             if value < 0:
                 raise ConfigError(f"{section}.{key}={value!r}: must be >= 0")
-        if not self.optim.lr > 0:
-            raise ConfigError(f"optim.lr={self.optim.lr!r}: must be > 0")
+        self._check_numbers()
+        low = min_image_size(self.model.image_tower)
+        if self.model.image_size < low:
+            raise ConfigError(f"model.image_size={self.model.image_size}: "
+                              f"{self.model.image_tower} needs at least {low} px (use "
+                              f"--set model.image_size={max(low, 64)} or more)")
+        if self.model.init_logit_scale > self.model.max_logit_scale:
+            raise ConfigError(f"model.init_logit_scale={self.model.init_logit_scale!r} is above "
+                              f"model.max_logit_scale={self.model.max_logit_scale!r}")
         if self.optim.epochs == 0 and self.optim.max_steps == 0:
             raise ConfigError("optim.epochs=0 and optim.max_steps=0: nothing to train")
         _check_trainable("model.image_trainable", self.model.image_trainable)
@@ -325,6 +357,22 @@ class Config:
             raise ConfigError("optim.micro_batch and optim.split_loss_accum > 1 exclude each "
                               "other: micro_batch keeps the full-batch loss, split_loss_accum "
                               "splits it; set one")
+
+    def _check_numbers(self) -> None:
+        """Finite floats, integers below _MAX_INT, and the `_BOUNDS` ranges."""
+        for section in _SECTIONS:
+            for key, value in vars(getattr(self, section)).items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                where = f"{section}.{key}={value!r}"
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{where}: must be a finite number")
+                if isinstance(value, int) and abs(value) > _MAX_INT:
+                    raise ConfigError(f"{section}.{key}={value:.3g}: too large (at most "
+                                      f"{_MAX_INT})")
+                problem = _outside(value, _BOUNDS.get((section, key), "[-inf, inf]"))
+                if problem:
+                    raise ConfigError(f"{where}: {problem}")
 
 
 def _coerce(dotted: str, value: Any, default: Any, origin: str) -> Any:

@@ -28,6 +28,7 @@ def test_cpu_model_falls_back_without_proc_cpuinfo(monkeypatch):
 
 def test_tensorflow_defaults_enable_onednn_on_x86_and_keep_user_values(monkeypatch):
     monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(machine, "nvidia_driver", lambda: True)
     env = {"TF_CPP_MIN_LOG_LEVEL": "0"}
     assert machine.tensorflow_defaults(env) == {"KERAS_BACKEND": "tensorflow",
                                                 "TF_ENABLE_ONEDNN_OPTS": "1"}
@@ -43,3 +44,44 @@ def test_tensorflow_defaults_leave_onednn_alone_off_x86(monkeypatch):
     env = {}
     machine.tensorflow_defaults(env)
     assert "TF_ENABLE_ONEDNN_OPTS" not in env and env["KERAS_BACKEND"] == "tensorflow"
+
+
+def test_tensorflow_defaults_skip_cuda_without_an_nvidia_driver(monkeypatch):
+    monkeypatch.setattr(machine, "nvidia_driver", lambda: False)
+    monkeypatch.setattr(machine.sys, "platform", "linux")
+    env = {}
+    machine.tensorflow_defaults(env)
+    assert env["TF_ENABLED_DEVICE_TYPES"] == "CPU"
+    env = {"TF_ENABLED_DEVICE_TYPES": "CPU,GPU"}
+    machine.tensorflow_defaults(env)
+    assert env["TF_ENABLED_DEVICE_TYPES"] == "CPU,GPU"
+
+
+def test_startup_noise_follows_the_log_level():
+    info = (b"I0000 00:00:1796562051.483141   14255 port.cc:153] oneDNN custom operations are "
+            b"on. You may see ...\n")
+    error = b"E0000 00:00:1796562055.549023   14255 cuda_platform.cc:52] failed call to cuInit\n"
+    banner = (b"WARNING: All log messages before absl::InitializeLog() is called are written "
+              b"to STDERR\n")
+    assert machine.startup_noise(info, 2) and machine.startup_noise(banner, 2)
+    assert not machine.startup_noise(error, 2) and machine.startup_noise(error, 3)
+    assert not machine.startup_noise(info, 0) and not machine.startup_noise(banner, 0)
+    assert not machine.startup_noise(b"Traceback (most recent call last):\n", 3)
+
+
+def test_programs_that_load_tensorflow_print_no_startup_noise(synthetic_records, tmp_path):
+    """`train.py` on class-folder records loads TensorFlow (to count captions), then stops
+    with one error line: stderr holds that line and nothing of TensorFlow's start-up."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLED_DEVICE_TYPES", "CUDA_VISIBLE_DEVICES")}
+    env["PYTHONPATH"] = root
+    proc = subprocess.run([sys.executable, "train.py", "--records", synthetic_records["zeroshot"],
+                           "--workdir", str(tmp_path / "w")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has no captioned images" in lines[0], proc.stderr

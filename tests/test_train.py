@@ -72,6 +72,14 @@ def test_help_config_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("model.image_tower", "optim.lr", "data.batch_size", "run.precision"):
         assert key in out
+    lines = out.splitlines()
+    # every key is followed by its description (indented deeper than the key)
+    keys = [i for i, line in enumerate(lines) if line.startswith("  ") and " = " in line
+            and not line.startswith("      ")]
+    assert len(keys) == sum(len(vars(getattr(Config(), s))) for s in vars(Config()))
+    for i in keys:
+        assert lines[i + 1].startswith("      ") and len(lines[i + 1].strip()) > 8, lines[i]
+    assert '  optim.lr = 0.001' in out and "AdamW peak learning rate" in out
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,6 +198,28 @@ def test_incompatible_workdir_is_refused(synthetic_records, tmp_path, capsys):
     assert "incompatible config" in err and "model.embed_dim" in err
 
 
+
+def test_rerun_in_a_workdir_defaults_to_its_saved_config(synthetic_records, tmp_path, capsys):
+    workdir = str(tmp_path / "w")
+    first = ["--records", synthetic_records["train"], "--workdir", workdir, "--set",
+             "optim.max_steps=1"] + [a for s in TINY for a in ("--set", s)]
+    assert train_cli.main(first) == 0
+    # the original flags need not be repeated: --records and --workdir, or --workdir alone
+    assert train_cli.main(["--records", synthetic_records["train"], "--workdir", workdir]) == 0
+    assert train_cli.main(["--workdir", workdir, "--set", "optim.max_steps=2"]) == 0
+    with open(os.path.join(workdir, "summary.json")) as fh:
+        assert json.load(fh)["steps"] == 2
+    with open(os.path.join(workdir, "config.json")) as fh:
+        assert json.load(fh)["model"]["embed_dim"] == 16
+    capsys.readouterr()
+    # an explicit setting that changes the model is refused, naming only that key
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"model": {"embed_dim": 32, "image_size": 32}}))
+    assert train_cli.main(["--workdir", workdir, "--config", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "model.embed_dim: 16 -> 32" in err and err.count(" -> ") == 1
+
+
 # ----------------------------------------------------------------------------------------
 # Cached-feature fast path
 # ----------------------------------------------------------------------------------------
@@ -261,3 +291,42 @@ def test_xla_and_gradient_accumulation(synthetic_records, tmp_path, extra):
     rows = ledger(str(tmp_path / "w"))
     assert summary["steps"] == 2 and len(rows) == 2
     assert all(np.isfinite(r["loss"]) and len(r["ids"]) == 16 for r in rows)
+
+
+def test_training_output_is_plain_when_not_a_terminal(synthetic_records, tmp_path, capsys):
+    """A log (stdout/stderr not a TTY) gets whole lines: no ANSI codes, no carriage returns
+    (Keras' live progress bar and the feature-caching bars are for terminals)."""
+    from dualencoder.train.loop import train
+
+    cfg = tiny_cfg(synthetic_records["train"], extra=[
+        "optim.epochs=1", "model.image_trainable=none", "model.text_trainable=none"])
+    train(cfg, str(tmp_path / "w"))
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert "\x1b[" not in stream and "\r" not in stream and "\b" not in stream, stream[:300]
+    assert "8/8" in captured.out and "epoch 1:" in captured.out
+
+
+def test_tower_functions_trace_once_per_model(synthetic_records):
+    """Validation, feature caching and the report share one compiled text function per
+    model, so repeated embedding passes do not retrace it."""
+    import logging
+
+    from dualencoder.model.encoding import tower_functions
+    from dualencoder.train import setup, validation
+
+    cfg = tiny_cfg(synthetic_records["train"])
+    model = setup.build(cfg)
+    assert tower_functions(model)[1] is tower_functions(model)[1]
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        for _ in range(6):
+            validation.embed_records(model, synthetic_records["val"], image_size=32,
+                                     resize_method="bicubic")
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m], messages

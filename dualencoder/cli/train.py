@@ -44,14 +44,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_config(args):
-    """Defaults -> synthetic-default config (no --records/--config) -> --config -> --set."""
+def default_workdir(args) -> str | None:
+    """--workdir, or runs/synthetic-default without --records (None: --workdir is missing)."""
+    if args.workdir:
+        return args.workdir
+    return None if args.records else os.path.join("runs", "synthetic-default")
+
+
+def resolve_config(args, workdir: str | None = None):
+    """Defaults -> the workdir's saved config.json (a rerun) or the synthetic-default config
+    (no --records/--config) -> --config -> --set and the shortcut flags.
+
+    A rerun in an existing workdir starts from the settings it was started with, so resuming
+    needs no flags; explicit ones that change the model are refused later (`train`)."""
     from dualencoder.config import Config
 
     overrides = []
-    base = args.config
-    if not args.records and not args.config:
-        base = SYNTHETIC_CONFIG
+    saved = os.path.join(workdir, "config.json") if workdir else None
+    saved = saved if saved and os.path.isfile(saved) else None
+    config = args.config
+    if not args.records and not args.config and not saved:
+        config = SYNTHETIC_CONFIG
     if args.records:
         overrides.append(f"data.records={args.records}")
     if args.val_records:
@@ -62,22 +75,27 @@ def resolve_config(args):
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.jit_compile:
         overrides.append("run.jit_compile=true")
-    return Config.from_sources(base, overrides + list(args.set))
+    return Config.from_sources(config, overrides + list(args.set), base=saved)
 
 
 def help_config() -> str:
+    """Every setting: `section.key = default` and its description, section by section."""
     import dataclasses
+    import json
+    import textwrap
 
     from dualencoder.config import Config
 
-    lines = []
+    lines = ["Settings (--set section.key=value, or --config FILE.json of {section: {key: "
+             "value}}); a rerun in a workdir starts from its saved config.json."]
     for section in dataclasses.fields(Config):
         body = getattr(Config(), section.name)
-        doc = type(body).__doc__.strip().splitlines()
-        lines.append(f"[{section.name}]  {doc[0]}")
-        lines.extend("  # " + line.strip() for line in doc[1:] if line.strip())
+        lines.append("")
+        lines.append(f"[{section.name}]  " + " ".join(type(body).__doc__.split()))
         for f in dataclasses.fields(body):
-            lines.append(f"  {section.name}.{f.name} = {getattr(body, f.name)!r}")
+            lines.append(f"  {section.name}.{f.name} = {json.dumps(getattr(body, f.name))}")
+            lines.extend(textwrap.wrap(f.metadata["help"], 92, initial_indent=" " * 6,
+                                       subsequent_indent=" " * 6))
     return "\n".join(lines)
 
 
@@ -96,18 +114,15 @@ def main(argv=None) -> int:
         return 0
     from dualencoder.config import ConfigError
 
-    try:
-        cfg = resolve_config(args)
-    except ConfigError as exc:
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-        return 2
-    if args.workdir:
-        workdir = args.workdir
-    elif not args.records:
-        workdir = os.path.join("runs", "synthetic-default")
-    else:
+    workdir = default_workdir(args)
+    if workdir is None:
         print("error: --workdir is required with --records (e.g. --workdir runs/flickr8k)",
               file=sys.stderr)
+        return 2
+    try:
+        cfg = resolve_config(args, workdir)
+    except ConfigError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     for path in (cfg.data.records, cfg.data.val_records):
         if path and not os.path.isdir(path):

@@ -11,6 +11,8 @@ captions run in batches of similar length, each trimmed to its longest caption
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -26,12 +28,24 @@ def image_chunk_size() -> int:
     return 0 if tf.config.list_logical_devices("GPU") else 8
 
 
+_TOWER_FUNCTIONS = weakref.WeakKeyDictionary()  # model -> its (image_fn, text_fn)
+
+
 def tower_functions(model):
     """Compiled (graph-mode) tower calls: `image_fn(images)`, `text_fn(tokens)`.
 
     `image_fn` runs a batch in chunks of `image_chunk_size()` images. `text_fn` takes texts or
-    a tokenizer output dict (of any length up to `sequence_length`).
+    a tokenizer output dict (of any length up to `sequence_length`). One pair per model, made
+    on the first call: every caller (validation, feature caching, reports) shares its traces,
+    where a new `tf.function` per caller traced again each time (and TensorFlow warned of
+    retracing).
     """
+    if model not in _TOWER_FUNCTIONS:
+        _TOWER_FUNCTIONS[model] = _make_tower_functions(model)
+    return _TOWER_FUNCTIONS[model]
+
+
+def _make_tower_functions(model):
 
     @tf.function(reduce_retracing=True)
     def image_graph(images):

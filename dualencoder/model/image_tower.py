@@ -12,6 +12,7 @@ import os
 import keras
 from keras import ops
 
+from dualencoder.config import min_image_size
 from dualencoder.model.trainable_layers import parse_trainable, set_top_trainable
 
 __all__ = ["ImageTower", "image_tower_names", "load_weights_quietly"]
@@ -173,6 +174,9 @@ class ImageTower(keras.layers.Layer):
         key, fn, preprocess = _resolve_image_tower(architecture)
         if pooling not in ("avg", "none"):
             raise ValueError(f'pooling must be "avg" or "none", got {pooling!r}')
+        if int(image_size) < min_image_size(key):
+            raise ValueError(f"image_size={image_size}: the {key} image tower needs at least "
+                             f"{min_image_size(key)} px")
         weights = "none" if weights in (None, "") else weights
         self.architecture = key
         self.weights_source = os.fspath(weights) if isinstance(weights, os.PathLike) else weights

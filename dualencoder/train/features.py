@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -127,9 +128,10 @@ def text_cache_key(model, cfg: Config, records: str) -> str:
 
 def compute_image_features(model, records: str, *, image_size: int, resize_method: str,
                            batch_size: int = 32, view: int = 0, lowres: int = 0,
-                           progress: bool = True):
+                           progress: bool | None = None):
     """Image-tower outputs of every image of `records` (augmented view `view`, see
-    `data.image_dataset`): {"image_features", "image_index"}."""
+    `data.image_dataset`): {"image_features", "image_index"}. A progress bar when
+    `progress` (default: when stderr is a terminal)."""
     from tqdm.auto import tqdm
 
     from dualencoder.data import pipeline as data
@@ -140,6 +142,7 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
     feats, index = [], []
     total = read_manifest(records)["num_records"]
     desc = f"image features (view {view})" if view else "image features"
+    progress = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
         for batch in data.image_dataset(records, image_size=image_size,
                                         batch_size=batch_size,
@@ -153,7 +156,7 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
             "image_index": np.concatenate(index).astype(np.int64)}
 
 
-def compute_text_features(model, records: str, *, progress: bool = True):
+def compute_text_features(model, records: str, *, progress: bool | None = None):
     """Text-tower outputs of every caption of `records` (each distinct caption once):
     {"text_features" [M, F], "caption_image_index" [M]} with captions grouped by image."""
     from dualencoder.data.annotations import read_captions
@@ -162,6 +165,7 @@ def compute_text_features(model, records: str, *, progress: bool = True):
     texts, owner = read_captions(records)
     # Each distinct caption goes through the tower once (templated captions repeat a lot).
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    progress = sys.stderr.isatty() if progress is None else progress
     feats = encode_texts_by_length(model, [str(t) for t in unique], progress=progress)
     return {"text_features": feats[inverse.ravel()],
             "caption_image_index": np.asarray(owner, dtype=np.int64)}

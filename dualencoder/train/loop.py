@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import warnings
 
@@ -49,12 +50,13 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
 
     from dualencoder.data import order as data_order
     from dualencoder.train import features, setup, validation
-    os.makedirs(workdir, exist_ok=True)
     check_workdir_config(cfg, workdir)
     cached = features.use_cache(cfg)  # "both", "text" or None; bad combinations fail here
     records, val_records = setup.resolve_records(cfg, log=log)
+    setup.check_training_pairs(cfg, records)  # before anything is written
     strategy = setup.make_strategy(cfg.run.strategy)
     model, optimizer = setup.model_and_optimizer(cfg, strategy, records)
+    os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
     ckpts = CheckpointManager(os.path.join(workdir, "checkpoints"), cfg.run.keep_checkpoints)
     groups, frozen = checkpoint_groups(model, optimizer)
@@ -78,7 +80,9 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
         epoch, start = state["epoch"], state["step_in_epoch"]
         batches = training_batches(cfg, records, model, source, cached, strategy, shards,
                                    epoch=epoch, skip_batches=start)
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"])
+        # a live bar on a terminal; in a log (not a TTY) one plain line when the epoch ends
+        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"],
+                                  verbose=1 if sys.stdout.isatty() else 2)
         bar.update(start)
         t0, sums, last_good = time.time(), {}, state["step"]
         for batch in batches:

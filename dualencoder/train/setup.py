@@ -60,6 +60,27 @@ def resolve_records(cfg: Config, *, log=print) -> tuple[str, str]:
     return train_dir, val_dir
 
 
+def check_training_pairs(cfg: Config, records: str) -> int:
+    """The training pairs per epoch of `records`; `ConfigError` when there is not one whole
+    batch of them (records without captions, or `data.batch_size` above the pair count)."""
+    from dualencoder.data.order import steps_per_epoch
+
+    pairs = steps_per_epoch(records, 1, all_captions=cfg.data.all_captions)
+    batch = cfg.data.batch_size
+    if pairs == 0:
+        raise ConfigError(f"{records} has no captioned images, so nothing to train on "
+                          "(class-folder records are for evaluation: zero-shot, k-shot); "
+                          "train on records with captions")
+    if batch > pairs:
+        what = "captions" if cfg.data.all_captions else "captioned images"
+        suggestion = 2 ** (pairs.bit_length() - 1)
+        raise ConfigError(f"data.batch_size={batch} is larger than the {pairs} training pairs "
+                          f"({what}) in {records}: not one batch per epoch; use a batch of at "
+                          f"most {pairs} (e.g. --batch-size {suggestion}) or more training "
+                          "data")
+    return pairs
+
+
 # --------------------------------------------------------------------------------------------
 # Devices, precision, model, optimizer
 # --------------------------------------------------------------------------------------------

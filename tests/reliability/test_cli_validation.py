@@ -96,6 +96,39 @@ def test_train_cli(files):
     assert not os.path.exists(os.path.join(w, "checkpoints"))  # nothing trained
 
 
+
+def test_train_cli_refuses_runs_that_would_train_nothing(synthetic_records, tmp_path):
+    """Inputs that used to train 0 steps (or at 1x1 px), or crash with a traceback, stop
+    before training with one line naming the cause, and write nothing."""
+    r, w = synthetic_records["train"], str(tmp_path / "w")
+    base = ["--records", r, "--workdir", w]
+    binary, invalid, listed, big = (tmp_path / n for n in ("b", "i.json", "l.json", "g.json"))
+    binary.write_bytes(bytes(range(256)) * 4)
+    invalid.write_text('{"optim": {"lr": 1e-3,}}')
+    listed.write_text("[1, 2, 3]")
+    big.write_text(json.dumps({"data": {"batch_size": 200}}))
+    cases = [
+        ("binary config", base + ["--config", str(binary)]),
+        ("invalid config", base + ["--config", str(invalid)]),
+        ("list config", base + ["--config", str(listed)]),
+        ("huge lr", base + set_args(["optim.lr=1e308"])),
+        ("image size 1", base + ["--set", "model.image_size=1"]),
+        ("batch > data", base + ["--set", "data.batch_size=1000000"]),
+        ("config batch > data", base + ["--config", str(big)]),
+        ("no captions", ["--records", synthetic_records["zeroshot"], "--workdir", w]),
+    ]
+    check(drive("train", cases), {
+        "binary config": (str(binary), False), "invalid config": ("not valid JSON", False),
+        "list config": ("expected a JSON object", False),
+        "huge lr": ("optim.lr=1e+308: must be > 0 and <= 1", False),
+        "image size 1": ("model.image_size=1: xception needs at least 71 px", False),
+        "batch > data": ("data.batch_size=1000000 is larger than the 128 training pairs",
+                         True),
+        "config batch > data": ("data.batch_size=200 is larger than the 128", True),
+        "no captions": ("has no captioned images", True),
+    })
+    assert not os.path.exists(w)  # nothing written
+
 def test_evaluate_cli(files):
     out = os.path.join(files["root"], "out")
     m, zs, r = files["model"], files["zeroshot"], files["records"]
