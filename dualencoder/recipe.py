@@ -337,10 +337,10 @@ def _retrieval_lines(report: dict, rel: str, spec: dict) -> list:
 
 def _zeroshot_lines(report: dict, rel: str, spec: dict) -> list:
     m, s = report.get("metrics", {}), report.get("settings", {})
+    top5 = f", top-5 {100 * m['top5_accuracy']:.1f}%" if "top5_accuracy" in m else ""
     return [(f"- zero-shot {spec.get('title', 'zeroshot')} ({m.get('num_examples', 0):,} images, "
              f"resized {s.get('resize')} to {s.get('image_size')} px, {s.get('templates')} "
-             f"templates): top-1 {100 * m.get('accuracy', float('nan')):.1f}%, top-5 "
-             f"{100 * m.get('top5_accuracy', float('nan')):.1f}% ({rel})")]
+             f"templates): top-1 {100 * m.get('accuracy', float('nan')):.1f}%{top5} ({rel})")]
 
 
 REPORT_LINES = {"retrieval": _retrieval_lines, "zeroshot": _zeroshot_lines}  # per kind
