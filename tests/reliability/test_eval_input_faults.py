@@ -23,6 +23,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Captioned records (3 shards), class-folder records (2 shards) and a saved tiny model."""
+    from dualencoder.model.saving import save_model
     from dualencoder.testing import tiny_model
 
     root = tmp_path_factory.mktemp("eval-faults")
@@ -30,7 +31,7 @@ def built(tmp_path_factory):
                   seed=3)
     build_records("synthetic", root / "classes", shard_size=40, num_images=72, image_size=32,
                   seed=3, split="zeroshot")
-    tiny_model().save_dir(str(root / "work" / "model"))
+    save_model(tiny_model(), str(root / "work" / "model"))
     return {"captions": root / "captions", "classes": root / "classes",
             "model": str(root / "work")}
 

@@ -128,7 +128,8 @@ def test_flipped_byte_verify_names_shard_and_training_refuses(records, capsys, m
 
     monkeypatch.setattr(setup, "make_strategy", started)  # the step after the data checks
     with pytest.raises(Started):
-        train(tiny_cfg(str(records), ["data.verify=false"]), str(records.parent / "w2"),
+        train(tiny_cfg(str(records), ["data.verify=false", "data.batch_size=4"]),
+              str(records.parent / "w2"),
               log=lambda *_: None)
 
 
