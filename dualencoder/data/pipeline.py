@@ -187,6 +187,41 @@ def image_dataset(records_dir, *, image_size, batch_size, resize_method="bicubic
     return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
+def map_images(records_dir, fn, *, image_size, batch_size, resize_method="bicubic",
+               limit=0, progress=False, desc="images", **options):
+    """Embed a records directory: `fn` applied to every batch of `image_dataset` (record
+    order), the one loop behind validation, evaluation embeddings and tower-feature caches.
+
+    Args:
+        records_dir, image_size, batch_size, resize_method: as in `image_dataset`; `options`
+            are its other arguments (skip_bad, view, seed, lowres, fast_jpeg).
+        fn: batch of images (float32 tensor `[B, S, S, 3]`) -> anything; called once a batch.
+        limit: stop after the batch that reaches `limit` images (0 = all).
+        progress: show a tqdm bar named `desc`.
+
+    Returns:
+        `(outputs, image_index, labels)`: `fn`'s results in batch order, and int64 `[N]`
+        arrays of the images' `image/index` and labels (-1 for captioned data).
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    total = limit or schema.read_manifest(records_dir).get("num_records")
+    outputs, index, labels = [], [], []
+    with tqdm(total=total, desc=desc, unit="img", leave=False, disable=not progress) as bar:
+        for batch in image_dataset(records_dir, image_size=image_size, batch_size=batch_size,
+                                   resize_method=resize_method, **options):
+            outputs.append(fn(batch["images"]))
+            index.append(batch["image_index"].numpy())
+            labels.append(batch["label"].numpy())
+            bar.update(len(index[-1]))
+            if limit and sum(len(i) for i in index) >= limit:
+                break
+    join = (lambda parts: np.concatenate(parts).astype(np.int64) if parts
+            else np.zeros(0, np.int64))
+    return outputs, join(index), join(labels)
+
+
 def _image_loader(size, resize_method, *, skip_bad, fast_jpeg, view, seed, lowres):
     """The map from a serialized record to `{"images", "image_index", "label"}` for
     `image_dataset`'s `view` (plain, cropped + flipped, or low-resolution)."""

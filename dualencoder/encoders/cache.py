@@ -132,7 +132,6 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
         `labels` int64 `[N]`, `cached` (bool), `seconds` (encoding time, 0 when cached),
         `images_per_second` and `tower_features` (the feature file used, or None).
     """
-    from records import schema
 
     cache_root = _resolve_cache_dir(cache_dir)
     fingerprint = encoder_fingerprint(encoder)
@@ -167,28 +166,15 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
                 "tower_features": got["features_path"],
                 "tower_features_reused": got["features_reused"]}
 
-    total = schema.read_manifest(records_dir).get("num_records")
-    ds = data.image_dataset(records_dir, image_size=image_size, batch_size=batch_size,
-                            resize_method=resize_method, skip_bad=skip_bad)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="encoding images", unit="img", leave=False)
-    embs, idx, labels = [], [], []
     start = time.perf_counter()
-    for batch in ds:
-        embs.append(np.asarray(encoder.encode_images(batch["images"].numpy()), np.float32))
-        idx.append(batch["image_index"].numpy())
-        labels.append(batch["label"].numpy())
-        if bar is not None:
-            bar.update(len(idx[-1]))
+    embs, index, labels = data.map_images(
+        records_dir, lambda images: np.asarray(encoder.encode_images(images.numpy()), np.float32),
+        image_size=image_size, batch_size=batch_size, resize_method=resize_method,
+        skip_bad=skip_bad, progress=progress, desc="encoding images")
     seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
     if not embs:
         raise ValueError(f"{records_dir}: no decodable images")
-    result = {"embeddings": np.concatenate(embs), "image_index": np.concatenate(idx).astype(
-        np.int64), "labels": np.concatenate(labels).astype(np.int64)}
+    result = {"embeddings": np.concatenate(embs), "image_index": index, "labels": labels}
     if path:
         _save(path, key, result)
     n = len(result["image_index"])

@@ -132,28 +132,17 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
     """Image-tower outputs of every image of `records` (augmented view `view`, see
     `data.image_dataset`): {"image_features", "image_index"}. A progress bar when
     `progress` (default: when stderr is a terminal)."""
-    from tqdm.auto import tqdm
-
     from dualencoder.data import pipeline as data
     from dualencoder.model.encoding import tower_functions
-    from records.schema import read_manifest
 
     image_fn, _ = tower_functions(model)
-    feats, index = [], []
-    total = read_manifest(records)["num_records"]
-    desc = f"image features (view {view})" if view else "image features"
-    progress = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
-        for batch in data.image_dataset(records, image_size=image_size,
-                                        batch_size=batch_size,
-                                        resize_method=resize_method, view=view,
-                                        lowres=lowres,
-                                        seed=VIEW_SEED):
-            feats.append(np.asarray(image_fn(batch["images"]), dtype=np.float32))
-            index.append(batch["image_index"].numpy())
-            bar.update(len(index[-1]))
-    return {"image_features": np.concatenate(feats),
-            "image_index": np.concatenate(index).astype(np.int64)}
+    feats, index, _ = data.map_images(
+        records, lambda images: np.asarray(image_fn(images), dtype=np.float32),
+        image_size=image_size, batch_size=batch_size, resize_method=resize_method, view=view,
+        lowres=lowres, seed=VIEW_SEED,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        desc=f"image features (view {view})" if view else "image features")
+    return {"image_features": np.concatenate(feats), "image_index": index}
 
 
 def compute_text_features(model, records: str, *, progress: bool | None = None):

@@ -38,14 +38,9 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
     elif model.image_tower.frozen and image_key in cache:
         feats, image_index = cache[image_key]
     else:
-        feats, index = [], []
-        for batch in data.image_dataset(records, image_size=image_size, batch_size=batch_size,
-                                        resize_method=resize_method):
-            feats.append(image_fn(batch["images"]))
-            index.append(batch["image_index"].numpy())
-            if limit and sum(len(i) for i in index) >= limit:
-                break
-        image_index = np.concatenate(index)
+        feats, image_index, _ = data.map_images(records, image_fn, image_size=image_size,
+                                                batch_size=batch_size,
+                                                resize_method=resize_method, limit=limit)
         if model.image_tower.frozen and tower_cache is not None:
             cache[image_key] = (feats, image_index)
     image_emb = np.concatenate([np.asarray(model.embed_from_features(f, None)[0])
