@@ -35,6 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from records.cli import positive_int  # noqa: E402
+from records.files import write_json_atomic  # noqa: E402
 
 
 def main(argv=None):
@@ -121,8 +122,7 @@ def main(argv=None):
               "batch": b, "micro_batch": m, "pairs_per_run": pairs, "runs": results,
               "cached_vs_plain_step_by_step": step_match}
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
+    write_json_atomic(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
 

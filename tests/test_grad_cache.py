@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from test_train import final_weights, ledger
+
 B = 16  # pairs per test batch
 K = 4  # micro-batches: M = B / 4
 
@@ -246,21 +248,6 @@ def test_train_step_with_micro_batches_equals_full_batch(precision):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
 
 
-def _ledger(workdir):
-    steps = {}
-    with open(os.path.join(workdir, "ledger.jsonl")) as fh:
-        for line in fh:
-            row = json.loads(line)
-            steps[row["step"]] = row
-    return [steps[s] for s in sorted(steps)]
-
-
-def _final(workdir):
-    import dualencoder
-
-    return [np.asarray(v) for v in dualencoder.load(os.path.join(workdir, "model")).weights]
-
-
 def test_twenty_step_run_equals_full_batch_and_resumes(synthetic_records, tmp_path):
     """`train()` with optim.micro_batch=4 at batch 16: the same data order, losses and final
     weights as the plain batch-16 run, over 20 steps; interrupted and resumed, the same again."""
@@ -283,7 +270,7 @@ def test_twenty_step_run_equals_full_batch_and_resumes(synthetic_records, tmp_pa
     runs = {}
     for name, extra in [("plain", []), ("micro", ["optim.micro_batch=4"])]:
         train(cfg(*extra), str(tmp_path / name), **quiet)
-        runs[name] = _ledger(str(tmp_path / name))
+        runs[name] = ledger(str(tmp_path / name))
 
     def crash(state):
         if state["step"] == 12:
@@ -292,7 +279,7 @@ def test_twenty_step_run_equals_full_batch_and_resumes(synthetic_records, tmp_pa
     with pytest.raises(Interrupt):
         train(cfg("optim.micro_batch=4"), str(tmp_path / "resumed"), on_step=crash, **quiet)
     train(cfg("optim.micro_batch=4"), str(tmp_path / "resumed"), **quiet)
-    runs["resumed"] = _ledger(str(tmp_path / "resumed"))
+    runs["resumed"] = ledger(str(tmp_path / "resumed"))
 
     assert len(runs["plain"]) == 20
     for name in ("micro", "resumed"):
@@ -301,9 +288,9 @@ def test_twenty_step_run_equals_full_batch_and_resumes(synthetic_records, tmp_pa
     np.testing.assert_allclose([r["loss"] for r in runs["micro"]], plain_loss, rtol=1e-4)
     np.testing.assert_allclose([r["loss"] for r in runs["resumed"]],
                                [r["loss"] for r in runs["micro"]], rtol=1e-5)
-    for a, b in zip(_final(str(tmp_path / "micro")), _final(str(tmp_path / "plain"))):
+    for a, b in zip(final_weights(str(tmp_path / "micro")), final_weights(str(tmp_path / "plain"))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for a, b in zip(_final(str(tmp_path / "resumed")), _final(str(tmp_path / "micro"))):
+    for a, b in zip(final_weights(str(tmp_path / "resumed")), final_weights(str(tmp_path / "micro"))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
