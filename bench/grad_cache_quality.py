@@ -44,6 +44,9 @@ def main(argv=None):
     parser.add_argument("--micro", type=positive_int, default=64, help="the micro-batch M")
     parser.add_argument("--big-steps", type=positive_int, default=45,
                         help="optimizer steps of batch B (batch M runs B/M times as many)")
+    parser.add_argument("--lr-scaling", choices=("none", "sqrt"), default="none",
+                        help="learning rate of a batch-b run: the default's (none) or the "
+                             "default's times sqrt(b / 64) (sqrt)")
     parser.add_argument("--workdirs", default=str(ROOT / "runs" / "grad_cache_quality"),
                         help="folder for the four run folders (replaced)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" /
@@ -66,7 +69,8 @@ def main(argv=None):
     base = str(ROOT / "configs" / "synthetic_default.json")
     common = ["optim.epochs=1000", "optim.early_stopping=0", "run.checkpoint_every=0",
               "run.ledger=true", f"run.features_dir={os.path.join(args.workdirs, 'features')}"]
-    default_warmup = Config.from_sources(base).optim.warmup_steps  # in steps of batch 64
+    default = Config.from_sources(base)
+    default_warmup = default.optim.warmup_steps  # in steps of batch 64
     runs = {
         f"plain {b}": [f"data.batch_size={b}"],
         f"cached {b} as {m}": [f"data.batch_size={b}", f"optim.micro_batch={m}"],
@@ -78,8 +82,9 @@ def main(argv=None):
         batch = int(sets[0].split("=")[1])
         steps = pairs // batch
         warmup = max(1, round(default_warmup * 64 / batch))
+        lr = default.optim.lr * ((batch / 64) ** 0.5 if args.lr_scaling == "sqrt" else 1.0)
         cfg = Config.from_sources(base, common + sets + [
-            f"optim.max_steps={steps}", f"optim.warmup_steps={warmup}"])
+            f"optim.max_steps={steps}", f"optim.warmup_steps={warmup}", f"optim.lr={lr:.6g}"])
         workdir = os.path.join(args.workdirs, name.replace(" ", "_"))
         shutil.rmtree(workdir, ignore_errors=True)
         t0 = time.time()
@@ -91,9 +96,8 @@ def main(argv=None):
         r = report["retrieval"]
         results[name] = {
             "batch": batch, "steps": summary["steps"], "pairs_seen": summary["steps"] * batch,
-            "warmup_steps": warmup, "train_seconds": round(seconds, 1), "losses": losses,
-            "i2t": {k: 100 * v for k, v in r["image_to_text"].items()},
-            "t2i": {k: 100 * v for k, v in r["text_to_image"].items()},
+            "warmup_steps": warmup, "lr": lr, "train_seconds": round(seconds, 1), "losses": losses,
+            "i2t": _percent(r["image_to_text"]), "t2i": _percent(r["text_to_image"]),
             "zeroshot_top1": 100 * report["zeroshot"]["top1"]}
         print(f"{name}: {summary['steps']} steps in {seconds:.0f} s, i2t R@1 "
               f"{results[name]['i2t']['R@1']:.1f}, t2i R@1 {results[name]['t2i']['R@1']:.1f}",
@@ -125,6 +129,11 @@ def main(argv=None):
     write_json_atomic(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
+
+
+def _percent(recall: dict) -> dict:
+    """R@k as percentages; ranks and counts as they are."""
+    return {k: 100 * v if k.startswith("R@") else v for k, v in recall.items()}
 
 
 if __name__ == "__main__":

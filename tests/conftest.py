@@ -31,6 +31,12 @@ def shared():
     return shared_path
 
 
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """`DUALENCODER_CACHE` points into the test's own tmp_path (nothing cached between tests)."""
+    monkeypatch.setenv("DUALENCODER_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory):
     """Small synthetic records built once per session: {"train", "val", "zeroshot"} -> dir.

@@ -18,9 +18,7 @@ from dualencoder.eval.zeroshot_eval import run_zeroshot
 from fake_encoders import ColorEncoder, make_color_folders
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DUALENCODER_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,10 @@ def synthetic_default(cache_dir: str, num_images: int, image_size: int = 64, see
                       *, log=print) -> dict:
     """Build (once) and return the synthetic default splits: {"train", "val", "zeroshot"}.
 
-    A split is rebuilt when its manifest is missing or `records verify` fails on it.
+    A split is rebuilt when its manifest is missing or `records verify` fails on it. Each
+    split is built in a folder of its own process and renamed into place, so runs started
+    together on a fresh cache do not write into each other's build; the first rename wins.
     """
-    from records.build import build_records
     from records.schema import RecordsError
     from records.verify import verify_records
 
@@ -36,10 +37,38 @@ def synthetic_default(cache_dir: str, num_images: int, image_size: int = 64, see
             verify_records(out)
         except (RecordsError, OSError):
             log(f"building the synthetic default ({split}: {count} images) in {out}")
-            build_records("synthetic", out, num_images=count, image_size=image_size,
-                          seed=seed + 1000 * offset, split=split)
+            _build_split_into_place(out, num_images=count, image_size=image_size,
+                                    seed=seed + 1000 * offset, split=split)
         dirs[split] = out
     return dirs
+
+
+def _build_split_into_place(out: str, **options) -> None:
+    """Build synthetic records in a private sibling folder, then rename it to `out`. A broken
+    `out` is moved aside first; if another process renames its build into place first, ours is
+    dropped and theirs verified."""
+    import shutil
+
+    from records.build import build_records
+    from records.verify import verify_records
+
+    private = f"{out}.building-{os.getpid()}"
+    shutil.rmtree(private, ignore_errors=True)
+    build_records("synthetic", private, **options)
+    if os.path.isdir(out):
+        try:
+            verify_records(out)  # another process finished while we built
+            shutil.rmtree(private, ignore_errors=True)
+            return
+        except Exception:  # noqa: BLE001 - broken: move it aside, then replace it
+            broken = f"{out}.broken-{os.getpid()}"
+            os.rename(out, broken)
+            shutil.rmtree(broken, ignore_errors=True)
+    try:
+        os.rename(private, out)
+    except OSError:  # another process renamed its build into place first
+        shutil.rmtree(private, ignore_errors=True)
+        verify_records(out)
 
 
 def resolve_records(cfg: Config, *, log=print) -> tuple[str, str]:
