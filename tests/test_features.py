@@ -25,6 +25,8 @@ def test_length_grouped_text_features_equal_full_length(synthetic_records):
     grouped = encoding.encode_texts_by_length(model, texts, batch_size=2)
     assert grouped.shape == full.shape
     np.testing.assert_allclose(grouped, full, rtol=1e-4, atol=1e-5)
+    # batches of every size and trimmed length ran through one trace (no retracing warnings)
+    assert text_fn.graph.experimental_get_tracing_count() == 1
 
 
 def test_image_and_text_caches_are_separate_files(synthetic_records, tmp_path):

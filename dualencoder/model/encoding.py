@@ -59,7 +59,10 @@ def _make_tower_functions(model):
             return image_graph(images)
         return tf.concat([image_graph(images[i:i + chunk]) for i in range(0, n, chunk)], 0)
 
-    @tf.function(reduce_retracing=True)
+    # One trace for every batch size and caption length (callers trim batches to their
+    # longest caption, so lengths vary from call to call).
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None, None], tf.bool)])
     def text_fn(token_ids, padding_mask):
         return model.text_features({"token_ids": token_ids, "padding_mask": padding_mask},
                                    training=False)
@@ -67,7 +70,10 @@ def _make_tower_functions(model):
     def text(tokens):
         if not isinstance(tokens, dict):
             tokens = model.tokenizer(list(tokens))
-        return text_fn(tokens["token_ids"], tokens["padding_mask"])
+        return text_fn(tf.cast(tokens["token_ids"], tf.int32),
+                       tf.cast(tokens["padding_mask"], tf.bool))
+
+    text.graph = text_fn  # the traced function (tests count its traces)
 
     return image_fn, text
 
