@@ -116,3 +116,22 @@ def test_clear_errors(tmp_path):
         Tokenizer(str(tmp_path / "nope.txt"))
     with pytest.raises(ValueError, match="no vocab.txt"):
         Tokenizer.from_preset(str(tmp_path))
+
+
+def test_tokenizing_prints_nothing(tmp_path):
+    """No framework lines on stderr: keras-hub's packer made oneDNN log "supports DT_INT64
+    only on platforms with AVX-512" on every CPU without AVX-512."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("from records.machine import tensorflow_defaults; tensorflow_defaults()\n"
+            "from dualencoder.model.tokenizer import Tokenizer, tiny_vocabulary\n"
+            "tok = Tokenizer(tiny_vocabulary(), sequence_length=8)\n"
+            "print(tok(['a red circle', 'a big blue square above a star'])['token_ids'].shape)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(2, 8)"
+    assert done.stderr.strip() == "", done.stderr

@@ -1,7 +1,7 @@
 """Text preprocessing: BERT WordPiece token ids and padding masks, in graph.
 
-`Tokenizer` wraps keras-hub's `BertTokenizer` (WordPiece, via tf-text) and
-`StartEndPacker` and adds the text normalisation of Hugging Face's
+`Tokenizer` wraps keras-hub's `BertTokenizer` (WordPiece, via tf-text), packs the pieces as
+`[CLS] ... [SEP] [PAD]...` with dense ops, and adds the text normalisation of Hugging Face's
 `BertTokenizerFast` (control characters removed, Unicode whitespace mapped to
 spaces, accents stripped together with lowercasing) so that both produce the
 same ids on the same vocabulary.
@@ -130,9 +130,6 @@ class Tokenizer:
         self.sep_id = tokens.index("[SEP]")
         self.pad_id = tokens.index("[PAD]")
         self.unk_id = tokens.index("[UNK]")
-        self._packer = keras_hub.layers.StartEndPacker(
-            sequence_length=self.sequence_length, start_value=self.cls_id,
-            end_value=self.sep_id, pad_value=self.pad_id, return_padding_mask=True)
         self._traced = None
 
     # ------------------------------------------------------------------ construction
@@ -254,10 +251,24 @@ class Tokenizer:
         return {"token_ids": token_ids, "padding_mask": mask}
 
     def _pack_batch(self, texts):
-        token_ids, mask = self._packer(self.tokenize(texts))
+        token_ids, mask = self._pack(self.tokenize(texts))
         token_ids = tf.ensure_shape(tf.cast(token_ids, tf.int32), [None, self.sequence_length])
         mask = tf.ensure_shape(tf.cast(mask, tf.bool), [None, self.sequence_length])
         return token_ids, mask
+
+    def _pack(self, pieces):
+        """`[CLS] pieces [SEP]` padded with `[PAD]` to `sequence_length` (pieces cut to fit),
+        and the padding mask. Dense ops only: keras-hub's packer concatenates ragged rows with
+        an integer transpose, for which oneDNN logs an error line on CPUs without AVX-512."""
+        length = self.sequence_length
+        pieces = tf.cast(pieces[:, :length - 2], tf.int32)
+        n = tf.cast(pieces.row_lengths(), tf.int32)  # pieces kept per text
+        body = pieces.to_tensor(default_value=self.pad_id, shape=[None, length - 2])
+        column = tf.ones_like(n)[:, None]
+        ids = tf.concat([column * self.cls_id, body, column * self.pad_id], axis=1)
+        positions = tf.range(length)[None, :]
+        ids = tf.where(positions == (n + 1)[:, None], self.sep_id, ids)
+        return ids, positions < (n + 2)[:, None]
 
     def detokenize(self, token_ids) -> list[str]:
         """Ids back to text (special tokens dropped; WordPiece pieces re-joined)."""
