@@ -294,6 +294,36 @@ def test_twenty_step_run_equals_full_batch_and_resumes(synthetic_records, tmp_pa
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_locked_towers_on_cached_features_equal_full_batch(synthetic_records, tmp_path,
+                                                           monkeypatch):
+    """Both towers locked, heads trained on cached tower features (the LiT path): micro-batches
+    of 4 give the plain batch-16 run's data order, losses and final weights."""
+    from dualencoder.testing import tiny_locked_run_config
+    from dualencoder.train import grad_cache
+    from dualencoder.train.loop import train
+
+    made = []
+    original = grad_cache.make_replica_step
+    monkeypatch.setattr(grad_cache, "make_replica_step",
+                        lambda *a, **k: made.append(a[2].optim.micro_batch) or original(*a, **k))
+    runs = {}
+    for name, extra in [("plain", []), ("micro", ["optim.micro_batch=4"])]:
+        cfg = tiny_locked_run_config(
+            f"data.records={synthetic_records['train']}", "optim.max_steps=12",
+            "optim.epochs=2", "optim.warmup_steps=2", "run.ledger=true",
+            "run.checkpoint_every=0", f"run.features_dir={tmp_path / 'features'}", *extra)
+        summary = train(cfg, str(tmp_path / name), log=lambda *_: None)
+        assert summary["cached_features"] == "both"
+        runs[name] = ledger(str(tmp_path / name))
+    assert made == [4]  # the micro-batched run took the gradient-caching step
+    assert len(runs["plain"]) == 12
+    assert [r["ids"] for r in runs["micro"]] == [r["ids"] for r in runs["plain"]]
+    np.testing.assert_allclose([r["loss"] for r in runs["micro"]],
+                               [r["loss"] for r in runs["plain"]], rtol=1e-5)
+    for a, b in zip(final_weights(str(tmp_path / "micro")), final_weights(str(tmp_path / "plain"))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------
