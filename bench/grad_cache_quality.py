@@ -74,8 +74,46 @@ def main(argv=None):
               "cached_vs_plain_step_by_step": step_match}
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(result, str(pathlib.Path(args.out).with_suffix('.png')))}")
     return 0
+
+
+def plot(result: dict, path: str) -> str:
+    """Per-step training loss of every run (seed 0) against pairs seen, and each run's
+    validation rsum (mean, with every seed as a dot), as a PNG at `path`."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from records.files import atomic_write
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    names = list(result["runs"])
+    for name in names:
+        run = result["runs"][name]
+        losses = run["per_seed"][0]["losses"]
+        pairs = [(i + 1) * run["batch"] / 1000 for i in range(len(losses))]
+        style = {"linestyle": "--", "linewidth": 2.5} if name.startswith("cached") else {}
+        left.plot(pairs, losses, label=name, **style)
+    left.set(xlabel="training pairs seen (thousands)", ylabel="training loss (over each batch)",
+             title="loss per step, seed 0")
+    left.legend(fontsize=8)
+    for y, name in enumerate(names):
+        run = result["runs"][name]
+        right.barh(y, run["val_rsum"], color="#9ecae1")
+        right.plot([r["val_rsum"] for r in run["per_seed"]], [y] * len(run["per_seed"]), "k.")
+        right.text(run["val_rsum"], y, f" {run['val_rsum']:.1f}", va="center", fontsize=8)
+    right.set_yticks(range(len(names)), names, fontsize=8)
+    right.invert_yaxis()
+    right.set(xlabel="validation rsum, last epoch (R@1+5+10 both ways)",
+              title=f"{result['pairs_per_run']:,} pairs per run")
+    fig.suptitle(f"{os.path.basename(result['config'])}: batch {result['batch']} cached in "
+                 f"micro-batches of {result['micro_batch']} vs the alternatives", fontsize=10)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _parser():
