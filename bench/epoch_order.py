@@ -114,7 +114,9 @@ def main(argv=None):
     if args.quick:
         args.images, args.epochs, args.batch_size = 1500, 2, 1024
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from records.machine import tensorflow_defaults
+
+    tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
     import tensorflow as tf
 
     from dualencoder.data.order import pair_order, pair_order_arrays

@@ -27,10 +27,11 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from records.machine import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
 
 import numpy as np  # noqa: E402
 

@@ -88,8 +88,9 @@ def folder_mb(path: str) -> float:
 
 def text_end_to_end(index, query_text: str, repeats: int, faiss_searcher) -> dict:
     """Tokenize + MiniLM text tower + search for one text query."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from records.machine import tensorflow_defaults
+
+    tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
     from dualencoder.model.dual_encoder import build_model  # noqa: PLC0415
 
     t0 = time.perf_counter()

@@ -46,7 +46,9 @@ def main(argv=None):
     if args.quick:
         args.rounds, args.images = 2, 32
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from records.machine import tensorflow_defaults
+
+    tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
     import tensorflow as tf
 
     from dualencoder.model import encoding

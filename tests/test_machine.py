@@ -12,7 +12,22 @@ def test_cpu_model_reads_proc_cpuinfo_model_name():
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             first = next((ln for ln in fh if ln.startswith("model name")), None)
         if first is not None:
-            assert name == first.split(":", 1)[1].strip()
+            assert name.startswith(first.split(":", 1)[1].strip())
+
+
+def test_cpu_model_names_the_vector_extension(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    for flags, expected in [("fpu sse2 avx avx2 avx512f avx512bw", "AMD EPYC (AVX-512)"),
+                            ("fpu sse2 avx avx2 fma", "AMD EPYC (AVX2)"),
+                            ("fpu sse2", "AMD EPYC")]:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
+        assert machine.cpu_model() == expected
 
 
 def test_cpu_model_falls_back_without_proc_cpuinfo(monkeypatch):

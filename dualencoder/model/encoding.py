@@ -24,7 +24,8 @@ def image_chunk_size() -> int:
     """Images per image-tower call at inference: 8 on a host without a GPU, 0 (no limit) with
     one. A CPU runs a large CNN faster on small batches, whose activations stay in its caches:
     Xception at 299 px on the 2-core reference machine ran ~6.6 img/s in batches of 4-8 and
-    ~5.1 img/s in batches of 32 (`bench/tower_batch.py`). A GPU wants large batches."""
+    ~5.1 img/s in batches of 32 (`bench/tower_batch.py`); on an AMD EPYC with AVX-512 the batch
+    size made no difference. A GPU wants large batches."""
     return 0 if tf.config.list_logical_devices("GPU") else 8
 
 
