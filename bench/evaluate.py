@@ -195,7 +195,9 @@ def main(argv=None):
     p.add_argument("--big-full", action="store_true")
     p.add_argument("--json", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    results = {"cpu_count": os.cpu_count()}
+    from records.machine import cpu_model
+
+    results = {"cpu": cpu_model(), "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         results["zeroshot"] = bench_zeroshot(tmp)
     results["encoders"] = bench_encoders(args.skip_xception)
