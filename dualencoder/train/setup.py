@@ -50,6 +50,7 @@ def _build_split_into_place(out: str, **options) -> None:
     import shutil
 
     from records.build import build_records
+    from records.schema import RecordsError
     from records.verify import verify_records
 
     private = f"{out}.building-{os.getpid()}"
@@ -60,7 +61,7 @@ def _build_split_into_place(out: str, **options) -> None:
             verify_records(out)  # another process finished while we built
             shutil.rmtree(private, ignore_errors=True)
             return
-        except Exception:  # noqa: BLE001 - broken: move it aside, then replace it
+        except (RecordsError, OSError):  # broken: move it aside, then replace it
             broken = f"{out}.broken-{os.getpid()}"
             os.rename(out, broken)
             shutil.rmtree(broken, ignore_errors=True)
