@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from records.cli import positive_int  # noqa: E402
 from records.files import write_json_atomic  # noqa: E402
 
+RUNS = ("plain", "cached", "split", "small")
 METRICS = [f"val_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + ["val_rsum"]
 
 
@@ -58,13 +59,15 @@ def main(argv=None):
 
     small, n = args.small or m, b // m
     base = Config.from_sources(args.config, args.set)
-    runs = {f"plain {b}": [f"data.batch_size={b}"],
-            f"cached {b} as {m}": [f"data.batch_size={b}", f"optim.micro_batch={m}"],
-            f"split {b} as {n}x{m}": [f"data.batch_size={b}", f"optim.split_loss_accum={n}"],
-            f"plain {small}": [f"data.batch_size={small}"]}
+    runs = {"plain": (f"plain {b}", [f"data.batch_size={b}"]),
+            "cached": (f"cached {b} as {m}", [f"data.batch_size={b}", f"optim.micro_batch={m}"]),
+            "split": (f"split {b} as {n}x{m}",
+                      [f"data.batch_size={b}", f"optim.split_loss_accum={n}"]),
+            "small": (f"plain {small}", [f"data.batch_size={small}"])}
     pairs = b * args.big_steps
-    results = {name: _run_seeds(name, sets, base, args, pairs) for name, sets in runs.items()}
-    step_match = _step_match(results[f"plain {b}"], results[f"cached {b} as {m}"])
+    results = {runs[k][0]: _run_seeds(*runs[k], base, args, pairs) for k in args.runs}
+    step_match = (_step_match(results[runs["plain"][0]], results[runs["cached"][0]])
+                  if {"plain", "cached"} <= set(args.runs) else None)
     _print_table(results, step_match, args, pairs, b)
     result = {"benchmark": "grad_cache_quality", "command": command, "cpu": cpu_model(),
               "cores": os.cpu_count(), "config": args.config, "set": args.set, "batch": b,
@@ -130,6 +133,8 @@ def _parser():
                         help="optimizer steps of batch B (batch S runs B/S times as many)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="run.seed values; every run is repeated for each")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
+                        help="which of the four runs to train (default: all)")
     parser.add_argument("--lr-scaling", choices=("none", "sqrt"), default="none",
                         help="learning rate of a batch-b run: the config's (none) or the "
                              "config's times sqrt(b / config batch) (sqrt)")
@@ -205,6 +210,8 @@ def _print_table(results, step_match, args, pairs, b):
         print(f"{name:<22} {row['steps']:6d} {first:10.3f} {last:7.3f} {i2t:>17} {t2i:>17} "
               f"{row['val_rsum']:6.1f} {row['range']['val_rsum']:6.1f} "
               f"{row['train_seconds']:7.0f}")
+    if step_match is None:
+        return
     print(f"cached vs plain {b}, step by step: largest loss difference "
           f"{step_match['max_abs_loss_difference']:.2e} "
           f"({100 * step_match['max_rel_loss_difference']:.3f}%), first step "
