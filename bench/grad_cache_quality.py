@@ -84,13 +84,9 @@ def main(argv=None):
 def plot(result: dict, path: str) -> str:
     """Per-step training loss of every run (seed 0) against pairs seen, and each run's
     validation rsum (mean, with every seed as a dot), as a PNG at `path`."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from dualencoder.eval.plots import pyplot, save_png
 
-    from records.files import atomic_write
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8),
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 3.8),
                                       gridspec_kw={"width_ratios": [3, 2]})
     names = list(result["runs"])
     for name in names:
@@ -113,10 +109,7 @@ def plot(result: dict, path: str) -> str:
               title=f"{result['pairs_per_run']:,} pairs per run")
     fig.suptitle(f"{os.path.basename(result['config'])}: batch {result['batch']} cached in "
                  f"micro-batches of {result['micro_batch']} vs the alternatives", fontsize=10)
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _parser():

@@ -12,22 +12,22 @@ import textwrap
 import numpy as np
 from records.files import atomic_write
 
-__all__ = ["plot_confusion_matrix", "plot_prediction_grid", "plot_kshot_curve",
+__all__ = ["pyplot", "save_png", "plot_confusion_matrix", "plot_prediction_grid", "plot_kshot_curve",
            "plot_retrieval_examples", "plot_grouped_bars", "plot_history"]
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path):
+def save_png(fig, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -40,7 +40,7 @@ def plot_confusion_matrix(cm, class_names, path, *, title="Confusion matrix (row
         class_names: list of C names.
         path: output PNG path.
     """
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm, dtype=np.float64)
     if normalize:
         rows = cm.sum(axis=1, keepdims=True)
@@ -64,7 +64,7 @@ def plot_confusion_matrix(cm, class_names, path, *, title="Confusion matrix (row
                 if cm[i, j] > 0:
                     ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=fs - 1,
                             color="white" if cm[i, j] > 0.5 else "black")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_prediction_grid(images, predicted, true, path, *, cols=4, title=None):
@@ -75,7 +75,7 @@ def plot_prediction_grid(images, predicted, true, path, *, cols=4, title=None):
         predicted: N predicted class names.
         true: N true class names.
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, int(np.ceil(n / cols)))
@@ -89,7 +89,7 @@ def plot_prediction_grid(images, predicted, true, path, *, cols=4, title=None):
         ax.set_title(f"{predicted[k]} ({true[k]})", fontsize=9,
                      color="green" if ok else "red")
     fig.suptitle(title or "Predicted (True)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_kshot_curve(shots, mean, std, path, *, zero_shot=None, extra=None,
@@ -105,7 +105,7 @@ def plot_kshot_curve(shots, mean, std, path, *, zero_shot=None, extra=None,
         extra: optional `{label: accuracy}` horizontal reference lines (e.g. the full
             linear probe).
     """
-    plt = _plt()
+    plt = pyplot()
     shots = np.asarray(shots, dtype=float)
     mean = np.asarray(mean, dtype=float)
     std = np.asarray(std, dtype=float)
@@ -127,7 +127,7 @@ def plot_kshot_curve(shots, mean, std, path, *, zero_shot=None, extra=None,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_retrieval_examples(queries, images, correct, path, *, scores=None,
@@ -140,7 +140,7 @@ def plot_retrieval_examples(queries, images, correct, path, *, scores=None,
         correct: Q lists of K bools (the image is the query's own image).
         scores: optional Q lists of K similarities.
     """
-    plt = _plt()
+    plt = pyplot()
     q = len(queries)
     k = max((len(r) for r in images), default=1)
     fig, axes = plt.subplots(q, k, figsize=(2.2 * k, 2.6 * q + 0.4), squeeze=False)
@@ -162,7 +162,7 @@ def plot_retrieval_examples(queries, images, correct, path, *, scores=None,
         axes[r, 0].set_ylabel("\n".join(textwrap.wrap(queries[r], 28)[:4]), fontsize=8,
                               rotation=0, ha="right", va="center")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_grouped_bars(groups, series: dict, path, *, ylabel="%", title=None, ylim=None):
@@ -172,7 +172,7 @@ def plot_grouped_bars(groups, series: dict, path, *, ylabel="%", title=None, yli
         groups: G group labels (e.g. "animals10 accuracy").
         series: `{name: list of G values}`; None or NaN values leave a gap.
     """
-    plt = _plt()
+    plt = pyplot()
     g = len(groups)
     s = max(len(series), 1)
     width = 0.8 / s
@@ -195,12 +195,12 @@ def plot_grouped_bars(groups, series: dict, path, *, ylabel="%", title=None, yli
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or "")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_history(history: dict, path, *, title="Training history"):
     """Curves of a Keras `History.history` dict (losses left, accuracies right)."""
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, values in history.items():
         (a2 if "acc" in key else a1).plot(range(1, len(values) + 1), values, marker=".",
@@ -212,4 +212,4 @@ def plot_history(history: dict, path, *, title="Training history"):
         if ax.lines:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -252,14 +252,14 @@ class Tokenizer:
 
     def _pack_batch(self, texts):
         token_ids, mask = self._pack(self.tokenize(texts))
-        token_ids = tf.ensure_shape(tf.cast(token_ids, tf.int32), [None, self.sequence_length])
-        mask = tf.ensure_shape(tf.cast(mask, tf.bool), [None, self.sequence_length])
-        return token_ids, mask
+        return (tf.ensure_shape(token_ids, [None, self.sequence_length]),
+                tf.ensure_shape(mask, [None, self.sequence_length]))
 
     def _pack(self, pieces):
         """`[CLS] pieces [SEP]` padded with `[PAD]` to `sequence_length` (pieces cut to fit),
-        and the padding mask. Dense ops only: keras-hub's packer concatenates ragged rows with
-        an integer transpose, for which oneDNN logs an error line on CPUs without AVX-512."""
+        and the padding mask (int32, bool). Dense ops only: keras-hub's packer concatenates
+        ragged rows with an integer transpose, for which oneDNN logs an error line ("supports
+        DT_INT64 only on platforms with AVX-512"), seen on an AMD EPYC that has AVX-512."""
         length = self.sequence_length
         pieces = tf.cast(pieces[:, :length - 2], tf.int32)
         n = tf.cast(pieces.row_lengths(), tf.int32)  # pieces kept per text
