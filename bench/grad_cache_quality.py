@@ -38,7 +38,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from records.cli import positive_int  # noqa: E402
+from records.cli import positive_int, report_error  # noqa: E402
 from records.files import write_json_atomic  # noqa: E402
 
 RUNS = ("plain", "cached", "split", "small")
@@ -55,10 +55,13 @@ def main(argv=None):
     from records.machine import cpu_model, tensorflow_defaults
 
     tensorflow_defaults()
-    from dualencoder.config import Config
+    from dualencoder.config import Config, ConfigError
 
     small, n = args.small or m, b // m
-    base = Config.from_sources(args.config, args.set)
+    try:  # every run's config is this one plus a few fixed keys: check it before training
+        base = Config.from_sources(args.config, args.set)
+    except ConfigError as exc:
+        return report_error(exc)
     runs = {"plain": (f"plain {b}", [f"data.batch_size={b}"]),
             "cached": (f"cached {b} as {m}", [f"data.batch_size={b}", f"optim.micro_batch={m}"]),
             "split": (f"split {b} as {n}x{m}",
