@@ -78,24 +78,25 @@ def cached_pairs(records: str, batch_size: int, seed: int):
     from dualencoder.config import Config
     from dualencoder.data.annotations import read_captions
     from dualencoder.data.order import RecordIndex
-    from dualencoder.train import features
+    from dualencoder.features.pairs import CachedPairs
+    from dualencoder.features.plan import CachePlan
 
     cfg = Config.from_sources(None, [f"data.batch_size={batch_size}", "data.all_captions=true",
                                    f"run.seed={seed}"])
     texts, owner = read_captions(records)
     index = RecordIndex(records)
     rng = np.random.default_rng(0)
-    src = features.CachedPairs.__new__(features.CachedPairs)
-    src.cfg, src.records, src.mode, src.views = cfg, records, "both", 1
-    src.arrays = {
-        "image_index": np.sort(index.image_index),
-        "image_features": rng.standard_normal((len(index.image_index), 2048), np.float32),
-        "text_features": rng.standard_normal((len(texts), 384), np.float32),
-        "caption_image_index": np.asarray(owner, np.int64)}
-    src.image_keys = src.arrays["image_index"]
-    src.image_rows_np = np.arange(len(src.image_keys), dtype=np.int64)
-    src.caption_keys, first = np.unique(src.arrays["caption_image_index"], return_index=True)
-    src.caption_rows_np = first.astype(np.int64)
+    src = CachedPairs.__new__(CachedPairs)
+    src.cfg, src.records, src.views = cfg, records, 1
+    src.plan = CachePlan(image="pooled", text="pooled")
+    src.text_store = src.image_store = None
+    src.image_keys = np.sort(index.image_index).astype(np.int64)
+    src.image_table = rng.standard_normal((len(src.image_keys), 2048), np.float32)
+    src.text_table = rng.standard_normal((len(texts), 384), np.float32)
+    src.image_rows = np.arange(len(src.image_keys), dtype=np.int64)
+    src.per_view = len(src.image_keys)
+    src.caption_keys, first = np.unique(np.asarray(owner, np.int64), return_index=True)
+    src.caption_rows = first.astype(np.int64)
     src.record_index = index
     return src, cfg
 
@@ -166,7 +167,7 @@ def main(argv=None):
               med["order_streaming"] / med["order_index_numpy"],
               "batches_dataset_over_host": med["batches_dataset"] / med["batches_host"]}
     print(f"\nCached-feature epoch input, {os.cpu_count()} CPU cores, TF {tf.__version__}: "
-          f"{len(src.record_index.image_index)} images, {src.arrays['text_features'].shape[0]} "
+          f"{len(src.record_index.image_index)} images, {src.text_table.shape[0]} "
           f"captions, batch {args.batch_size}, {steps} steps per epoch, all_captions\n"
           f"command: {command}\n(RecordIndex built once: {index_s:.2f} s; orders checked equal)")
     print(f"{'variant':20s} {'median s/epoch':>15s}   epochs")

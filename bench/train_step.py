@@ -21,7 +21,7 @@ what the step implementation itself can win or lose.
 
 Part 2, cached LiT: both towers locked, one epoch of our training loop over small synthetic
 records (`records.build.build_records("synthetic", ...)`) with `run.cache_features=off` (the
-towers run every step) vs with the cache on (`features.CachedPairs`: heads only), same model,
+towers run every step) vs with the cache on (`features.pairs.CachedPairs`: heads only), same model,
 same step builder, epochs after the first (tracing) one, interleaved; the one-time cost of
 computing the cache is reported beside it.
 
@@ -276,7 +276,8 @@ def lit_epochs(args, log):
     """Steady epoch seconds of our loop with both towers locked: uncached vs cached features."""
     import keras
 
-    from dualencoder.train import features
+    from dualencoder.features.pairs import CachedPairs
+    from dualencoder.features.plan import CachePlan
     from dualencoder.train import setup
     from dualencoder.train.step import make_train_step
     from records.build import build_records
@@ -306,8 +307,8 @@ def lit_epochs(args, log):
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     feature_dir = os.path.join(args.workdir, f"lit_features_{os.getpid()}")
     start = time.perf_counter()
-    source = features.CachedPairs(model, cfg_on, records, feature_dir, mode="both",
-                                  log=lambda *a: None)
+    source = CachedPairs(model, cfg_on, records, feature_dir,
+                         plan=CachePlan(image="pooled", text="pooled"), log=lambda *a: None)
     cache_build_s = time.perf_counter() - start
     step_off = make_train_step(model, optimizer, strategy, cfg_off)
     step_on = make_train_step(model, optimizer, strategy, cfg_on)

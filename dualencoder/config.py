@@ -19,13 +19,13 @@ import json
 import math
 from typing import Any
 
+from dualencoder.config_values import ConfigError, check_trainable as _check_trainable
+from dualencoder.config_values import coerce as _coerce, outside as _outside
+from dualencoder.config_values import parse_value as _parse_value
+
 # Keys whose change makes a workdir's checkpoints unusable (resume refuses them).
 # Everything else (epochs, patience, eval settings, ...) may change between runs.
 ARCHITECTURE_KEYS = ("model",)
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message names it."""
 
 
 def _key(default, help):
@@ -121,6 +121,11 @@ class OptimConfig:
     split_loss_accum: int = _key(1, "N micro-batches per step, each with its own loss, "
                                  "gradients summed (trains like batch B/N; 1 = off)")
     clipnorm: float = _key(0.0, "global gradient-norm clip (0 = off)")
+    tower_lr_mult: float = _key(1.0, "learning-rate multiplier of the towers' trained layers "
+                                "(LiT tunes a pretrained text tower at e.g. 0.05 of the heads' "
+                                "rate)")
+    tower_weight_decay: Any = _key(None, "weight decay of the towers' trained layers (null: "
+                                   "optim.weight_decay)")
 
 
 @dataclasses.dataclass
@@ -173,7 +178,8 @@ _BOUNDS = {
     ("optim", "plateau_factor"): "(0, 1)", ("optim", "clipnorm"): "[0, 1e6]",
     ("model", "head_dropout"): "[0, 1)", ("model", "extra_loss_weight"): "[0, 1000]",
     ("model", "init_logit_scale"): "(0, 1e4]", ("model", "max_logit_scale"): "(0, 1e4]",
-    ("model", "logit_scale_lr_mult"): "(0, 1000]", ("model", "init_logit_bias"): "[-1000, 1000]",
+    ("model", "logit_scale_lr_mult"): "(0, 1000]", ("optim", "tower_lr_mult"): "(0, 1000]",
+    ("optim", "tower_weight_decay"): "[0, 1]", ("model", "init_logit_bias"): "[-1000, 1000]",
     ("model", "image_size"): "[1, 4096]", ("model", "sequence_length"): "[1, 4096]",
     ("model", "embed_dim"): "[1, 65536]",
 }
@@ -188,15 +194,6 @@ def min_image_size(image_tower: str) -> int:
     name = str(image_tower).lower().replace("_", "").replace("-", "")
     return next((size for prefix, size in _MIN_IMAGE_SIZE.items() if name.startswith(prefix)),
                 32)
-
-
-def _outside(value: float, interval: str) -> str:
-    """"" when `value` lies in `interval`, else what it must be ("must be > 0 and <= 1")."""
-    lo, hi = (float(x) for x in interval[1:-1].split(","))
-    lo_ok = lo < value if interval[0] == "(" else lo <= value
-    hi_ok = value < hi if interval[-1] == ")" else value <= hi
-    return "" if lo_ok and hi_ok else (f"must be {'>' if interval[0] == '(' else '>='} {lo:g} "
-                                       f"and {'<' if interval[-1] == ')' else '<='} {hi:g}")
 
 
 # Keys that were removed, with what to use instead.
@@ -227,22 +224,6 @@ def read_json_object(path: str, flag: str = "--config") -> dict:
         raise ConfigError(f"{flag} {path}: expected a JSON object of sections "
                           f"{sorted(_SECTIONS)}, got a JSON {type(values).__name__}")
     return values
-
-
-def _parse_value(text: str) -> Any:
-    """`--set` values are JSON when they parse as JSON (numbers, true, null), else strings."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _check_trainable(where: str, value: Any) -> None:
-    if value in ("all", "none"):
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where}={value!r}: use \"all\", \"none\" or a number of top "
-                          "blocks/layers to train (an integer >= 0)")
 
 
 @dataclasses.dataclass
@@ -340,6 +321,9 @@ class Config:
             raise ConfigError("optim.epochs=0 and optim.max_steps=0: nothing to train")
         _check_trainable("model.image_trainable", self.model.image_trainable)
         _check_trainable("model.text_trainable", self.model.text_trainable)
+        wd = self.optim.tower_weight_decay
+        if wd is not None and (isinstance(wd, bool) or not isinstance(wd, (int, float))):
+            raise ConfigError(f"optim.tower_weight_decay={wd!r}: null or a number in [0, 1]")
         if self.data.lowres_size and not 8 <= self.data.lowres_size < self.model.image_size:
             raise ConfigError(f"data.lowres_size={self.data.lowres_size}: use 0 (off) or a size "
                               f"from 8 to model.image_size-1 ({self.model.image_size - 1})")
@@ -373,28 +357,3 @@ class Config:
                 problem = _outside(value, _BOUNDS.get((section, key), "[-inf, inf]"))
                 if problem:
                     raise ConfigError(f"{where}: {problem}")
-
-
-def _coerce(dotted: str, value: Any, default: Any, origin: str) -> Any:
-    if default is None or dotted.endswith("_trainable"):
-        return value
-    kind = type(default)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{origin}: {dotted}={value!r} is not a boolean (true/false)")
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{origin}: {dotted}={value!r} is not an integer")
-        return int(value)
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{origin}: {dotted}={value!r} is not a number")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            value = json.dumps(value) if not isinstance(value, (int, float)) else str(value)
-        return value
-    return value

@@ -43,6 +43,19 @@ def cpu_model() -> str:
     return f"{name} ({extension})" if extension else name
 
 
+def bf16_flags() -> list[str]:
+    """The CPU's bfloat16 feature flags (amx_bf16, avx512_bf16) from /proc/cpuinfo; [] when
+    it has none or the file is unreadable. Recorded beside every timing."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return sorted({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
 def vector_extension(flags: set) -> str:
     """The widest x86 SIMD extension among /proc/cpuinfo `flags`: "AVX-512", "AVX2" or ""."""
     if "avx512f" in flags:

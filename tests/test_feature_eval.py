@@ -14,7 +14,7 @@ from dualencoder.data.annotations import read_captions
 from dualencoder.encoders import cache as embed_cache
 from dualencoder.train import setup
 from dualencoder.train import validation
-from dualencoder.train import features as F
+from dualencoder.features import compute as F
 from dualencoder.encoders.ensemble import EnsembleEncoder
 from dualencoder.encoders.locked import LockedHeads, model_feature_dirs
 from dualencoder.testing import same_towers_new_heads

@@ -1,4 +1,4 @@
-"""dualencoder.train.features: the on-disk cache of locked-tower outputs (split per tower), the
+"""dualencoder.features: the on-disk cache of locked-tower outputs (split per tower), the
 length-grouped text encoding, and validation from the cache."""
 
 import os
@@ -7,13 +7,25 @@ import numpy as np
 import pytest
 
 from dualencoder.model import encoding
-from dualencoder.train import features
+from dualencoder.features import compute
+from dualencoder.features.pairs import CachedPairs as _CachedPairs
+from dualencoder.features.plan import plan_cache
 from dualencoder.train import setup
 from dualencoder.train import validation
 from dualencoder.testing import tiny_locked_run_config
 
 
 locked_cfg = tiny_locked_run_config
+
+
+def CachedPairs(model, cfg, records, directory, **kwargs):
+    return _CachedPairs(model, cfg, records, directory, plan=plan_cache(cfg), **kwargs)
+
+
+def arrays(src):
+    """The cached tables of `src`, images in record order."""
+    return {"image_features": src.image_table, "text_features": src.text_table,
+            "image_index": src.image_keys[np.argsort(src.image_rows)]}
 
 
 def test_length_grouped_text_features_equal_full_length(synthetic_records):
@@ -33,30 +45,30 @@ def test_image_and_text_caches_are_separate_files(synthetic_records, tmp_path):
     model = setup.build(locked_cfg())
     train = synthetic_records["train"]
     logs = []
-    a = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=logs.append)
+    a = CachedPairs(model, locked_cfg(), train, str(tmp_path), log=logs.append)
     names = sorted(os.listdir(tmp_path))
     assert [n.split("-")[0] for n in names] == ["image", "text"], names
     # Another resize method: a new image file, the caption features are reused.
-    features.CachedPairs(model, locked_cfg("data.resize_method=bilinear"), train, str(tmp_path),
+    CachedPairs(model, locked_cfg("data.resize_method=bilinear"), train, str(tmp_path),
                          log=logs.append)
     names2 = sorted(os.listdir(tmp_path))
     assert len(names2) == 3 and sum(n.startswith("text-") for n in names2) == 1
     assert any("reusing cached caption features" in line for line in logs)
     # Rerun: both reused, same arrays.
-    b = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=logs.append)
-    for key in a.arrays:
-        np.testing.assert_array_equal(a.arrays[key], b.arrays[key])
+    b = CachedPairs(model, locked_cfg(), train, str(tmp_path), log=logs.append)
+    for key, value in arrays(a).items():
+        np.testing.assert_array_equal(value, arrays(b)[key])
 
 
 def test_damaged_cache_file_is_recomputed(synthetic_records, tmp_path):
     model = setup.build(locked_cfg())
     train = synthetic_records["train"]
-    a = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
+    a = CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
     image_file = next(p for p in os.listdir(tmp_path) if p.startswith("image-"))
     with open(tmp_path / image_file, "wb") as fh:
         fh.write(b"not a zip file")
-    b = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
-    np.testing.assert_allclose(a.arrays["image_features"], b.arrays["image_features"],
+    b = CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
+    np.testing.assert_allclose(arrays(a)["image_features"], arrays(b)["image_features"],
                                rtol=1e-5, atol=1e-6)
 
 
@@ -78,15 +90,15 @@ def test_cached_views_rotate_per_epoch(synthetic_records, tmp_path):
     cfg = locked_cfg("data.cached_views=3", "run.seed=5")
     model = setup.build(cfg)
     train = synthetic_records["train"]
-    src = features.CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
+    src = CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
     assert sum(n.startswith("image-") for n in os.listdir(tmp_path)) == 3
-    n = len(src.arrays["image_index"])
-    feats = src.arrays["image_features"].reshape(3, n, -1)
+    n = len(arrays(src)["image_index"])
+    feats = arrays(src)["image_features"].reshape(3, n, -1)
     assert not np.allclose(feats[0], feats[1]) and not np.allclose(feats[1], feats[2])
     # view 0 is the plain image: the same features as without views
-    plain = features.CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
-    np.testing.assert_allclose(feats[0], plain.arrays["image_features"], rtol=1e-6)
-    row_of = {int(ix): r for r, ix in enumerate(src.arrays["image_index"])}
+    plain = CachedPairs(model, locked_cfg(), train, str(tmp_path), log=lambda *_: None)
+    np.testing.assert_allclose(feats[0], arrays(plain)["image_features"], rtol=1e-6)
+    row_of = {int(ix): r for r, ix in enumerate(arrays(src)["image_index"])}
     for epoch in (0, 1):
         batch = next(iter(src.epoch(epoch)))
         for ix, got in zip(batch["image_index"].numpy(), batch["image_features"].numpy()):
@@ -105,19 +117,19 @@ def test_cached_views_rotate_per_epoch(synthetic_records, tmp_path):
         np.testing.assert_array_equal(skipped[0]["image_index"], host[1]["image_index"])
     # the views belong to the data set: another run seed reuses the same files
     before = sorted(os.listdir(tmp_path))
-    features.CachedPairs(model, locked_cfg("data.cached_views=3", "run.seed=6"), train,
+    CachedPairs(model, locked_cfg("data.cached_views=3", "run.seed=6"), train,
                          str(tmp_path), log=lambda *_: None)
     assert sorted(os.listdir(tmp_path)) == before
     # a recomputation gives the same views (fixed crops and flips)
-    again = features.CachedPairs(model, cfg, str(train), str(tmp_path / "other"),
+    again = CachedPairs(model, cfg, str(train), str(tmp_path / "other"),
                                  log=lambda *_: None)
-    np.testing.assert_allclose(again.arrays["image_features"], src.arrays["image_features"],
+    np.testing.assert_allclose(arrays(again)["image_features"], arrays(src)["image_features"],
                                rtol=1e-5, atol=1e-6)
 
 
 def test_cached_views_need_locked_towers():
     with pytest.raises(Exception, match="data.cached_views=2"):
-        features.use_cache(locked_cfg("data.cached_views=2", "model.image_trainable=all"))
+        plan_cache(locked_cfg("data.cached_views=2", "model.image_trainable=all"))
     with pytest.raises(Exception, match="data.cached_views"):
         locked_cfg("data.cached_views=0")
 
@@ -132,7 +144,7 @@ def test_lowres_views(synthetic_records, tmp_path):
     train = synthetic_records["train"]
     cfg = locked_cfg("data.cached_views=3", "data.lowres_size=8")
     size = cfg.model.image_size
-    kw = dict(image_size=size, batch_size=64, resize_method="bicubic", seed=features.VIEW_SEED)
+    kw = dict(image_size=size, batch_size=64, resize_method="bicubic", seed=compute.VIEW_SEED)
     small = next(iter(data.image_dataset(train, image_size=8, batch_size=64)))["images"]
     expected = tf.clip_by_value(tf.image.resize(tf.cast(tf.round(small), tf.uint8),
                                                 [size, size], method="bicubic"), 0.0, 255.0)
@@ -145,13 +157,13 @@ def test_lowres_views(synthetic_records, tmp_path):
     # the uncropped low-res view
     assert np.abs(view2 - crop2).mean() < np.abs(view1.numpy() - crop2).mean()
     model = setup.build(cfg)
-    src = features.CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
-    n = len(src.arrays["image_index"])
-    feats = src.arrays["image_features"].reshape(3, n, -1)
+    src = CachedPairs(model, cfg, train, str(tmp_path), log=lambda *_: None)
+    n = len(arrays(src)["image_index"])
+    feats = arrays(src)["image_features"].reshape(3, n, -1)
     image_fn, _ = encoding.tower_functions(model)
     np.testing.assert_allclose(feats[1][:64], np.asarray(image_fn(view1)), rtol=1e-4, atol=1e-5)
     # other files than the full-resolution crop views (same view numbers)
-    features.CachedPairs(model, locked_cfg("data.cached_views=3"), train, str(tmp_path),
+    CachedPairs(model, locked_cfg("data.cached_views=3"), train, str(tmp_path),
                          log=lambda *_: None)
     assert sum(n.startswith("image-") for n in os.listdir(tmp_path)) == 5
 

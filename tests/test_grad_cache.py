@@ -313,7 +313,7 @@ def test_locked_towers_on_cached_features_equal_full_batch(synthetic_records, tm
             "optim.epochs=2", "optim.warmup_steps=2", "run.ledger=true",
             "run.checkpoint_every=0", f"run.features_dir={tmp_path / 'features'}", *extra)
         summary = train(cfg, str(tmp_path / name), log=lambda *_: None)
-        assert summary["cached_features"] == "both"
+        assert summary["cached_features"] == "image pooled, text pooled"
         runs[name] = ledger(str(tmp_path / name))
     assert made == [4]  # the micro-batched run took the gradient-caching step
     assert len(runs["plain"]) == 12

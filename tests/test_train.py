@@ -224,8 +224,8 @@ def test_rerun_in_a_workdir_defaults_to_its_saved_config(synthetic_records, tmp_
 # Cached-feature fast path
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("locked, mode", [
-    (["model.image_trainable=none", "model.text_trainable=none"], "both"),
-    (["model.text_trainable=none"], "text"),
+    (["model.image_trainable=none", "model.text_trainable=none"], "image pooled, text pooled"),
+    (["model.text_trainable=none"], "text pooled"),
 ])
 def test_cached_features_match_uncached(synthetic_records, tmp_path, locked, mode):
     from dualencoder.train.loop import train

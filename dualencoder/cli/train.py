@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         return 2
 
     from dualencoder.train.checkpoint import CheckpointError
-    from dualencoder.train.loop import TrainingDiverged, train
+    from dualencoder.train.loop import TrainingDiverged, TrainingInterrupted, train
     from records.schema import RecordsError
 
     try:
@@ -147,6 +147,14 @@ def main(argv=None) -> int:
     except TrainingDiverged as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:
+        print(f"interrupted at step {exc.step}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before the first step; rerun the same command to start again",
+              file=sys.stderr)
+        return 130
     best = summary.get("best") or {}
     print(f"trained {summary['steps']} steps in {workdir}; best epoch {best.get('epoch')}")
     if not cfg.data.records and cfg.run.eval_after and not args.no_eval:

@@ -29,7 +29,7 @@ import hashlib
 import numpy as np
 
 from dualencoder.model.encoding import encode_texts_by_length, tower_functions
-from dualencoder.train.features import variables_digest
+from dualencoder.features.keys import variables_digest
 
 
 def combine(embeddings) -> np.ndarray:

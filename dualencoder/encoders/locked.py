@@ -2,7 +2,7 @@
 
 A LiT model's towers are frozen: its embeddings of a data set are its heads applied to tower
 outputs that never change. Training already stored those outputs for its train and validation
-records (`dualencoder.train.features`, `run.features_dir`), so evaluating the model on the same
+records (`dualencoder.features`, `run.features_dir`), so evaluating the model on the same
 records needs the heads only, and evaluating a second head (another seed, an ensemble) on new
 records needs the towers once. `LockedHeads` finds such an encoder's tower features by their
 content key (records checksums, tower weights digest, image size and resize method, or
@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from dualencoder.model.encoding import encode_texts_by_length
-from dualencoder.train import features as F
+from dualencoder.features import compute, keys, store
 
 
 class LockedHeads:
@@ -78,7 +78,7 @@ class LockedHeads:
         """The first readable cached file `name` in the feature directories, or None."""
         for d in self.feature_dirs + ([self.write_dir] if self.write_dir else []):
             path = os.path.join(d, name)
-            arrays = F.read_npz(path)
+            arrays = store.read_npz(path)
             if arrays is not None:
                 return path, arrays
         return None
@@ -93,7 +93,7 @@ class LockedHeads:
         path = None
         if self.write_dir:
             path = os.path.join(self.write_dir, name)
-            F.write_npz(path, arrays)
+            store.write_npz(path, arrays)
         return arrays, path, False
 
     # ------------------------------------------------------------------ embeddings
@@ -128,9 +128,9 @@ class LockedHeads:
 
         def group_features(digest, m):
             tower, size = self.members[m], int(self.members[m].image_size)
-            name = "image-" + F.image_key(digest, records_dir,
+            name = "image-" + keys.image_key(digest, records_dir,
                                           image_size=size, resize_method=resize_method)
-            arrays, path, hit = self._features(name + ".npz", lambda: F.compute_image_features(
+            arrays, path, hit = self._features(name + ".npz", lambda: compute.compute_image_features(
                 tower, records_dir, image_size=size, resize_method=resize_method,
                 batch_size=batch_size, progress=progress), check)
             paths.append(path), reused.append(hit)
@@ -154,10 +154,10 @@ class LockedHeads:
 
         def group_features(digest, m):
             tower, cfg = self.members[m], self.members[m].model_config
-            name = "text-" + F.text_key(digest, records_dir,
+            name = "text-" + keys.text_key(digest, records_dir,
                                         sequence_length=int(cfg["sequence_length"]),
                                         pooling=cfg["text_pooling"])
-            arrays, path, hit = self._features(name + ".npz", lambda: F.compute_text_features(
+            arrays, path, hit = self._features(name + ".npz", lambda: compute.compute_text_features(
                 tower, records_dir, progress=progress), check)
             paths.append(path), reused.append(hit)
             return np.asarray(arrays["text_features"], np.float32)

@@ -196,8 +196,12 @@ class ImageTower(keras.layers.Layer):
             )
         if weights not in ("imagenet", "none"):
             self._load_weights_file(str(weights), fn)
-        set_top_trainable(self.backbone, self.trainable_spec)
+        trained = set_top_trainable(self.backbone, self.trainable_spec)
         self.output_dim = int(self.backbone.output.shape[-1])
+        # the frozen part and the trained part as models (untracked: the backbone owns the
+        # weights); None when no single feature map separates them
+        object.__setattr__(self, "_split", _split_at_boundary(self.backbone, trained)
+                           if isinstance(self.trainable_spec, int) and trained else None)
 
     def _load_weights_file(self, path, fn):
         arch = fn.__name__ if fn is not None else "tiny CNN"
@@ -225,12 +229,36 @@ class ImageTower(keras.layers.Layer):
     def frozen(self):
         return self.trainable_spec in ("none", 0)
 
+    @property
+    def boundary(self):
+        """The name of the layer whose output enters the first trained block (top-N blocks
+        trained and one feature map separates them from the frozen ones), else None."""
+        return None if self._split is None else self._split[2]
+
+    @property
+    def lower_model(self):
+        """The frozen part below the boundary as a Keras model (sharing the backbone's
+        weights): preprocessed images -> the feature map entering the first trained block."""
+        if self._split is None:
+            raise ValueError(f"image tower trainable={self.trainable_spec!r} has no boundary")
+        return self._split[0]
+
+    def boundary_states(self, images):
+        """The frozen part's output (inference mode) on raw images: the feature map entering
+        the first trained block, `[B, h, w, c]`."""
+        return self.lower_model(self._preprocess(ops.cast(images, "float32")), training=False)
+
+    def from_boundary(self, states, training=None):
+        """The trained blocks and the pooling on boundary feature maps: what `call` returns
+        for the same images."""
+        return self._pool(self._split[1](states, training=training))
+
     def call(self, images, training=None):
         x = self._preprocess(ops.cast(images, "float32"))
-        x = self.backbone(x, training=False if self.frozen else training)
-        if self.pooling == "avg":
-            x = ops.mean(x, axis=(1, 2))
-        return x
+        return self._pool(self.backbone(x, training=False if self.frozen else training))
+
+    def _pool(self, x):
+        return ops.mean(x, axis=(1, 2)) if self.pooling == "avg" else x
 
     def compute_output_shape(self, input_shape):
         if self.pooling == "avg":
@@ -247,6 +275,24 @@ class ImageTower(keras.layers.Layer):
             "pooling": self.pooling,
             "trainable": self.trainable_spec,
         }
+
+
+def _split_at_boundary(backbone, trained, tries=32):
+    """`(lower, upper, name)`: `backbone` cut at the output of layer `name`, the latest frozen
+    layer before the first trained one whose output alone feeds every trained layer (the
+    sub-model from it to the output is connected and holds them all); None if none of the
+    `tries` layers before it does (e.g. a residual branch crosses the boundary)."""
+    layers = backbone.layers
+    first = min(layers.index(layer) for layer in trained)
+    wanted = {id(layer) for layer in trained}
+    for layer in reversed(layers[max(first - tries, 0):first]):
+        try:
+            upper = keras.Model(layer.output, backbone.output)
+        except ValueError:
+            continue
+        if wanted <= {id(sub) for sub in upper.layers}:
+            return keras.Model(backbone.input, layer.output), upper, layer.name
+    return None
 
 
 def load_weights_quietly(model, path):

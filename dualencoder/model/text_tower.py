@@ -57,6 +57,23 @@ def _tiny_backbone_config(vocabulary_size, sequence_length):
     }
 
 
+def by_length(fn, states, padding_mask, buckets):
+    """`fn(states, mask) -> [B, F]` run on `buckets` groups of rows of similar length (rows
+    sorted by length, equal counts), each cut to its longest row; rows come back in order."""
+    import tensorflow as tf
+
+    lengths = tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)
+    order = tf.argsort(lengths, stable=True)
+    rows = tf.shape(lengths)[0]
+    outputs = []
+    for b in range(buckets):
+        part = order[rows * b // buckets:rows * (b + 1) // buckets]
+        longest = tf.reduce_max(tf.concat([tf.gather(lengths, part), [1]], 0))
+        outputs.append(fn(tf.gather(states, part)[:, :longest],
+                          tf.gather(padding_mask, part)[:, :longest]))
+    return tf.gather(tf.concat(outputs, 0), tf.math.invert_permutation(order))
+
+
 @keras.saving.register_keras_serializable(package="dualencoder")
 class TextTower(keras.layers.Layer):
     """A BERT text encoder with pooling, and its tokenizer.
@@ -159,7 +176,14 @@ class TextTower(keras.layers.Layer):
                 f"sequence_length={self.sequence_length} exceeds the BERT position table "
                 f"({self.backbone.max_sequence_length})."
             )
+        depth = len(self.backbone.transformer_layers)
+        if isinstance(self.trainable_spec, int) and self.trainable_spec > depth:
+            raise ValueError(
+                f"text_trainable={self.trainable_spec}: the text tower has {depth} transformer "
+                f"layers; train at most {depth} (all layers, embeddings locked) or \"all\""
+            )
         self.output_dim = int(self.backbone.hidden_dim)
+        object.__setattr__(self, "_lower", None)  # the frozen part, built on first use
         self._set_trainable()
 
     @staticmethod
@@ -188,18 +212,61 @@ class TextTower(keras.layers.Layer):
     def frozen(self):
         return self.trainable_spec in ("none", 0)
 
-    def call(self, inputs, training=None):
+    @property
+    def boundary(self):
+        """Index of the first trained transformer layer when the top N train (1 <= N <=
+        depth; N = depth: every layer, embeddings locked), else None ("all", "none")."""
+        spec = self.trainable_spec
+        if not isinstance(spec, int) or spec == 0:
+            return None
+        return len(self.backbone.transformer_layers) - spec
+
+    def _backbone_inputs(self, inputs):
         token_ids = ops.cast(inputs["token_ids"], "int32")
         mask = ops.cast(inputs["padding_mask"], "bool")
-        outputs = self.backbone(
-            {
-                "token_ids": token_ids,
-                "segment_ids": ops.zeros_like(token_ids),
-                "padding_mask": ops.cast(mask, "int32"),
-            },
-            training=False if self.frozen else training,
-        )
-        sequence = outputs["sequence_output"]
+        return {"token_ids": token_ids, "segment_ids": ops.zeros_like(token_ids),
+                "padding_mask": ops.cast(mask, "int32")}, mask
+
+    def boundary_states(self, inputs):
+        """The frozen part's output (inference mode): the token states entering the first
+        trained layer, `[B, L, H]`. Only with a boundary (`trainable=N`)."""
+        return self.lower_model(self._backbone_inputs(inputs)[0], training=False)
+
+    @property
+    def lower_model(self):
+        """The frozen part below the boundary as a Keras model (sharing the backbone's
+        weights): backbone inputs -> the states entering the first trained layer."""
+        if self.boundary is None:
+            raise ValueError(f"text tower trainable={self.trainable_spec!r} has no boundary")
+        if self._lower is None:
+            entering = self.backbone.transformer_layers[self.boundary].input[0]
+            object.__setattr__(self, "_lower", keras.Model(self.backbone.input, entering))
+        return self._lower
+
+    def from_boundary(self, states, padding_mask, training=None, buckets=1):
+        """The trained layers and the pooling on boundary states `[B, L, H]` with their
+        `padding_mask` `[B, L]`: what `call` returns for the same captions.
+
+        `buckets` > 1 runs the layers on that many groups of similar length, each cut to its
+        own longest caption (exact: a caption's states never see another caption's)."""
+        if buckets > 1 and self.pooling != "none":
+            return by_length(lambda x, m: self.from_boundary(x, m, training), states,
+                             padding_mask, buckets)
+        mask = ops.cast(padding_mask, "bool")
+        x = ops.cast(states, self.backbone.compute_dtype)
+        for layer in self.backbone.transformer_layers[self.boundary:]:
+            x = layer(x, padding_mask=mask, training=training)
+        return self._pool(x, mask)
+
+    def call(self, inputs, training=None):
+        if self.boundary is not None:  # frozen lower layers in inference mode, as cached
+            states = self.boundary_states(inputs)
+            return self.from_boundary(states, inputs["padding_mask"], training=training)
+        backbone_inputs, mask = self._backbone_inputs(inputs)
+        outputs = self.backbone(backbone_inputs, training=False if self.frozen else training)
+        return self._pool(outputs["sequence_output"], mask)
+
+    def _pool(self, sequence, mask):
         if self.pooling == "none":
             return {"sequence_output": sequence, "padding_mask": mask}
         if self.pooling == "cls":

@@ -77,6 +77,11 @@ def set_top_trainable(model, trainable):
         flags = [False] * len(layers)
     else:
         blocks = _block_of_layers(layers)
+        depth, unit = ((len(set(blocks)), "blocks") if blocks is not None
+                       else (len(layers), "layers with weights"))
+        if trainable > depth:
+            raise ValueError(f"image_trainable={trainable}: the {model.name} image tower has "
+                             f"{depth} {unit}; train at most {depth} or \"all\"")
         if blocks is not None:
             top = max(blocks)
             flags = [b > top - trainable for b in blocks]

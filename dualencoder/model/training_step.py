@@ -22,17 +22,33 @@ __all__ = ["embed_batch", "batch_loss", "loss_gradients", "apply_gradients", "tr
 
 
 def embed_batch(model, batch, *, training=True):
-    """`(image_emb, text_emb)`, both `[B, D]`, of a batch: `images` or `image_features`, and
-    `token_ids` + `padding_mask` or `text_features`."""
+    """`(image_emb, text_emb)`, both `[B, D]`, of a batch. Each side from what the batch
+    carries: pooled tower outputs (`image_features`, `text_features`), the frozen part's
+    outputs at the tower's boundary (`image_states`; `text_states` + `text_mask`, only the
+    trained layers run, captions in length buckets), or raw inputs (`images`; `token_ids` +
+    `padding_mask`)."""
     img_f = batch.get("image_features")
-    if img_f is None:
+    if img_f is None and "image_states" in batch:
+        img_f = model.image_tower.from_boundary(batch["image_states"], training=training)
+    elif img_f is None:
         img_f = model.image_features(batch["images"], training=training)
     txt_f = batch.get("text_features")
-    if txt_f is None:
+    if txt_f is None and "text_states" in batch:
+        txt_f = model.text_tower.from_boundary(batch["text_states"], batch["text_mask"],
+                                               training=training,
+                                               buckets=length_buckets(batch["text_mask"]))
+    elif txt_f is None:
         txt_f = model.text_features({"token_ids": batch["token_ids"],
                                      "padding_mask": batch["padding_mask"]},
                                     training=training)
     return model.embed_from_features(img_f, txt_f, training=training)
+
+
+def length_buckets(mask) -> int:
+    """How many length buckets the trained text layers run in for a batch: one per 64
+    captions, at most 8 (4 when the batch size is not known when tracing)."""
+    rows = mask.shape[0]
+    return 4 if rows is None else max(1, min(8, rows // 64))
 
 
 def batch_loss(model, batch, *, training=True, gather=None):

@@ -13,7 +13,7 @@ twice or skipped. Layout of a workdir:
                        of rewriting a 174 MB model at every improving epoch)
     history.json       one row per epoch; curves.png beside it
     tensorboard/       TensorBoard logs
-    features/          cached tower features (locked towers only)
+    features/          cached tower outputs (locked towers, and frozen parts below a boundary)
 """
 
 from __future__ import annotations
@@ -36,6 +36,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step range."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or `on_step` raising KeyboardInterrupt) during training; `step` is the last
+    step done. The newest checkpoint is intact: rerunning the same command resumes."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
 def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     """Train (or resume) in `workdir`; returns the final summary dict (also `summary.json`).
 
@@ -49,9 +58,10 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     import tensorflow as tf
 
     from dualencoder.data import order as data_order
-    from dualencoder.train import features, setup, validation
+    from dualencoder.features.plan import plan_cache
+    from dualencoder.train import setup, validation
     check_workdir_config(cfg, workdir)
-    cached = features.use_cache(cfg)  # "both", "text" or None; bad combinations fail here
+    cached = plan_cache(cfg)  # which tower outputs come from caches; bad settings fail here
     records, val_records = setup.resolve_records(cfg, log=log)
     setup.check_training_pairs(cfg, records)  # before anything is written
     strategy = setup.make_strategy(cfg.run.strategy)
@@ -62,9 +72,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     groups, frozen = checkpoint_groups(model, optimizer)
     state = resume(ckpts, groups, frozen, model, optimizer, workdir, log)
 
-    feature_dir = (cfg.run.features_dir or os.path.join(workdir, "features")) if cached else None
-    source = (features.CachedPairs(model, cfg, records, feature_dir, mode=cached, log=log)
-              if cached else None)
+    cached, feature_dir, source = cached_source(cached, model, cfg, records, workdir, log)
     step_fn = make_train_step(model, optimizer, strategy, cfg)
     shards = setup.input_shards(strategy)
     steps_per_epoch = data_order.steps_per_epoch(records, cfg.data.batch_size // shards,
@@ -76,57 +84,63 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     val_cache: dict = {}  # frozen towers: validation features computed once per run
     plotted = (0.0, -1)  # (when, epochs drawn) of curves.png
     stop = state.get("stopped", False)
-    while not stop and state["epoch"] < cfg.optim.epochs and state["step"] < max_steps:
-        epoch, start = state["epoch"], state["step_in_epoch"]
-        batches = training_batches(cfg, records, model, source, cached, strategy, shards,
-                                   epoch=epoch, skip_batches=start)
-        # a live bar on a terminal; in a log (not a TTY) one plain line when the epoch ends
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"],
-                                  verbose=1 if sys.stdout.isatty() else 2)
-        bar.update(start)
-        t0, sums, last_good = time.time(), {}, state["step"]
-        for batch in batches:
-            metrics = {k: float(v) for k, v in step_fn(batch).items()}
-            state["step"] += 1
-            state["step_in_epoch"] += 1
-            if ledger:
-                append_ledger(ledger, state["step"], epoch, batch, metrics, strategy)
-            check_finite(metrics["loss"], state["step"], last_good, epoch, ckpts)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+    try:
+        while not stop and state["epoch"] < cfg.optim.epochs and (
+            state["step"] < max_steps or state["step_in_epoch"]):  # or an epoch's end is due
+            epoch, start = state["epoch"], state["step_in_epoch"]
+            batches = training_batches(cfg, records, model, source, cached, strategy, shards,
+                                       epoch=epoch, skip_batches=start)
+            # a live bar on a terminal; in a log (not a TTY) one plain line when the epoch ends
+            bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "temp", "lr"],
+                                      verbose=1 if sys.stdout.isatty() else 2)
+            bar.update(start)
+            t0, sums, last_good = time.time(), {}, state["step"]
             lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-            bar.update(state["step_in_epoch"], [("loss", metrics["loss"]),
-                                                ("temp", metrics["temperature"]), ("lr", lr)])
-            if state["step"] % 10 == 0:
-                write_scalars(tb, state["step"], {**{f"train/{k}": v for k, v in metrics.items()},
-                                                  "train/lr": lr})
-            if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
-                ckpts.save(groups, state)
-                last_good = state["step"]
-            if on_step is not None:
-                on_step(state)
-            if state["step"] >= max_steps:
-                break
-        done = state["step_in_epoch"] - start
-        row = {"epoch": epoch + 1, "step": state["step"],
-               "seconds": round(time.time() - t0, 2), "lr": lr,
-               **{f"train_{k}": v / max(done, 1) for k, v in sums.items()}}
-        if val_records:
-            row.update(validation.validate(model, cfg, val_records, tower_cache=val_cache,
-                                           feature_dir=feature_dir, log=log))
-        state["history"].append(row)
-        stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log,
-                            best_variables=groups["model"] if frozen else None)
-        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-        write_scalars(tb, state["step"], epoch_scalars(row))
-        state["stopped"] = stop
-        ckpts.save(groups, state)
-        write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
-        # the curves every epoch, or every ~30 s when epochs are short (a plot costs ~1 s);
-        # always once more when training ends (below)
-        if time.time() - plotted[0] >= 30:
-            validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
-            plotted = (time.time(), len(state["history"]))
+            for batch in batches:
+                if state["step"] >= max_steps:
+                    break
+                metrics = {k: float(v) for k, v in step_fn(batch).items()}
+                state["step"] += 1
+                state["step_in_epoch"] += 1
+                if ledger:
+                    append_ledger(ledger, state["step"], epoch, batch, metrics, strategy)
+                check_finite(metrics["loss"], state["step"], last_good, epoch, ckpts)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+                bar.update(state["step_in_epoch"], [("loss", metrics["loss"]),
+                                                    ("temp", metrics["temperature"]), ("lr", lr)])
+                if state["step"] % 10 == 0:
+                    write_scalars(tb, state["step"], {
+                        **{f"train/{k}": v for k, v in metrics.items()}, "train/lr": lr})
+                if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
+                    ckpts.save(groups, state)
+                    last_good = state["step"]
+                if on_step is not None:
+                    on_step(state)
+            done = state["step_in_epoch"] - start
+            row = {"epoch": epoch + 1, "step": state["step"],
+                   "seconds": round(time.time() - t0, 2), "lr": lr,
+                   **{f"train_{k}": v / max(done, 1) for k, v in sums.items()}}
+            if val_records:
+                row.update(validation.validate(model, cfg, val_records, tower_cache=val_cache,
+                                               feature_dir=feature_dir, plan=cached, log=log))
+            state["history"].append(row)
+            stop = end_of_epoch(cfg, state, row, model, optimizer, workdir, log,
+                                best_variables=groups["model"] if frozen else None)
+            state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+            write_scalars(tb, state["step"], epoch_scalars(row))
+            state["stopped"] = stop
+            ckpts.save(groups, state)
+            write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
+            # the curves every epoch, or every ~30 s when epochs are short (a plot costs ~1 s);
+            # always once more when training ends (below)
+            if time.time() - plotted[0] >= 30:
+                validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
+                plotted = (time.time(), len(state["history"]))
+    except KeyboardInterrupt as exc:
+        raise exc if isinstance(exc, TrainingInterrupted) else TrainingInterrupted(
+            state["step"]) from None
     if state["history"] and plotted[1] != len(state["history"]):
         validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
     return finish(model, groups["model"], state, workdir, cached)
@@ -147,6 +161,19 @@ def resume(ckpts, groups, frozen, model, optimizer, workdir: str, log) -> dict:
     return state
 
 
+def cached_source(plan, model, cfg, records, workdir, log):
+    """`(plan, feature_dir, CachedPairs)` for the built model, or `(plan, None, None)` when
+    nothing is cached (the plan checked against the model's boundaries)."""
+    from dualencoder.features.pairs import CachedPairs
+    from dualencoder.features.plan import check_boundaries
+
+    plan = check_boundaries(plan, model, cfg, log=log)
+    if not plan:
+        return plan, None, None
+    feature_dir = cfg.run.features_dir or os.path.join(workdir, "features")
+    return plan, feature_dir, CachedPairs(model, cfg, records, feature_dir, plan=plan, log=log)
+
+
 def training_batches(cfg, records, model, source, cached, strategy, shards, *, epoch,
                      skip_batches):
     """An epoch's (distributed) batches from batch `skip_batches` on."""
@@ -154,7 +181,7 @@ def training_batches(cfg, records, model, source, cached, strategy, shards, *, e
 
     from dualencoder.train import setup
 
-    if cached == "both" and strategy.num_replicas_in_sync == 1 and shards == 1:
+    if cached and cached.host_batches and strategy.num_replicas_in_sync == 1 and shards == 1:
         # one device, cached features: batches straight from the host arrays. (Tearing down a
         # tf.data iterator at every epoch's end stalled for up to 10 s on CPU.)
         return (tf.nest.map_structure(tf.convert_to_tensor, b)
@@ -171,7 +198,7 @@ def epoch_batches(cfg, records, model, source, cached, *, epoch, skip_batches, n
 
     kwargs = dict(epoch=epoch, skip_batches=skip_batches, num_shards=num_shards,
                   shard_index=shard_index)
-    images = None if cached == "both" else setup.train_dataset(
+    images = None if cached and cached.host_batches else setup.train_dataset(
         cfg, records, model.tokenizer, **kwargs)
     return source.epoch(images=images, **kwargs) if cached else images
 
@@ -254,11 +281,13 @@ def finish(model, variables, state: dict, workdir: str, cached) -> dict:
     """The run's final model in `workdir/model` (the best epoch's, or the last model when
     nothing was validated) and its summary (returned, and written to `summary.json`)."""
     write_best_model(model, variables, workdir)
+    # again here: an interruption may fall between the last checkpoint and its history write
+    write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
         save_model(model, os.path.join(workdir, "model"))  # no validation: keep the last model
     summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
                "best": state["best"], "history": state["history"],
-               "cached_features": cached}
+               "cached_features": cached.describe() if cached else None}
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
 
@@ -300,13 +329,13 @@ def checkpoint_groups(model, optimizer):
     """What a checkpoint stores: every variable except those of frozen towers (they never
     change; a locked Xception is 180 MB per checkpoint), and the frozen towers' digests,
     checked on resume."""
-    from dualencoder.train import features
+    from dualencoder.features.keys import variables_digest
 
     frozen, skip = {}, set()
     for name in ("image_tower", "text_tower"):
         tower = getattr(model, name)
         if getattr(tower, "frozen", False) and not tower.trainable_weights:
-            frozen[name] = features.variables_digest(tower.weights)
+            frozen[name] = variables_digest(tower.weights)
             skip.update(id(v) for v in tower.weights)
     variables = [v for v in model.variables if id(v) not in skip]
     return {"model": variables, "optimizer": optimizer.variables}, frozen

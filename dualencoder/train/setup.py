@@ -169,7 +169,13 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
             warmup_steps=warmup)
     else:
         lr = o.lr
-    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=o.weight_decay)
+    if o.tower_lr_mult != 1.0 or o.tower_weight_decay is not None:
+        from dualencoder.train.optimizer import TowerAdamW
+
+        opt = TowerAdamW(learning_rate=lr, weight_decay=o.weight_decay,
+                         tower_lr_mult=o.tower_lr_mult, tower_weight_decay=o.tower_weight_decay)
+    else:
+        opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=o.weight_decay)
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "logit_scale",
                                              "logit_bias", "embeddings"])
     if cfg.run.precision == "mixed_float16":
@@ -195,6 +201,9 @@ def model_and_optimizer(cfg: Config, strategy, records: str):
         optimizer = make_optimizer(cfg, steps_per_epoch(
             records, cfg.data.batch_size, all_captions=cfg.data.all_captions))
         optimizer.build(model.trainable_variables)
+        if hasattr(optimizer, "set_tower_variables"):
+            optimizer.set_tower_variables(model.image_tower.trainable_variables
+                                          + model.text_tower.trainable_variables)
     return model, optimizer
 
 

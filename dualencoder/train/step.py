@@ -14,7 +14,7 @@ from dualencoder.model.training_step import training_step
 
 # What a training step reads from a batch (captions and ids stay outside the compiled step).
 STEP_INPUTS = ("images", "token_ids", "padding_mask", "image_index", "image_features",
-               "text_features")
+               "text_features", "image_states", "text_states", "text_mask")
 
 
 def make_train_step(model, optimizer, strategy, cfg: Config):

@@ -69,26 +69,44 @@ def embed_records(model, records: str, *, image_size: int, resize_method: str,
 
 
 def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = None,
-             feature_dir: str | None = None, log=print) -> dict:
+             feature_dir: str | None = None, plan=None, log=print) -> dict:
     """Recall@1/5/10 both ways, and the training loss on (image, first caption) pairs in
     record order, over the first `run.val_subset` images of the validation records.
 
-    With `feature_dir`, the outputs of locked towers on the validation records come from the
-    same on-disk cache as the training features (computed once, shared by every run)."""
-    from dualencoder.train import features
+    With `feature_dir` and a cache `plan` (`dualencoder.features.plan`; by default `cfg`'s),
+    the tower outputs
+    the training run caches come from the same on-disk caches on the validation records:
+    pooled outputs of locked towers (read once per run), boundary states of partly trained
+    towers (computed once; the trained part runs on them every epoch)."""
     from dualencoder.eval import metrics
+    from dualencoder.features import compute
+    from dualencoder.features.boundary import pooled_from_states
+
+    from dualencoder.features.plan import plan_cache
+
     cached_features = {}
-    if feature_dir and tower_cache is not None and "disk_features" in tower_cache:
-        cached_features = tower_cache["disk_features"]  # locked towers: read once per run
-    elif feature_dir:
-        if model.image_tower.frozen:
-            cached_features.update(features.image_features(model, cfg, val_records, feature_dir,
-                                                           log=log))
-        if model.text_tower.frozen:
-            cached_features.update(features.text_features(model, cfg, val_records, feature_dir,
-                                                          log=log))
-        if tower_cache is not None:
-            tower_cache["disk_features"] = cached_features
+    plan = plan_cache(cfg) if feature_dir and plan is None else plan
+    if feature_dir and plan:
+        stored = (tower_cache or {}).get("disk_features")
+        if stored is None:
+            stored = {}
+            if plan.image == "pooled":
+                stored["image"] = compute.image_features(model, cfg, val_records, feature_dir,
+                                                         log=log)
+            elif plan.image == "boundary":
+                stored["image"] = compute.image_states(model, cfg, val_records, feature_dir,
+                                                       log=log)
+            if plan.text == "pooled":
+                stored["text"] = compute.text_features(model, cfg, val_records, feature_dir,
+                                                       log=log)
+            elif plan.text == "boundary":
+                stored["text"] = compute.text_states(model, cfg, val_records, feature_dir,
+                                                     log=log)
+            if tower_cache is not None:
+                tower_cache["disk_features"] = stored
+        for side, value in stored.items():
+            cached_features.update(value if isinstance(value, dict) else pooled_from_states(
+                model, value, side, limit=cfg.run.val_subset if side == "image" else 0))
     image_emb, text_emb, rows = embed_records(
         model, val_records, image_size=cfg.model.image_size,
         resize_method=cfg.data.resize_method, limit=cfg.run.val_subset, tower_cache=tower_cache,
