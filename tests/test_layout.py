@@ -115,6 +115,28 @@ def test_no_import_cycles_even_inside_functions():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# The subpackages of dualencoder/ in layers (docs/DESIGN.md): each may import only
+# subpackages of lower layers (and its own modules). Top-level modules (config, losses,
+# testing, recipe) are not layered here.
+LAYERS = (("model", "data"), ("features",), ("encoders",), ("eval",), ("train", "search"),
+          ("cli",))
+
+
+def test_subpackages_import_only_lower_layers():
+    level = {name: i for i, group in enumerate(LAYERS) for name in group}
+    offenders = []
+    for module, deps in import_graph().items():
+        parts = module.split(".")
+        if parts[0] != "dualencoder" or len(parts) < 3 or parts[1] not in level:
+            continue
+        for dep in deps:
+            target = dep.split(".")
+            if (len(target) > 2 and target[0] == "dualencoder" and target[1] in level
+                    and target[1] != parts[1] and level[target[1]] >= level[parts[1]]):
+                offenders.append(f"{module} imports {dep}")
+    assert not offenders, "\n".join(sorted(offenders))
+
+
 def test_records_imports_nothing_from_dualencoder():
     offenders = [f"{m} imports {sorted(d for d in deps if d.startswith('dualencoder'))}"
                  for m, deps in import_graph().items()
