@@ -33,10 +33,10 @@ def _shipped(name):
     return recipe
 
 
-@pytest.mark.parametrize("name", ["flickr8k", "coco_mini", "coco"])
+@pytest.mark.parametrize("name", ["flickr8k", "coco_mini"])
 def test_shipped_recipes_are_the_six_head_recipe(name):
     recipe = _shipped(name)
-    extra = ["data.batch_size=4096"] if name == "coco" else []  # full COCO: the documented batch
+    extra = []
     assert R.member_runs(recipe) == [
         ("recipe", 0, ["run.seed=0"] + extra), ("recipe_seed1", 1, ["run.seed=1"] + extra),
         ("recipe_seed2", 2, ["run.seed=2"] + extra),
@@ -45,6 +45,21 @@ def test_shipped_recipes_are_the_six_head_recipe(name):
         ("recipe_px224_lr32_seed2", 2, ["run.seed=2"] + LOWRES + extra)]
     assert R.ensemble_name(recipe) == "recipe_ens6_px224_lr32"
     assert R.evaluation_dir(recipe, "retrieval") == "recipe_ens6_px224_lr32_dev_csls"
+
+
+def test_the_coco_recipe_tunes_the_text_tower_from_cached_states():
+    """Full COCO on one GPU: MiniLM's top layer tuned (LiT) on cached Xception features and
+    cached token states, batches of 4,096 in micro-batches of 1,024, beside the low-res heads."""
+    recipe = _shipped("coco")
+    tuned = ["model.text_trainable=1", "optim.tower_lr_mult=0.2", "optim.tower_weight_decay=0.01",
+             "optim.micro_batch=1024", "data.batch_size=4096"]
+    lowres = LOWRES + ["data.batch_size=4096"]
+    assert R.member_runs(recipe) == [
+        ("text_top1", 0, ["run.seed=0"] + tuned), ("text_top1_seed1", 1, ["run.seed=1"] + tuned),
+        ("text_top1_seed2", 2, ["run.seed=2"] + tuned),
+        ("recipe_px224_lr32", 0, ["run.seed=0"] + lowres),
+        ("recipe_px224_lr32_seed1", 1, ["run.seed=1"] + lowres),
+        ("recipe_px224_lr32_seed2", 2, ["run.seed=2"] + lowres)]
 
 
 def test_flickr8k_commands_match_the_former_script():
