@@ -250,10 +250,11 @@ def main(argv=None):
     print(f"\n{'text top-N':>10} | {'rerun all':>9} | {'image cached':>12} | "
           f"{'boundary':>8} | all/boundary | image/boundary")
     for r in (r for r in epochs if "text_trainable" in r):
-        rerun = r.get("rerun_all", {}).get("epoch_s", float("nan"))
-        print(f"{r['text_trainable']:>10} | {rerun:8.1f}s | {r['image_cached']['epoch_s']:11.1f}s"
-              f" | {r['boundary_cached']['epoch_s']:7.1f}s | "
-              f"{r.get('rerun_all_over_boundary', float('nan')):11.1f}x | "
+        rerun = f"{r['rerun_all']['epoch_s']:8.1f}s" if "rerun_all" in r else f"{'-':>9}"
+        ratio = (f"{r['rerun_all_over_boundary']:11.1f}x" if "rerun_all" in r
+                 else f"{'-':>12}")
+        print(f"{r['text_trainable']:>10} | {rerun} | {r['image_cached']['epoch_s']:11.1f}s"
+              f" | {r['boundary_cached']['epoch_s']:7.1f}s | {ratio} | "
               f"{r['image_cached_over_boundary']:13.2f}x")
     for r in (r for r in epochs if "image_trainable" in r):
         print(f"image top block: re-run Xception {r['image_rerun']['epoch_s']:.1f}s, from cached "
