@@ -51,7 +51,7 @@ def test_the_coco_recipe_tunes_the_text_tower_from_cached_states():
     """Full COCO on one GPU: MiniLM's top layer tuned (LiT) on cached Xception features and
     cached token states, batches of 4,096 in micro-batches of 1,024, beside the low-res heads."""
     recipe = _shipped("coco")
-    tuned = ["model.text_trainable=1", "optim.tower_lr_mult=0.2", "optim.tower_weight_decay=0.01",
+    tuned = ["model.text_trainable=1", "optim.tower_lr_mult=0.5", "optim.tower_weight_decay=0.01",
              "optim.micro_batch=1024", "data.batch_size=4096"]
     lowres = LOWRES + ["data.batch_size=4096"]
     assert R.member_runs(recipe) == [
