@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dualencoder.testing import tiny_locked_run_config
+from test_train import final_weights, ledger
 
 # head dropout off: the towers' own dropout is 0 in the tiny text tower, none in the tiny CNN
 BASE = ["model.head_dropout=0", "run.ledger=true", "optim.epochs=2", "run.checkpoint_every=3",
@@ -36,28 +37,11 @@ def run(cfg, workdir, **kwargs):
     return summary, logs
 
 
-def ledger(workdir):
-    import json
-
-    steps = {}
-    with open(os.path.join(workdir, "ledger.jsonl")) as fh:
-        for line in fh:
-            row = json.loads(line)
-            steps[row["step"]] = row
-    return [steps[s] for s in sorted(steps)]
-
-
-def weights(workdir):
-    import dualencoder
-
-    return [np.asarray(v) for v in dualencoder.load(os.path.join(workdir, "model")).weights]
-
-
 def assert_same_run(a, b, *, rtol):
     la, lb = ledger(a), ledger(b)
     assert [r["ids"] for r in la] == [r["ids"] for r in lb]
     np.testing.assert_allclose([r["loss"] for r in la], [r["loss"] for r in lb], rtol=rtol)
-    for x, y in zip(weights(a), weights(b)):
+    for x, y in zip(final_weights(a), final_weights(b)):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
 
 

@@ -89,19 +89,12 @@ def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = No
     if feature_dir and plan:
         stored = (tower_cache or {}).get("disk_features")
         if stored is None:
-            stored = {}
-            if plan.image == "pooled":
-                stored["image"] = compute.image_features(model, cfg, val_records, feature_dir,
-                                                         log=log)
-            elif plan.image == "boundary":
-                stored["image"] = compute.image_states(model, cfg, val_records, feature_dir,
-                                                       log=log)
-            if plan.text == "pooled":
-                stored["text"] = compute.text_features(model, cfg, val_records, feature_dir,
-                                                       log=log)
-            elif plan.text == "boundary":
-                stored["text"] = compute.text_states(model, cfg, val_records, feature_dir,
-                                                     log=log)
+            readers = {("image", "pooled"): compute.image_features,
+                       ("image", "boundary"): compute.image_states,
+                       ("text", "pooled"): compute.text_features,
+                       ("text", "boundary"): compute.text_states}
+            stored = {side: readers[side, kind](model, cfg, val_records, feature_dir, log=log)
+                      for side, kind in (("image", plan.image), ("text", plan.text)) if kind}
             if tower_cache is not None:
                 tower_cache["disk_features"] = stored
         for side, value in stored.items():
