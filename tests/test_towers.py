@@ -89,6 +89,28 @@ def test_block_assignment_rules():
     assert trainable_layers._block_of_layers([_Named(n) for n in names]) is None
 
 
+def test_residual_branch_joins_the_block_beside_it():
+    # Keras lists Xception's residual 1x1 conv after the block it runs beside; the graph
+    # (the conv reads block 1's output) puts it in block 2, so top-1 trains block 3 only.
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="block1_conv")(inputs)
+    residual = keras.layers.Conv2D(4, 1, name="conv2d_res")(x)
+    residual = keras.layers.BatchNormalization(name="bn_res")(residual)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="block2_conv")(x)
+    y = keras.layers.BatchNormalization(name="block2_bn")(y)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="block2_conv2")(y)
+    x = keras.layers.Add()([y, residual])
+    x = keras.layers.Conv2D(4, 3, padding="same", name="block3_conv")(x)
+    model = keras.Model(inputs, x)
+    layers = trainable_layers._layers_with_weights(model)
+    # listed by depth: the residual BN comes right before block 3
+    assert [layer.name for layer in layers][-2:] == ["bn_res", "block3_conv"]
+    assert trainable_layers._block_of_layers(layers) == [1, 2, 2, 2, 2, 2, 3]
+    assert [layer.name for layer in trainable_layers.set_top_trainable(model, 1)] == ["block3_conv"]
+    assert [layer.name for layer in trainable_layers.set_top_trainable(model, 2)] == [
+        "block2_conv", "block2_bn", "conv2d_res", "block2_conv2", "bn_res", "block3_conv"]
+
+
 def test_fallback_top_n_layers():
     inputs = keras.Input((8,))
     x = inputs
@@ -253,8 +275,13 @@ def test_xception_and_efficientnet_block_counts():
     x = ImageTower("xception", weights="none", image_size=71, trainable=2)
     names = {w.path.split("/")[0] for w in x.trainable_weights}
     assert names and all(n.startswith(("block13_", "block14_")) or not n.startswith("block") for n in names)
-    # block 13 has a residual 1x1 conv + BN (unprefixed) that feeds it
+    # block 13 has a residual 1x1 conv + BN (unprefixed) that runs beside it
     assert any(not n.startswith("block") for n in names)
+    top = ImageTower("xception", weights="none", image_size=299, trainable=1)
+    names = {w.path.split("/")[0] for w in top.trainable_weights}
+    assert names and all(n.startswith("block14_") for n in names)
+    # the top block's input: block 13's sum, 10 x 10 x 1024 at 299 px
+    assert tuple(top.lower_model.output.shape[1:]) == (10, 10, 1024)
     e = ImageTower("efficientnetb0", weights="none", image_size=64, trainable=1)
     names = {w.path.split("/")[0] for w in e.trainable_weights}
     assert names and all(n.startswith("block7") or n.startswith("top_") for n in names)

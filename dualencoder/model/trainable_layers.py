@@ -34,12 +34,46 @@ def _layers_with_weights(model):
     return [layer for layer in model.layers if layer.weights]
 
 
+def _producers(layer):
+    """The layers whose outputs `layer` reads (functional graphs), or None when unknown."""
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):
+        return None
+    tensors = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    found = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in tensors]
+    return None if any(op is None for op in found) else found
+
+
+def _block_after_ancestors(layer, depth=64):
+    """1 + the highest block number among the nearest numbered layers upstream of `layer`
+    (walking back level by level through un-numbered ones): the block a residual conv or a
+    stem feeds. 1 when the walk reaches the input; None when the graph is unknown."""
+    level, seen = [layer], set()
+    for _ in range(depth):
+        parents = []
+        for node in level:
+            found = _producers(node)
+            if found is None:
+                return None
+            parents += [p for p in found if id(p) not in seen and not seen.add(id(p))]
+        numbered = [int(m.group(1)) for p in parents if (m := _BLOCK_RE.match(p.name))]
+        if numbered:
+            return max(numbered) + 1
+        if not parents:
+            return 1
+        level = parents
+    return None
+
+
 def _block_of_layers(layers):
     """Block number per layer from "blockK_" / "blockKx_" names, or None.
 
-    A layer without a block prefix belongs to the *next* block (Xception's
-    residual 1x1 convs and EfficientNet's stem precede the block they feed);
-    layers after the last block (EfficientNet's `top_conv`) belong to it.
+    A layer without a block prefix belongs to the block it feeds: in a functional graph the
+    block after the last numbered layers upstream of it (Xception's residual 1x1 convs run
+    beside the block that reads the same input, even though Keras lists them after it;
+    EfficientNet's stem -> block 1); without a graph, the next numbered layer in order.
+    Layers after the last block (EfficientNet's `top_conv`) belong to it.
     Returns None when fewer than two blocks are named (use the fallback).
     """
     numbers = [
@@ -48,6 +82,10 @@ def _block_of_layers(layers):
     ]
     if len({n for n in numbers if n is not None}) < 2:
         return None
+    last = max(n for n in numbers if n is not None)
+    for i, layer in enumerate(layers):
+        if numbers[i] is None and (fed := _block_after_ancestors(layer)) is not None:
+            numbers[i] = min(fed, last)
     blocks, pending = [], 0
     for n in numbers:
         if n is not None:
@@ -55,7 +93,6 @@ def _block_of_layers(layers):
             pending = 0
         else:
             pending += 1
-    last = max(n for n in numbers if n is not None)
     blocks.extend([last] * pending)
     return blocks
 
