@@ -22,6 +22,7 @@ from typing import Any
 from dualencoder.config_values import ConfigError, check_trainable as _check_trainable
 from dualencoder.config_values import coerce as _coerce, outside as _outside
 from dualencoder.config_values import parse_value as _parse_value
+from dualencoder.model.tower_precision import TOWER_PRECISIONS
 
 # Keys whose change makes a workdir's checkpoints unusable (resume refuses them).
 # Everything else (epochs, patience, eval settings, ...) may change between runs.
@@ -134,6 +135,9 @@ class RunConfig:
 
     seed: int = _key(0, "seed of data order, augmentation and initialisation")
     precision: str = _key("float32", "float32, mixed_float16 or mixed_bfloat16")
+    tower_precision: str = _key("float32", "precision of frozen-tower passes (feature caches, "
+                                "boundary states): auto (bfloat16 where the device computes "
+                                "it natively), float32 or bfloat16")
     jit_compile: bool = _key(False, "compile the step with XLA")
     strategy: str = _key("auto", "auto, one_device, mirrored or multi_worker (reads TF_CONFIG)")
     checkpoint_every: int = _key(200, "steps between mid-epoch checkpoints (0 = epoch ends "
@@ -160,6 +164,7 @@ _CHOICES = {
     ("data", "resize_method"): ("bicubic", "bilinear", "nearest", "area"),
     ("optim", "schedule"): ("cosine", "plateau"),
     ("run", "precision"): ("float32", "mixed_float16", "mixed_bfloat16"),
+    ("run", "tower_precision"): TOWER_PRECISIONS,
     ("run", "strategy"): ("auto", "one_device", "mirrored", "multi_worker"),
     ("run", "cache_features"): ("auto", "on", "off"),
 }

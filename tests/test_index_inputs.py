@@ -15,7 +15,7 @@ from test_retrieval import fake_model_dir
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
-    monkeypatch.setattr(retrieval, "load_encoder", lambda path: FakeEncoder())
+    monkeypatch.setattr(retrieval, "load_encoder", lambda path, *precision: FakeEncoder())
     work = tmp_path / "work"
     fake_model_dir(work / "model")
 

@@ -33,7 +33,7 @@ def env(tmp_path, monkeypatch):
     """A workdir with model/, an image folder and a built index; load_encoder gives fakes."""
     encoders = {"seed": 0, "loaded": []}
 
-    def load(path):
+    def load(path, tower_precision="float32"):
         enc = FakeEncoder(seed=encoders["seed"])
         encoders["loaded"].append(path)
         return enc
@@ -244,7 +244,7 @@ def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
     records = tmp_path / "records"
     build.build_records("synthetic", str(records), num_images=7, image_size=40, seed=0,
                         shard_size=3)
-    monkeypatch.setattr(retrieval, "load_encoder", lambda path: FakeEncoder())
+    monkeypatch.setattr(retrieval, "load_encoder", lambda path, *precision: FakeEncoder())
     work = tmp_path / "work"
     fake_model_dir(work / "model")
     out = tmp_path / "index"

@@ -29,6 +29,7 @@ import argparse
 import os
 
 from dualencoder.eval.evaluators import EVALUATORS
+from dualencoder.model.tower_precision import TOWER_PRECISIONS
 from records.cli import Parser, UsageError, positive_int, report_error
 from records.machine import tensorflow_defaults
 
@@ -38,6 +39,9 @@ __all__ = ["build_parser", "main"]
 def _add_model_options(sp) -> None:
     sp.add_argument("--model", required=True,
                     help="training workdir, saved model dir, clip:PRESET, or ensemble:A,B,...")
+    sp.add_argument("--tower-precision", choices=TOWER_PRECISIONS, default="float32",
+                    help="the towers' compute precision (heads and embeddings stay float32): "
+                         "auto = bfloat16 where the device computes it natively")
 
 
 def _add_image_options(sp) -> None:
@@ -79,7 +83,8 @@ def _run(args) -> None:
     if evaluator.model:
         check_model_spec(args.model)  # cheap checks first: nothing heavy before input is valid
     prepared = evaluator.prepare(args)
-    encoder, info = load_encoder(args.model) if evaluator.model else (None, None)
+    encoder, info = ((load_encoder(args.model, args.tower_precision)) if evaluator.model
+                     else (None, None))
     evaluator.run(args, prepared, encoder, info)
 
 

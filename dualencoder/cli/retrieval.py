@@ -28,6 +28,7 @@ import os
 import sys
 
 from dualencoder.encoders import load as model_specs
+from dualencoder.model.tower_precision import TOWER_PRECISIONS
 from dualencoder.search import server, store
 from dualencoder.search.build import build_index, check_out
 from dualencoder.search.errors import RetrievalError
@@ -41,9 +42,9 @@ from records.machine import tensorflow_defaults
 EXIT_OK = 0
 
 
-def load_encoder(spec):
+def load_encoder(spec, tower_precision="float32"):
     """Load the encoder for a model spec (tests replace this with a fake encoder)."""
-    return model_specs.load_encoder(spec)[0]
+    return model_specs.load_encoder(spec, tower_precision)[0]
 
 
 def _checked_spec(spec) -> dict:
@@ -52,6 +53,13 @@ def _checked_spec(spec) -> dict:
         return model_specs.check_model_spec(spec)
     except model_specs.ModelSpecError as exc:
         raise RetrievalError(str(exc)) from None
+
+
+def _add_precision(p) -> None:
+    p.add_argument("--tower-precision", choices=TOWER_PRECISIONS, default="float32",
+                   help="the towers' compute precision (auto = bfloat16 where the device "
+                        "computes it natively); embeddings are float32 either way, so an index "
+                        "built in one precision answers queries encoded in another")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-links", action="store_true",
                    help="also index images behind symbolic links that leave the --images folder "
                         "(skipped and counted by default)")
+    _add_precision(p)
 
     p = sub.add_parser("search", help="top-k images for a text or image query")
     p.add_argument("--index", required=True, help="index folder")
@@ -92,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model to embed queries with (default: the index's model)")
     p.add_argument("--no-csls", action="store_true",
                    help="rank text queries by cosine even when the index has hubness penalties")
+    _add_precision(p)
 
     p = sub.add_parser("hubness", help="store CSLS penalties against a bank of training captions")
     p.add_argument("--index", required=True, help="index folder (complete)")
@@ -101,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-k", type=positive_int, default=10,
                    help="bank captions averaged per image (default 10)")
     p.add_argument("--model", help="the index's model (default: the one it records)")
+    _add_precision(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("serve", help="JSON API and a web page over an index")
@@ -111,10 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model to embed queries with (default: the index's model)")
     p.add_argument("--no-csls", action="store_true",
                    help="rank text queries by cosine even when the index has hubness penalties")
+    _add_precision(p)
     return parser
 
 
-def _open_model(index, model_arg):
+def _open_model(index, model_arg, tower_precision="float32"):
     """The encoder for `index`: `model_arg` or the spec the index records, checked to have
     the index's fingerprint (a saved model's recorded one before TensorFlow loads)."""
     spec = model_arg or index.model_path
@@ -123,7 +135,7 @@ def _open_model(index, model_arg):
     info = _checked_spec(spec)
     if info["family"] == "ours":  # its recorded fingerprint is checked before TensorFlow loads
         store.check_saved_fingerprint(index.state, info["model_dir"], index.index_dir)
-    encoder = load_encoder(spec)
+    encoder = load_encoder(spec, tower_precision)
     store.check_fingerprint(index.state, encoder, index.index_dir)
     return encoder
 
@@ -156,7 +168,7 @@ def cmd_index(args) -> int:
             raise RetrievalError(
                 f"index {args.out} already exists and is complete; pass --update to add "
                 "new/changed images and drop deleted ones")
-    encoder = load_encoder(args.model)
+    encoder = load_encoder(args.model, args.tower_precision)
     report = build_index(
         encoder, args.out, images=args.images, records=args.records, model_path=args.model,
         update=args.update, chunk_size=args.chunk_size, batch_size=args.batch_size,
@@ -200,7 +212,7 @@ def cmd_search(args) -> int:
         raise RetrievalError(f"-k {k} is larger than the index ({len(index)} images)")
     if args.backend == "faiss":
         index.searcher("faiss")  # build/load (and report recall) before the model loads
-    encoder = _open_model(index, args.model)
+    encoder = _open_model(index, args.model, args.tower_precision)
     if texts is None:
         queries = encoder.encode_images(load_query_image(args.image, encoder.image_size)[None])
     else:
@@ -238,7 +250,7 @@ def cmd_hubness(args) -> int:
     index = EmbeddingIndex.open(args.index)
     if not os.path.exists(args.bank):  # fail fast, before TensorFlow
         raise RetrievalError(f"--bank {args.bank} does not exist")
-    encoder = _open_model(index, args.model)
+    encoder = _open_model(index, args.model, args.tower_precision)
     info = add_hubness(args.index, encoder, args.bank, k=args.bank_k,
                        progress=not args.no_progress)
     print(f"hubness penalties of {info['images']} images against {info['bank_captions']} bank "
@@ -256,7 +268,7 @@ def cmd_serve(args) -> int:
         raise RetrievalError(f"--port {args.port} is not a port number")
     index = EmbeddingIndex.open(args.index)
     index.searcher(args.backend)
-    encoder = _open_model(index, args.model)
+    encoder = _open_model(index, args.model, args.tower_precision)
     if not args.no_csls and index.hubness_problem:
         print("warning: " + index.hubness_problem, file=sys.stderr)
     service = server.RetrievalService(index, encoder, backend=args.backend,

@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="shortcut for --set data.batch_size=N")
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
                    help="run.precision")
+    p.add_argument("--tower-precision", choices=["auto", "float32", "bfloat16"],
+                   help="run.tower_precision: frozen-tower passes that fill the caches")
     p.add_argument("--jit-compile", action="store_true", default=None, help="run.jit_compile (XLA)")
     p.add_argument("--strategy", choices=["auto", "one_device", "mirrored", "multi_worker"],
                    help="run.strategy (multi_worker reads TF_CONFIG)")
@@ -70,7 +72,8 @@ def resolve_config(args, workdir: str | None = None):
     if args.val_records:
         overrides.append(f"data.val_records={args.val_records}")
     for flag, key in (("epochs", "optim.epochs"), ("batch_size", "data.batch_size"),
-                      ("precision", "run.precision"), ("strategy", "run.strategy")):
+                      ("precision", "run.precision"), ("strategy", "run.strategy"),
+                      ("tower_precision", "run.tower_precision")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.jit_compile:

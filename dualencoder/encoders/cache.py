@@ -70,11 +70,13 @@ def texts_checksum(texts) -> str:
 
 
 def encoder_fingerprint(encoder):
-    """`encoder.fingerprint()` or None when the encoder has none (no caching then)."""
+    """`encoder.fingerprint()` (with the towers' precision unless float32: bfloat16 towers
+    give other embeddings), or None when the encoder has none (no caching then)."""
     fp = getattr(encoder, "fingerprint", None)
     if fp is None:
         return None
-    return str(fp() if callable(fp) else fp)
+    precision = getattr(encoder, "tower_precision", "float32")
+    return str(fp() if callable(fp) else fp) + ("" if precision == "float32" else f"-{precision}")
 
 
 def locked_heads(encoder, cache_root):

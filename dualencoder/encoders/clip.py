@@ -102,6 +102,17 @@ class CLIPEncoder:
         self._fingerprint = None
         self._fns = {}
 
+    def set_tower_precision(self, precision: str) -> None:
+        """Run both encoders in `precision` ("float32" | "bfloat16"); embeddings stay
+        float32."""
+        import keras
+
+        from dualencoder.model.tower_precision import set_layers_precision
+
+        if keras.config.dtype_policy().compute_dtype == "float32":
+            set_layers_precision(self.backbone._flatten_layers(include_self=True), precision)
+            self._fns = {}
+
     # ------------------------------------------------------------------ encoding
 
     def _fn(self, kind):
@@ -111,10 +122,11 @@ class CLIPEncoder:
             if kind == "image":
                 def fn(images):
                     x = self.image_converter(images)
-                    return tf.math.l2_normalize(self.backbone.get_vision_embeddings(x), axis=-1)
+                    emb = tf.cast(self.backbone.get_vision_embeddings(x), tf.float32)
+                    return tf.math.l2_normalize(emb, axis=-1)
             else:
                 def fn(token_ids):
-                    emb = self.backbone.get_text_embeddings(token_ids)
+                    emb = tf.cast(self.backbone.get_text_embeddings(token_ids), tf.float32)
                     return tf.math.l2_normalize(emb, axis=-1)
             self._fns[kind] = tf.function(fn, reduce_retracing=True)
         return self._fns[kind]

@@ -90,21 +90,27 @@ def check_model_spec(spec: str) -> dict:
     return _check_saved(spec)
 
 
-def load_encoder(spec: str):
+def load_encoder(spec: str, tower_precision: str = "float32"):
     """Load the encoder for a model spec.
+
+    `tower_precision`: "float32", "bfloat16" or "auto" (`dualencoder.model.tower_precision`):
+    the towers' compute precision; heads and embeddings stay float32.
 
     Returns:
         `(encoder, info)`: a `FrozenEncoder`, and `check_model_spec`'s dict with
-        `fingerprint` and `image_size` added.
+        `fingerprint`, `image_size` and `tower_precision` (the one used) added.
 
     Raises:
         ModelSpecError: a bad spec, or files that do not load (naming the file).
     """
+    from dualencoder.model.tower_precision import effective_tower_precision
+
     info = check_model_spec(spec)
+    precision = effective_tower_precision(tower_precision)
     if info["family"] == "ensemble":
         from dualencoder.encoders.ensemble import EnsembleEncoder
 
-        loaded = [load_encoder(m["spec"])[0] for m in info["members"]]
+        loaded = [load_encoder(m["spec"], precision)[0] for m in info["members"]]
         try:
             inner = EnsembleEncoder([m.encoder for m in loaded])
         except ValueError as exc:
@@ -118,17 +124,22 @@ def load_encoder(spec: str):
             inner = CLIPEncoder(info["preset"])
         except ClipUnavailableError as exc:
             raise ModelSpecError(str(exc)) from exc
+        inner.set_tower_precision(precision)
         encoder = _frozen(inner, [])
     else:
         from dualencoder.encoders.locked import model_feature_dirs
         from dualencoder.model.saving import load
+        from dualencoder.model.tower_precision import set_tower_precision
 
         try:
             inner = load(info["model_dir"])
         except (OSError, ValueError) as exc:
             raise ModelSpecError(str(exc).splitlines()[0]) from exc
+        set_tower_precision(inner, precision)
         encoder = _frozen(inner, model_feature_dirs(info["spec"]))
+    encoder.tower_precision = precision
     info["fingerprint"] = encoder.fingerprint()
+    info["tower_precision"] = precision
     info["image_size"] = int(encoder.image_size)
     return encoder, info
 
@@ -157,6 +168,7 @@ class FrozenEncoder:
         self._fingerprint = fingerprint
         self.feature_dirs = list(feature_dirs)
         self.image_size = int(encoder.image_size)
+        self.tower_precision = "float32"  # the towers' compute precision (load_encoder)
 
     def fingerprint(self):
         return self._fingerprint

@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from dualencoder.model.encoding import encode_texts_by_length
+from dualencoder.model.tower_precision import tower_precision_of
 from dualencoder.features import compute, keys, store
 
 
@@ -128,8 +129,9 @@ class LockedHeads:
 
         def group_features(digest, m):
             tower, size = self.members[m], int(self.members[m].image_size)
-            name = "image-" + keys.image_key(digest, records_dir,
-                                          image_size=size, resize_method=resize_method)
+            name = "image-" + keys.image_key(digest, records_dir, image_size=size,
+                                             resize_method=resize_method,
+                                             precision=tower_precision_of(tower))
             arrays, path, hit = self._features(name + ".npz", lambda: compute.compute_image_features(
                 tower, records_dir, image_size=size, resize_method=resize_method,
                 batch_size=batch_size, progress=progress), check)
@@ -156,7 +158,8 @@ class LockedHeads:
             tower, cfg = self.members[m], self.members[m].model_config
             name = "text-" + keys.text_key(digest, records_dir,
                                         sequence_length=int(cfg["sequence_length"]),
-                                        pooling=cfg["text_pooling"])
+                                        pooling=cfg["text_pooling"],
+                                        precision=tower_precision_of(tower))
             arrays, path, hit = self._features(name + ".npz", lambda: compute.compute_text_features(
                 tower, records_dir, progress=progress), check)
             paths.append(path), reused.append(hit)

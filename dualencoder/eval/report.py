@@ -75,7 +75,9 @@ def pairs_md(pairs):
 
 def header(title, model_info, dataset_info, settings):
     lines = [f"# {title}", "",
-             f"- Model: {model_info.get('name')} (`{model_info.get('spec')}`)",
+             f"- Model: {model_info.get('name')} (`{model_info.get('spec')}`)"
+             + (f", towers in {model_info['tower_precision']}"
+                if model_info.get("tower_precision", "float32") != "float32" else ""),
              f"- Data: {dataset_info.get('name')} (`{dataset_info.get('path')}`)"]
     for k, v in settings.items():
         if isinstance(v, dict):

@@ -13,6 +13,7 @@ import numpy as np
 
 from dualencoder.features import keys
 from dualencoder.features.store import RowStore, RowWriter, cached_npz
+from dualencoder.model.tower_precision import tower_precision
 
 # Augmented views are a property of the cached data set, not of a run: every run (any
 # `run.seed`) shares them; the run's seed only decides which view an image shows in an epoch.
@@ -60,25 +61,29 @@ def compute_text_features(model, records: str, *, progress: bool | None = None):
 def image_features(model, cfg, records: str, directory: str, *, view: int = 0,
                    log=print) -> dict:
     """The cached pooled outputs of a locked image tower on `records` (once per key, view)."""
-    key = keys.image_key(keys.frozen_digest(model.image_tower), records,
-                         image_size=cfg.model.image_size, resize_method=cfg.data.resize_method,
-                         view=view, lowres=cfg.data.lowres_size,
-                         precision=keys.tower_precision())
-    kind = f"low-res {cfg.data.lowres_size} px" if cfg.data.lowres_size else "augmented"
-    what = f"image features of {records}" + (f" ({kind} view {view})" if view else "")
-    return cached_npz(os.path.join(directory, f"image-{key}.npz"), lambda: compute_image_features(
-        model, records, image_size=cfg.model.image_size, resize_method=cfg.data.resize_method,
-        view=view, lowres=cfg.data.lowres_size), log=log, what=what)
+    with tower_precision(model, cfg.run.tower_precision) as precision:
+        key = keys.image_key(keys.frozen_digest(model.image_tower), records,
+                             image_size=cfg.model.image_size,
+                             resize_method=cfg.data.resize_method, view=view,
+                             lowres=cfg.data.lowres_size, precision=precision)
+        kind = f"low-res {cfg.data.lowres_size} px" if cfg.data.lowres_size else "augmented"
+        what = f"image features of {records}" + (f" ({kind} view {view})" if view else "")
+        return cached_npz(os.path.join(directory, f"image-{key}.npz"),
+                          lambda: compute_image_features(
+                              model, records, image_size=cfg.model.image_size,
+                              resize_method=cfg.data.resize_method, view=view,
+                              lowres=cfg.data.lowres_size), log=log, what=what)
 
 
 def text_features(model, cfg, records: str, directory: str, *, log=print) -> dict:
     """The cached pooled outputs of a locked text tower on every caption of `records`."""
-    key = keys.text_key(keys.frozen_digest(model.text_tower), records,
-                        sequence_length=cfg.model.sequence_length,
-                        pooling=cfg.model.text_pooling, precision=keys.tower_precision())
-    return cached_npz(os.path.join(directory, f"text-{key}.npz"),
-                      lambda: compute_text_features(model, records), log=log,
-                      what=f"caption features of {records}")
+    with tower_precision(model, cfg.run.tower_precision) as precision:
+        key = keys.text_key(keys.frozen_digest(model.text_tower), records,
+                            sequence_length=cfg.model.sequence_length,
+                            pooling=cfg.model.text_pooling, precision=precision)
+        return cached_npz(os.path.join(directory, f"text-{key}.npz"),
+                          lambda: compute_text_features(model, records), log=log,
+                          what=f"caption features of {records}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,13 +105,14 @@ def text_states(model, cfg, records: str, directory: str, *, log=print,
     `records`: a row store of float16 `[tokens, H]` rows, each caption at its own length.
     Index: `start`, `length` per caption, `caption_image_index` (captions grouped by image)."""
     tower = model.text_tower
-    key = keys.text_key(keys.frozen_digest(tower), records,
-                        sequence_length=cfg.model.sequence_length, pooling="",
-                        boundary=tower.boundary, precision=keys.tower_precision())
-    path = os.path.join(directory, f"text-states-{key}")
-    return _open_or_build(path, lambda: _build_text_states(model, records, path, progress),
-                          what=f"caption states (text layer {tower.boundary}) of {records}",
-                          log=log)
+    with tower_precision(model, cfg.run.tower_precision) as precision:
+        key = keys.text_key(keys.frozen_digest(tower), records,
+                            sequence_length=cfg.model.sequence_length, pooling="",
+                            boundary=tower.boundary, precision=precision)
+        path = os.path.join(directory, f"text-states-{key}")
+        return _open_or_build(path, lambda: _build_text_states(model, records, path, progress),
+                              what=f"caption states (text layer {tower.boundary}) of {records}",
+                              log=log)
 
 
 def _build_text_states(model, records, path, progress, batch_size=256):
@@ -124,7 +130,8 @@ def _build_text_states(model, records, path, progress, batch_size=256):
     order = np.argsort(lengths, kind="stable")
     starts = np.zeros(len(unique), np.int64)
     starts[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]]) if len(order) else 0
-    lower = tf.function(model.text_tower.boundary_states, reduce_retracing=True)
+    lower = tf.function(lambda tokens: tf.cast(model.text_tower.boundary_states(tokens),
+                                               tf.float32), reduce_retracing=True)
     writer = RowWriter(path, int(lengths.sum()), (model.text_tower.output_dim,), STATE_DTYPE)
     for i in tqdm(range(0, len(order), batch_size), desc="caption states", unit="batch",
                   disable=not _progress(progress)):
@@ -143,13 +150,15 @@ def image_states(model, cfg, records: str, directory: str, *, log=print,
     """The feature maps entering the image tower's first trained block, for every image of
     `records` (record order): a row store of float16 `[N, h, w, c]`; index: `image_index`."""
     tower = model.image_tower
-    key = keys.image_key(keys.frozen_digest(tower), records, image_size=cfg.model.image_size,
-                         resize_method=cfg.data.resize_method, boundary=tower.boundary,
-                         precision=keys.tower_precision())
-    path = os.path.join(directory, f"image-states-{key}")
-    return _open_or_build(path, lambda: _build_image_states(model, cfg, records, path,
-                                                            progress),
-                          what=f"image maps (at {tower.boundary}) of {records}", log=log)
+    with tower_precision(model, cfg.run.tower_precision) as precision:
+        key = keys.image_key(keys.frozen_digest(tower), records,
+                             image_size=cfg.model.image_size,
+                             resize_method=cfg.data.resize_method, boundary=tower.boundary,
+                             precision=precision)
+        path = os.path.join(directory, f"image-states-{key}")
+        return _open_or_build(path, lambda: _build_image_states(model, cfg, records, path,
+                                                                progress),
+                              what=f"image maps (at {tower.boundary}) of {records}", log=log)
 
 
 def _build_image_states(model, cfg, records, path, progress, batch_size=32):
@@ -162,7 +171,8 @@ def _build_image_states(model, cfg, records, path, progress, batch_size=32):
     size = cfg.model.image_size
     shape = tuple(int(d) for d in tower.lower_model.output.shape[1:])
     total = int(read_manifest(records)["num_records"])
-    lower = tf.function(tower.boundary_states, reduce_retracing=True)
+    lower = tf.function(lambda images: tf.cast(tower.boundary_states(images), tf.float32),
+                        reduce_retracing=True)
     writer = RowWriter(path, total, shape, STATE_DTYPE)
     try:
         _, index, _ = data.map_images(

@@ -36,13 +36,6 @@ def records_digest(records: str) -> dict:
             "num_records": manifest["num_records"]}
 
 
-def tower_precision() -> str:
-    """The compute dtype tower passes run in now ("float32", "bfloat16", "float16")."""
-    import keras
-
-    return keras.config.dtype_policy().compute_dtype
-
-
 def _hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

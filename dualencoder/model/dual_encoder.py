@@ -186,7 +186,6 @@ class DualEncoder(keras.Model):
         if self.logit_bias is not None:
             names.append("logit_bias")
         self._trackers = [keras.metrics.Mean(name=n) for n in names]
-        object.__setattr__(self, "_embedding_fns", None)
         self.built = True
 
     # ------------------------------------------------------------------ config
@@ -326,9 +325,7 @@ class DualEncoder(keras.Model):
     # ------------------------------------------------------------------ encoding
 
     def _encode_fns(self):
-        if self._embedding_fns is None:
-            object.__setattr__(self, "_embedding_fns", encoding.embedding_functions(self))
-        return self._embedding_fns
+        return encoding.embedding_functions(self)
 
     def encode_images(self, images, batch_size=64):
         """L2-normalised image embeddings `[B, embed_dim]`.

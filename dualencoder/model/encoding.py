@@ -29,7 +29,8 @@ def image_chunk_size() -> int:
     return 0 if tf.config.list_logical_devices("GPU") else 8
 
 
-_TOWER_FUNCTIONS = weakref.WeakKeyDictionary()  # model -> its (image_fn, text_fn)
+_TOWER_FUNCTIONS = weakref.WeakKeyDictionary()  # model -> {precision: (image_fn, text_fn)}
+_EMBEDDING_FUNCTIONS = weakref.WeakKeyDictionary()  # model -> {precision: (image_fn, text_fn)}
 
 
 def tower_functions(model):
@@ -41,16 +42,18 @@ def tower_functions(model):
     where a new `tf.function` per caller traced again each time (and TensorFlow warned of
     retracing).
     """
-    if model not in _TOWER_FUNCTIONS:
-        _TOWER_FUNCTIONS[model] = _make_tower_functions(model)
-    return _TOWER_FUNCTIONS[model]
+    by_precision = _TOWER_FUNCTIONS.setdefault(model, {})
+    precision = model.text_tower.compute_dtype  # traces are per tower precision
+    if precision not in by_precision:
+        by_precision[precision] = _make_tower_functions(model)
+    return by_precision[precision]
 
 
 def _make_tower_functions(model):
 
     @tf.function(reduce_retracing=True)
     def image_graph(images):
-        return model.image_features(images, training=False)
+        return tf.cast(model.image_features(images, training=False), tf.float32)
 
     chunk = image_chunk_size()
 
@@ -65,8 +68,9 @@ def _make_tower_functions(model):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
                                   tf.TensorSpec([None, None], tf.bool)])
     def text_fn(token_ids, padding_mask):
-        return model.text_features({"token_ids": token_ids, "padding_mask": padding_mask},
-                                   training=False)
+        return tf.cast(model.text_features({"token_ids": token_ids,
+                                            "padding_mask": padding_mask}, training=False),
+                       tf.float32)
 
     def text(tokens):
         if not isinstance(tokens, dict):
@@ -114,7 +118,15 @@ def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None,
 
 def embedding_functions(model):
     """Compiled `(image_fn(images), text_fn(token_ids, padding_mask))`: towers then heads, to
-    L2-normalised embeddings. Built once per model (the model keeps them)."""
+    L2-normalised embeddings. Built once per model and tower precision."""
+    by_precision = _EMBEDDING_FUNCTIONS.setdefault(model, {})
+    precision = model.text_tower.compute_dtype
+    if precision not in by_precision:
+        by_precision[precision] = _make_embedding_functions(model)
+    return by_precision[precision]
+
+
+def _make_embedding_functions(model):
 
     def image(images):
         return model.embed_from_features(model.image_features(images), None)[0]

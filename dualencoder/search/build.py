@@ -155,7 +155,10 @@ def _open_state(index_dir, encoder, source, *, model_path, update, dtype, report
     where = source.where
     if state is None:
         os.makedirs(index_dir, exist_ok=True)
-        return store.new_state(fingerprint, where, model_path=model_path, dtype=dtype)
+        state = store.new_state(fingerprint, where, model_path=model_path, dtype=dtype)
+        state["tower_precision"] = getattr(encoder, "tower_precision", "float32")
+        return state
+    state["tower_precision"] = getattr(encoder, "tower_precision", "float32")
     if state["fingerprint"] != fingerprint:
         raise RetrievalError(
             f"index {index_dir} was built by another model (fingerprint "

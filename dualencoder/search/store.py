@@ -58,6 +58,8 @@ STATE_KEYS = (
     "count",  # int, total embedded images
     "skipped",  # [{"path", "size", "mtime_ns", "error"}] unreadable images
     "updated",  # ISO time of the last commit
+    "tower_precision",  # "float32" | "bfloat16": the towers' precision of the last build or
+    # update (embeddings are float32 after the heads either way: queries may use the other)
 )
 
 
