@@ -18,6 +18,17 @@ def test_auto_follows_native_bfloat16(monkeypatch):
     monkeypatch.setattr(tp, "native_bfloat16", lambda: "")
     assert tp.resolve_tower_precision("auto") == "float32"
     assert tp.resolve_tower_precision("bfloat16") == "bfloat16"
+
+
+def test_auto_keeps_families_slower_in_bfloat16_on_float32(monkeypatch):
+    class Tower:
+        architecture = "efficientnetb0"
+
+    monkeypatch.setattr(tp, "native_bfloat16", lambda: "CPU avx512_bf16")
+    assert tp.resolve_tower_precision("auto", Tower()) == "float32"
+    assert tp.resolve_tower_precision("bfloat16", Tower()) == "bfloat16"  # forced
+    monkeypatch.setattr(tp, "native_bfloat16", lambda: "GPU /physical_device:GPU:0 ...")
+    assert tp.resolve_tower_precision("auto", Tower()) == "bfloat16"
     with pytest.raises(ValueError, match="auto, float32, bfloat16"):
         tp.resolve_tower_precision("float16")
 

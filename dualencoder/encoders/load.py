@@ -103,20 +103,20 @@ def load_encoder(spec: str, tower_precision: str = "float32"):
     Raises:
         ModelSpecError: a bad spec, or files that do not load (naming the file).
     """
-    from dualencoder.model.tower_precision import effective_tower_precision
+    from dualencoder.model.tower_precision import resolve_tower_precision
 
     info = check_model_spec(spec)
-    precision = effective_tower_precision(tower_precision)
     if info["family"] == "ensemble":
         from dualencoder.encoders.ensemble import EnsembleEncoder
 
-        loaded = [load_encoder(m["spec"], precision)[0] for m in info["members"]]
+        loaded = [load_encoder(m["spec"], tower_precision)[0] for m in info["members"]]
         try:
             inner = EnsembleEncoder([m.encoder for m in loaded])
         except ValueError as exc:
             raise ModelSpecError(f"--model {spec}: {exc}") from exc
         dirs = list(dict.fromkeys(d for m in loaded for d in m.feature_dirs))
         encoder = FrozenEncoder(inner, inner.fingerprint(), feature_dirs=dirs)
+        encoder.tower_precision = "; ".join(dict.fromkeys(m.tower_precision for m in loaded))
     elif info["family"] == "clip":
         from dualencoder.encoders.clip import CLIPEncoder, ClipUnavailableError
 
@@ -124,22 +124,23 @@ def load_encoder(spec: str, tower_precision: str = "float32"):
             inner = CLIPEncoder(info["preset"])
         except ClipUnavailableError as exc:
             raise ModelSpecError(str(exc)) from exc
-        inner.set_tower_precision(precision)
+        inner.set_tower_precision(resolve_tower_precision(tower_precision))
         encoder = _frozen(inner, [])
+        encoder.tower_precision = resolve_tower_precision(tower_precision)
     else:
         from dualencoder.encoders.locked import model_feature_dirs
         from dualencoder.model.saving import load
-        from dualencoder.model.tower_precision import set_tower_precision
+        from dualencoder.model.tower_precision import set_tower_precision, tower_precision_of
 
         try:
             inner = load(info["model_dir"])
         except (OSError, ValueError) as exc:
             raise ModelSpecError(str(exc).splitlines()[0]) from exc
-        set_tower_precision(inner, precision)
+        set_tower_precision(inner, tower_precision)
         encoder = _frozen(inner, model_feature_dirs(info["spec"]))
-    encoder.tower_precision = precision
+        encoder.tower_precision = tower_precision_of(inner)
     info["fingerprint"] = encoder.fingerprint()
-    info["tower_precision"] = precision
+    info["tower_precision"] = encoder.tower_precision
     info["image_size"] = int(encoder.image_size)
     return encoder, info
 

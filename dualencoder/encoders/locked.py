@@ -29,7 +29,6 @@ import os
 import numpy as np
 
 from dualencoder.model.encoding import encode_texts_by_length
-from dualencoder.model.tower_precision import tower_precision_of
 from dualencoder.features import compute, keys, store
 
 
@@ -131,7 +130,7 @@ class LockedHeads:
             tower, size = self.members[m], int(self.members[m].image_size)
             name = "image-" + keys.image_key(digest, records_dir, image_size=size,
                                              resize_method=resize_method,
-                                             precision=tower_precision_of(tower))
+                                             precision=tower.image_tower.compute_dtype)
             arrays, path, hit = self._features(name + ".npz", lambda: compute.compute_image_features(
                 tower, records_dir, image_size=size, resize_method=resize_method,
                 batch_size=batch_size, progress=progress), check)
@@ -159,7 +158,7 @@ class LockedHeads:
             name = "text-" + keys.text_key(digest, records_dir,
                                         sequence_length=int(cfg["sequence_length"]),
                                         pooling=cfg["text_pooling"],
-                                        precision=tower_precision_of(tower))
+                                        precision=tower.text_tower.compute_dtype)
             arrays, path, hit = self._features(name + ".npz", lambda: compute.compute_text_features(
                 tower, records_dir, progress=progress), check)
             paths.append(path), reused.append(hit)

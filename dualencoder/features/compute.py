@@ -61,7 +61,8 @@ def compute_text_features(model, records: str, *, progress: bool | None = None):
 def image_features(model, cfg, records: str, directory: str, *, view: int = 0,
                    log=print) -> dict:
     """The cached pooled outputs of a locked image tower on `records` (once per key, view)."""
-    with tower_precision(model, cfg.run.tower_precision) as precision:
+    with tower_precision(model, cfg.run.tower_precision):
+        precision = model.image_tower.compute_dtype
         key = keys.image_key(keys.frozen_digest(model.image_tower), records,
                              image_size=cfg.model.image_size,
                              resize_method=cfg.data.resize_method, view=view,
@@ -77,7 +78,8 @@ def image_features(model, cfg, records: str, directory: str, *, view: int = 0,
 
 def text_features(model, cfg, records: str, directory: str, *, log=print) -> dict:
     """The cached pooled outputs of a locked text tower on every caption of `records`."""
-    with tower_precision(model, cfg.run.tower_precision) as precision:
+    with tower_precision(model, cfg.run.tower_precision):
+        precision = model.text_tower.compute_dtype
         key = keys.text_key(keys.frozen_digest(model.text_tower), records,
                             sequence_length=cfg.model.sequence_length,
                             pooling=cfg.model.text_pooling, precision=precision)
@@ -105,7 +107,8 @@ def text_states(model, cfg, records: str, directory: str, *, log=print,
     `records`: a row store of float16 `[tokens, H]` rows, each caption at its own length.
     Index: `start`, `length` per caption, `caption_image_index` (captions grouped by image)."""
     tower = model.text_tower
-    with tower_precision(model, cfg.run.tower_precision) as precision:
+    with tower_precision(model, cfg.run.tower_precision):
+        precision = model.text_tower.compute_dtype
         key = keys.text_key(keys.frozen_digest(tower), records,
                             sequence_length=cfg.model.sequence_length, pooling="",
                             boundary=tower.boundary, precision=precision)
@@ -150,7 +153,8 @@ def image_states(model, cfg, records: str, directory: str, *, log=print,
     """The feature maps entering the image tower's first trained block, for every image of
     `records` (record order): a row store of float16 `[N, h, w, c]`; index: `image_index`."""
     tower = model.image_tower
-    with tower_precision(model, cfg.run.tower_precision) as precision:
+    with tower_precision(model, cfg.run.tower_precision):
+        precision = model.image_tower.compute_dtype
         key = keys.image_key(keys.frozen_digest(tower), records,
                              image_size=cfg.model.image_size,
                              resize_method=cfg.data.resize_method, boundary=tower.boundary,

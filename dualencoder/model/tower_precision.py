@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 
 __all__ = ["TOWER_PRECISIONS", "native_bfloat16", "resolve_tower_precision",
-           "effective_tower_precision", "set_layers_precision",
+           "set_layers_precision",
            "tower_precision_of", "set_tower_precision", "tower_precision"]
 
 TOWER_PRECISIONS = ("auto", "float32", "bfloat16")
@@ -38,34 +38,33 @@ def native_bfloat16() -> str:
     return f"CPU {', '.join(flags)}" if flags else ""
 
 
-def resolve_tower_precision(setting: str) -> str:
-    """"float32" or "bfloat16" for a setting in `TOWER_PRECISIONS`."""
+# Tower families whose bfloat16 pass ran slower than float32 on a CPU with bfloat16 units
+# (bench/precision.py: EfficientNetB0 at 224 px 0.86x, its depthwise convolutions): `auto`
+# keeps them in float32 on CPUs.
+SLOWER_IN_BFLOAT16_ON_CPU = ("efficientnet",)
+
+
+def resolve_tower_precision(setting: str, tower=None) -> str:
+    """"float32" or "bfloat16" for a setting in `TOWER_PRECISIONS` (and, for `auto`, the
+    `tower` it is for: a family in `SLOWER_IN_BFLOAT16_ON_CPU` stays float32 on a CPU)."""
     if setting not in TOWER_PRECISIONS:
         raise ValueError(f"tower precision must be one of {', '.join(TOWER_PRECISIONS)}, "
                          f"got {setting!r}")
     if setting == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
+        native = native_bfloat16()
+        family = str(getattr(tower, "architecture", "")).lower()
+        if native.startswith("CPU") and family.startswith(SLOWER_IN_BFLOAT16_ON_CPU):
+            return "float32"
+        return "bfloat16" if native else "float32"
     return setting
 
 
-def effective_tower_precision(setting: str) -> str:
-    """The precision tower passes run in for `setting`: the global policy's compute dtype
-    when training runs under a mixed policy (`run.precision`), else `setting` resolved."""
-    import keras
-
-    compute = keras.config.dtype_policy().compute_dtype
-    return compute if compute != "float32" else resolve_tower_precision(setting)
-
-
-def _tower_layers(model):
-    """Every layer of both towers, with the frozen-part models cut at a boundary."""
-    layers = []
-    for tower in (model.image_tower, model.text_tower):
-        layers += list(tower._flatten_layers(include_self=True))
-        if getattr(tower, "boundary", None) is not None:
-            layers += list(tower.lower_model._flatten_layers(include_self=True))
-    unique = {id(layer): layer for layer in layers}
-    return list(unique.values())
+def _tower_layers(tower):
+    """Every layer of a tower, with its frozen-part model when it is cut at a boundary."""
+    layers = list(tower._flatten_layers(include_self=True))
+    if getattr(tower, "boundary", None) is not None:
+        layers += list(tower.lower_model._flatten_layers(include_self=True))
+    return list({id(layer): layer for layer in layers}.values())
 
 
 def set_layers_precision(layers, precision: str) -> None:
@@ -76,30 +75,36 @@ def set_layers_precision(layers, precision: str) -> None:
 
 
 def tower_precision_of(model) -> str:
-    """The compute dtype `model`'s tower passes run in now: "float32", "bfloat16" (asked for,
-    or the global mixed_bfloat16 policy the towers were built under) or "float16"."""
-    return model.text_tower.compute_dtype
+    """What `model`'s tower passes run in now: "float32", "bfloat16" (asked for, or the global
+    mixed policy the towers were built under), "float16", or "image X, text Y" when the two
+    towers differ."""
+    image, text = model.image_tower.compute_dtype, model.text_tower.compute_dtype
+    return image if image == text else f"image {image}, text {text}"
 
 
-def set_tower_precision(model, precision: str) -> str:
-    """Run `model`'s towers in `precision` ("float32" | "bfloat16" | "auto") from now on;
-    returns the precision they ran in before. Towers built under a global mixed policy
-    (`run.precision`) keep it: their variables already are what that training made."""
+def set_tower_precision(model, precision: str) -> None:
+    """Run `model`'s towers in `precision` ("float32" | "bfloat16" | "auto", per tower) from
+    now on. Towers built under a global mixed policy (`run.precision`) keep it: their
+    variables already are what that training made."""
     import keras
 
-    before = tower_precision_of(model)
-    wanted = resolve_tower_precision(precision)
-    if keras.config.dtype_policy().compute_dtype != "float32" or wanted == before:
-        return before
-    set_layers_precision(_tower_layers(model), wanted)
-    return before
+    if keras.config.dtype_policy().compute_dtype != "float32":
+        return
+    for tower in (model.image_tower, model.text_tower):
+        wanted = resolve_tower_precision(precision, tower)
+        if tower.compute_dtype != wanted:
+            set_layers_precision(_tower_layers(tower), wanted)
 
 
 @contextlib.contextmanager
 def tower_precision(model, precision: str):
-    """`set_tower_precision(model, precision)` inside the block, the previous one after."""
-    before = set_tower_precision(model, precision)
+    """`set_tower_precision(model, precision)` inside the block (yielding
+    `tower_precision_of(model)`), each tower's previous precision after."""
+    before = [(tower, tower.compute_dtype) for tower in (model.image_tower, model.text_tower)]
+    set_tower_precision(model, precision)
     try:
         yield tower_precision_of(model)
     finally:
-        set_tower_precision(model, before)
+        for tower, dtype in before:
+            if tower.compute_dtype != dtype:
+                set_layers_precision(_tower_layers(tower), dtype)

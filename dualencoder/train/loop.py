@@ -27,7 +27,7 @@ import warnings
 
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 from dualencoder.model.saving import save_model
-from dualencoder.model.tower_precision import effective_tower_precision
+from dualencoder.model.tower_precision import tower_precision
 from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
 from dualencoder.train.step import make_train_step
 from records.files import atomic_write, write_json_atomic
@@ -144,8 +144,7 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
             state["step"]) from None
     if state["history"] and plotted[1] != len(state["history"]):
         validation.plot_curves(state["history"], os.path.join(workdir, "curves.png"))
-    precision = effective_tower_precision(cfg.run.tower_precision) if cached else None
-    return finish(model, groups["model"], state, workdir, cached, precision)
+    return finish(model, groups["model"], state, workdir, cached, cfg.run.tower_precision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ def end_of_epoch(cfg, state, row, model, optimizer, workdir, log, best_variables
 BEST_HEADS = "best_heads.npz"
 
 
-def finish(model, variables, state: dict, workdir: str, cached, tower_precision=None) -> dict:
+def finish(model, variables, state: dict, workdir: str, cached, tower_setting="float32") -> dict:
     """The run's final model in `workdir/model` (the best epoch's, or the last model when
     nothing was validated) and its summary (returned, and written to `summary.json`)."""
     write_best_model(model, variables, workdir)
@@ -287,10 +286,12 @@ def finish(model, variables, state: dict, workdir: str, cached, tower_precision=
     write_json_atomic(os.path.join(workdir, "history.json"), state["history"])
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
         save_model(model, os.path.join(workdir, "model"))  # no validation: keep the last model
+    with tower_precision(model, tower_setting) as precision:  # what the caches were made in
+        precision = precision if cached else None
     summary = {"workdir": workdir, "steps": state["step"], "epochs": state["epoch"],
                "best": state["best"], "history": state["history"],
                "cached_features": cached.describe() if cached else None,
-               "tower_precision": tower_precision}
+               "tower_precision": precision}
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
 
