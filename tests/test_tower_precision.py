@@ -121,3 +121,32 @@ def test_loaded_encoders_run_their_towers_in_the_precision_asked(tiny_workdir):
     x = np.random.RandomState(1).randint(0, 255, (3, bf16.image_size, bf16.image_size, 3))
     a, b = plain.encode_images(x), bf16.encode_images(x)
     assert b.dtype == np.float32 and np.min(np.sum(a * b, axis=1)) > 0.999
+
+
+@pytest.mark.parametrize("micro_batch", [0, 4])
+def test_mixed_bfloat16_training_keeps_heads_and_loss_float32(synthetic_records, tmp_path,
+                                                            micro_batch):
+    """run.precision=mixed_bfloat16 (no loss scaling), on the boundary-cached path with and
+    without gradient caching: finite losses, float32 heads, temperature and loss."""
+    import keras
+
+    from dualencoder.train import setup
+    from dualencoder.train.loop import train
+
+    cfg = tiny_locked_run_config(f"data.records={synthetic_records['train']}",
+                                 "model.text_trainable=1", "optim.max_steps=3",
+                                 "run.precision=mixed_bfloat16",
+                                 f"optim.micro_batch={micro_batch}")
+    try:
+        summary = train(cfg, str(tmp_path / "run"), log=lambda *a: None)
+        assert summary["tower_precision"] == "bfloat16"
+        assert all(np.isfinite(h["train_loss"]) for h in summary["history"])
+        model = setup.build(cfg)
+        tokens = model.tokenizer(["a dog"])
+        assert model.text_tower.compute_dtype == "bfloat16"
+        assert all(v.dtype == "float32" for v in model.trainable_variables)
+        emb = model.embed_from_features(model.image_tower(np.zeros((1, 32, 32, 3))),
+                                        model.text_tower(tokens))
+        assert all(e.dtype == "float32" for e in emb) and model.logit_scale.dtype == "float32"
+    finally:
+        keras.config.set_dtype_policy("float32")
