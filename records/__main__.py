@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from records.cli import Parser, UsageError, positive_int
+from records.cli import Parser, UsageError, output_dir, output_png, positive_int
 from records.machine import tensorflow_defaults
 
 SKIPPED_SHOWN = 20
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         for flags, kwargs in options:
             sub.add_argument(*flags, **kwargs)
         common = sub.add_argument_group("output")
-        common.add_argument("--out", required=True, help="records directory to write")
+        common.add_argument("--out", required=True, type=output_dir,
+                            help="records directory to write")
         common.add_argument("--shard-size", type=positive_int, default=1000,
                             help="records per shard (default 1000)")
         common.add_argument("--max-side", type=positive_int, default=None,
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Print a summary of a records directory and "
                                   "optionally save a PNG contact sheet of sample images.")
     inspect.add_argument("dir", help="records directory")
-    inspect.add_argument("--out", default=None, help="PNG contact sheet to write")
+    inspect.add_argument("--out", default=None, type=output_png,
+                         help="PNG contact sheet to write")
     inspect.add_argument("--num-images", type=positive_int, default=16,
                          help="images on the contact sheet (default 16)")
     return parser

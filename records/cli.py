@@ -74,6 +74,38 @@ def positive_int(text: str) -> int:
     return value
 
 
+def output_dir(text: str) -> str:
+    """An output folder: may exist (as a folder) or not yet; an existing *file* there, or
+    inside a path that is a file, is refused before any work starts."""
+    import os
+
+    path = os.path.abspath(text)
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if os.path.exists(path) and not os.path.isdir(path):
+        what = "is a file" if path == os.path.abspath(text) else f"is inside the file {path}"
+        raise argparse.ArgumentTypeError(f"{text} {what}; give a folder (a new or an existing "
+                                         "one)")
+    return text
+
+
+def output_png(text: str) -> str:
+    """A PNG file to write: a name ending in .png whose folder is not a file, not a folder
+    itself."""
+    import os
+
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"{text}: the image is written as PNG; give a name "
+                                         "ending in .png")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a .png file name")
+    output_dir(os.path.dirname(os.path.abspath(text)))
+    return text
+
+
 def int_list(text: str) -> list:
     """Comma-separated positive ints, sorted and deduplicated ("10,1,5" -> [1, 5, 10])."""
     try:

@@ -30,7 +30,7 @@ import os
 
 from dualencoder.eval.evaluators import EVALUATORS
 from dualencoder.model.tower_precision import TOWER_PRECISIONS
-from records.cli import Parser, UsageError, positive_int, report_error
+from records.cli import Parser, UsageError, output_dir, positive_int, report_error
 from records.machine import tensorflow_defaults
 
 __all__ = ["build_parser", "main"]
@@ -45,7 +45,7 @@ def _add_model_options(sp) -> None:
 
 
 def _add_image_options(sp) -> None:
-    sp.add_argument("--out", required=True, help="report directory")
+    sp.add_argument("--out", required=True, type=output_dir, help="report directory")
     sp.add_argument("--resize", choices=("bicubic", "bilinear"), default="bicubic",
                     help="how images are resized to the model's input size")
     sp.add_argument("--batch-size", type=positive_int, default=64,

@@ -22,7 +22,7 @@ import os
 import shlex
 import sys
 
-from records.cli import Parser, UsageError, report_error
+from records.cli import Parser, UsageError, output_dir, report_error
 
 # The folder of the top-level programs (train.py, evaluate.py) that the stages run.
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +31,8 @@ HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="recipe.py", description=__doc__)
     p.add_argument("recipe", help="recipe file, e.g. configs/recipes/flickr8k.json")
-    p.add_argument("--out", help="output folder (default: the recipe's out)")
+    p.add_argument("--out", type=output_dir,
+                   help="output folder (default: the recipe's out)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set dataset.root=/data/coco "
                         "(repeatable; values are JSON when they parse, null removes a key)")

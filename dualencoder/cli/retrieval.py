@@ -36,7 +36,7 @@ from dualencoder.search.grid import save_grid
 from dualencoder.search.hubness import add_hubness
 from dualencoder.search.index import EmbeddingIndex, check_k, check_query
 from dualencoder.search.sources import check_query_image, load_query_image, open_source
-from records.cli import Parser, UsageError, positive_int, report_error
+from records.cli import Parser, UsageError, output_dir, positive_int, report_error
 from records.machine import tensorflow_defaults
 
 EXIT_OK = 0
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="image folder, searched recursively")
     src.add_argument("--records", help="records directory (records/)")
-    p.add_argument("--out", required=True, help="index folder")
+    p.add_argument("--out", required=True, type=output_dir, help="index folder")
     p.add_argument("--update", action="store_true",
                    help="refresh a complete index: embed new/changed images, drop deleted ones")
     p.add_argument("--chunk-size", type=positive_int, default=512,

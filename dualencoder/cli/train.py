@@ -19,13 +19,13 @@ SYNTHETIC_CONFIG = os.path.join(ROOT, "configs", "synthetic_default.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from records.cli import Parser
+    from records.cli import Parser, output_dir
 
     p = Parser(prog="train.py", description=__doc__)
     p.add_argument("--records", help="training records dir (python -m records build ...); "
                    "default: the synthetic default, built into data.cache_dir")
     p.add_argument("--val-records", help="validation records dir (selection, early stopping)")
-    p.add_argument("--workdir", help="run folder; an existing one is resumed "
+    p.add_argument("--workdir", type=output_dir, help="run folder; an existing one is resumed "
                    "(default runs/synthetic-default without --records, else required)")
     p.add_argument("--config", help="JSON file of {section: {key: value}} settings")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -24,7 +24,7 @@ import dataclasses
 from typing import Callable
 
 from dualencoder.eval.errors import EvaluationError
-from records.cli import int_list, positive_int
+from records.cli import int_list, output_dir, positive_int
 
 __all__ = ["Evaluator", "EVALUATORS"]
 
@@ -307,7 +307,8 @@ def _baseline_run(args, prepared, encoder, info):
 
 def _compare_arguments(p):
     p.add_argument("reports", nargs="+", help="report directories (or report.json files)")
-    p.add_argument("--out", required=True, help="directory for the table and the bar chart")
+    p.add_argument("--out", required=True, type=output_dir,
+                   help="directory for the table and the bar chart")
 
 
 def _compare_run(args, prepared, encoder, info):
