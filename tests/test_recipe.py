@@ -282,3 +282,48 @@ def test_coco_mini_recipe_on_shared(tmp_path, shared):
     assert report.startswith("# COCO mini (MS-COCO 2017 subset) recipe — report")
     assert "train split (80 images," in report and "(159 images," in report
     assert "(CSLS against the train records, k=10)" in report
+
+
+def _runnable_recipe(tmp_path):
+    """The Flickr8k recipe over a stand-in dataset folder (its inputs exist, nothing else)."""
+    root = tmp_path / "flickr"
+    (root / "splits").mkdir(parents=True)
+    for name in ("captions.txt", "splits/Flickr_8k.trainImages.txt",
+                 "splits/Flickr_8k.devImages.txt"):
+        (root / name).write_text("")
+    (tmp_path / "cifar").mkdir()
+    recipe = json.loads((RECIPES / "flickr8k.json").read_text())
+    recipe.update(config=str(ROOT / "configs" / "flickr8k_lit.json"), out=str(tmp_path / "out"))
+    recipe["dataset"]["root"] = str(root)
+    recipe["evaluations"]["zeroshot"]["data"] = str(tmp_path / "cifar")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(recipe))
+    return str(path)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("members.1.set.optim.lr=abc", "member recipe_px224_lr32: optim.lr='abc' is not a number"),
+    ("set.optim.lr=abc", "member recipe: optim.lr='abc' is not a number"),
+    ("members.0.set.optim.bogus=1", "member recipe: unknown key 'optim.bogus'"),
+    ("members.0.set.run.tower_precision=fp8", "member recipe: run.tower_precision"),
+])
+def test_member_settings_are_resolved_before_anything_runs(tmp_path, item, message):
+    path = _runnable_recipe(tmp_path)
+    R.load_recipe(path)  # the stand-in is valid as it is
+    with pytest.raises(R.RecipeError) as err:
+        R.load_recipe(path, [item])
+    assert str(err.value).startswith(f"{path}: {message}"), err.value
+
+
+def test_recipe_file_that_is_no_object_or_binary_config(tmp_path):
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(R.RecipeError, match="expected a JSON object of recipe fields"):
+        R.load_recipe(str(listed))
+    path = _runnable_recipe(tmp_path)
+    binary = tmp_path / "config.bin"
+    binary.write_bytes(b"\x00\xff\xfe" * 10)
+    with pytest.raises(R.RecipeError, match="member recipe: .*not a JSON text file"):
+        R.load_recipe(path, [f"config={binary}"])
+    with pytest.raises(R.RecipeError, match="out: .* is a file"):
+        R.load_recipe(path, [f"out={binary}"])
