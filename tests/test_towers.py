@@ -302,3 +302,14 @@ def test_xception_shared_weights(shared):
     with pytest.raises(ValueError) as info:
         ImageTower("efficientnetb0", weights=str(path), image_size=64)
     assert str(path) in str(info.value) and "efficientnetb0" in str(info.value)
+
+
+def test_failed_imagenet_download_says_what_to_pass(monkeypatch):
+    def offline(**kwargs):
+        raise Exception("URL fetch failure on https://example/xception_notop.h5: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.applications, "Xception", offline)
+    with pytest.raises(OSError, match=r"downloading the ImageNet weights of the xception image "
+                                      r"tower failed .*model.image_weights=PATH.*=none"):
+        ImageTower("xception", weights="imagenet", image_size=71)

@@ -189,11 +189,7 @@ class ImageTower(keras.layers.Layer):
         if fn is None:
             self.backbone = _build_tiny_cnn(self.image_size)
         else:
-            self.backbone = fn(
-                include_top=False,
-                weights="imagenet" if weights == "imagenet" else None,
-                input_shape=input_shape,
-            )
+            self.backbone = _pretrained(fn, key, weights, input_shape)
         if weights not in ("imagenet", "none"):
             self._load_weights_file(str(weights), fn)
         trained = set_top_trainable(self.backbone, self.trainable_spec)
@@ -275,6 +271,22 @@ class ImageTower(keras.layers.Layer):
             "pooling": self.pooling,
             "trainable": self.trainable_spec,
         }
+
+
+def _pretrained(fn, key, weights, input_shape):
+    """The keras.applications backbone; a failed ImageNet download is one OSError saying
+    what to pass instead."""
+    try:
+        return fn(include_top=False, weights="imagenet" if weights == "imagenet" else None,
+                  input_shape=input_shape)
+    except Exception as exc:  # Keras raises a bare Exception("URL fetch failure on ...")
+        if weights != "imagenet" or "fetch failure" not in str(exc).lower():
+            raise
+        what = str(exc).splitlines()[0].split(": None")[0][:200]
+        raise OSError(
+            f"downloading the ImageNet weights of the {key} image tower failed ({what}); "
+            "without internet, pass a local weights file (model.image_weights=PATH, e.g. a "
+            "Keras *_notop.weights.h5) or model.image_weights=none (random init)") from None
 
 
 def _split_at_boundary(backbone, trained, tries=32):
