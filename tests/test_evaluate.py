@@ -328,3 +328,10 @@ def test_real_data_zeroshot_retrieval_and_xception_baseline(shared, tmp_path, ti
                           "--out", str(out / "base"), "--quiet"]) == 0
     rep = json.load(open(out / "base" / "report.json"))
     assert rep["metrics"]["accuracy"] > 0.2  # ImageNet features beat chance (0.1) easily
+
+
+def test_baseline_below_the_architectures_minimum_size(capsys, tmp_path):
+    err = _error(capsys, ["baseline", "--arch", "xception", "--weights", "none",
+                          "--image-size", "16", "--train", str(tmp_path), "--test",
+                          str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "--image-size 16: the xception baseline needs at least 71 px" in err, err

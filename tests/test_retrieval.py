@@ -235,6 +235,20 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
                                         normalize(model.encode_texts(captions)), 10)
     np.testing.assert_allclose(index.penalty, want, atol=2e-3)
 
+    import shutil
+
+    damaged = tmp_path / "damaged_bank"
+    shutil.copytree(bank, damaged)
+    shard = sorted(p for p in damaged.iterdir() if p.name != "manifest.json"
+                   and p.stat().st_size > 100)[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    rc = retrieval.main(["hubness", "--index", str(out), "--bank", str(damaged),
+                         "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: --bank {damaged}") and "\n" not in err, err
+
 
 def test_records_source_index_and_serve_bytes(tmp_path, capsys, monkeypatch):
     """`--records DIR`: every record is embedded, named "<shard>#<index>", and served by id."""
@@ -487,3 +501,15 @@ def test_bad_ensemble_and_clip_specs_fail_before_tensorflow(tmp_path):
         assert row["rc"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, row)
         assert needle in lines[0] and not row["tf"], (argv, row)
     assert not (tmp_path / "i1").exists() and not (tmp_path / "i2").exists()
+
+
+def test_unloadable_clip_preset_is_one_error_line(tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    Image.new("RGB", (32, 32)).save(images / "a.jpg")
+    code = retrieval.main(["index", "--model", "clip:no_such_preset", "--images", str(images),
+                           "--out", str(tmp_path / "index")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: cannot load CLIP preset") and "\n" not in err

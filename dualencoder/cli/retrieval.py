@@ -44,7 +44,10 @@ EXIT_OK = 0
 
 def load_encoder(spec, tower_precision="float32"):
     """Load the encoder for a model spec (tests replace this with a fake encoder)."""
-    return model_specs.load_encoder(spec, tower_precision)[0]
+    try:
+        return model_specs.load_encoder(spec, tower_precision)[0]
+    except model_specs.ModelSpecError as exc:  # e.g. a CLIP preset that does not load
+        raise RetrievalError(str(exc)) from None
 
 
 def _checked_spec(spec) -> dict:
@@ -140,7 +143,7 @@ def _open_model(index, model_arg, tower_precision="float32"):
     return encoder
 
 
-def _verify_records(path) -> None:
+def _verify_records(path, flag="--records") -> None:
     """Check every shard's size and checksum the way training does, before embedding."""
     from records.schema import RecordsError  # noqa: PLC0415 (TensorFlow)
     from records.verify import verify_records  # noqa: PLC0415
@@ -148,7 +151,7 @@ def _verify_records(path) -> None:
     try:
         verify_records(path)
     except RecordsError as exc:
-        raise RetrievalError(f"--records {path}: {exc}") from None
+        raise RetrievalError(f"{flag} {path}: {exc}") from None
 
 
 def cmd_index(args) -> int:
@@ -250,6 +253,8 @@ def cmd_hubness(args) -> int:
     index = EmbeddingIndex.open(args.index)
     if not os.path.exists(args.bank):  # fail fast, before TensorFlow
         raise RetrievalError(f"--bank {args.bank} does not exist")
+    if os.path.isdir(args.bank):  # captioned records: checked like every other reader
+        _verify_records(args.bank, "--bank")
     encoder = _open_model(index, args.model, args.tower_precision)
     info = add_hubness(args.index, encoder, args.bank, k=args.bank_k,
                        progress=not args.no_progress)

@@ -284,11 +284,16 @@ def _baseline_arguments(p):
 
 
 def _baseline_prepare(args):
+    from dualencoder.config import min_image_size
     from dualencoder.eval.baselines import check_arch
 
     if not 0.0 < args.validation_split < 1.0:
         raise EvaluationError("--validation-split must be between 0 and 1")
     check_arch(args.arch, args.weights)
+    low = min_image_size(args.arch)
+    if args.image_size is not None and args.image_size < low:
+        raise EvaluationError(f"--image-size {args.image_size}: the {args.arch} baseline needs "
+                              f"at least {low} px")
     train, test = _train_test(args)
     return {"train": train, "test": test}
 
