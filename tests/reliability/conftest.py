@@ -6,7 +6,7 @@ test run's 128 synthetic training images (batch 16), ledger on, a checkpoint eve
 
 import pytest
 
-from faultkit import checkpoint_arrays, quiet, read_ledger, tiny_cfg
+from faultkit import BOUNDARY, checkpoint_arrays, quiet, read_ledger, tiny_cfg
 
 
 @pytest.fixture(scope="session")
@@ -17,4 +17,17 @@ def reference_run(synthetic_records, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reference") / "run")
     train(tiny_cfg(synthetic_records["train"]), workdir, log=quiet)
     return {"workdir": workdir, "ledger": read_ledger(workdir),
+            "final": checkpoint_arrays(workdir), "records": synthetic_records["train"]}
+
+
+@pytest.fixture(scope="session")
+def boundary_reference_run(synthetic_records, tmp_path_factory):
+    """`reference_run` with both towers cut at a boundary (`faultkit.BOUNDARY`): epochs read
+    the frozen parts' cached outputs."""
+    from dualencoder.train.loop import train
+
+    workdir = str(tmp_path_factory.mktemp("boundary_reference") / "run")
+    summary = train(tiny_cfg(synthetic_records["train"], BOUNDARY), workdir, log=quiet)
+    assert summary["cached_features"] == "image boundary, text boundary"
+    return {"workdir": workdir, "ledger": read_ledger(workdir), "extra": BOUNDARY,
             "final": checkpoint_arrays(workdir), "records": synthetic_records["train"]}

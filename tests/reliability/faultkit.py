@@ -18,6 +18,11 @@ STEPS_PER_EPOCH = 8  # 128 images / batch 16
 NUM_IMAGES = 128
 
 
+# Both towers cut at a boundary: their frozen parts' outputs are cached once and every step
+# reads them (features.CachedPairs), the top block / layer and the heads train.
+BOUNDARY = ["model.image_trainable=1", "model.text_trainable=1"]
+
+
 def tiny_cfg(records, extra=()):
     from dualencoder.config import Config
 

@@ -1,4 +1,5 @@
-"""SIGKILL mid-epoch, then the same command: nothing lost, nothing seen twice, same weights."""
+"""SIGKILL mid-epoch, then the same command: nothing lost, nothing seen twice, same weights;
+on the streaming path and on the boundary-cached one (frozen parts' outputs read from disk)."""
 
 import os
 import random
@@ -7,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from faultkit import (ROOT, STEPS_PER_EPOCH, assert_ledgers_match, assert_same_arrays,
                       checkpoint_arrays, read_ledger, run_cli, set_args)
@@ -20,12 +23,16 @@ def _ledger_steps(path):
         return 0
 
 
-def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(reference_run, tmp_path):
+@pytest.mark.parametrize("path", ["streaming", "boundary-cached"])
+def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(request, tmp_path, path):
+    reference_run = request.getfixturevalue(
+        "reference_run" if path == "streaming" else "boundary_reference_run")
     # A random mid-epoch step (never an epoch boundary); RELIABILITY_KILL_STEP pins it.
     choices = [s for s in range(3, 2 * STEPS_PER_EPOCH - 2) if s % STEPS_PER_EPOCH]
     target = int(os.environ.get("RELIABILITY_KILL_STEP") or random.choice(choices))
     workdir = str(tmp_path / "killed")
-    argv = ["train.py", "--records", reference_run["records"], "--workdir", workdir] + set_args()
+    argv = ["train.py", "--records", reference_run["records"], "--workdir", workdir] + set_args(
+        reference_run.get("extra", ()))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
