@@ -134,7 +134,9 @@ class RunConfig:
     """How the run executes."""
 
     seed: int = _key(0, "seed of data order, augmentation and initialisation")
-    precision: str = _key("float32", "float32, mixed_float16 or mixed_bfloat16")
+    precision: str = _key("float32", "training precision: float32, mixed_float16, "
+                          "mixed_bfloat16, or auto (mixed_bfloat16 where the device computes "
+                          "bfloat16 natively, else float32)")
     tower_precision: str = _key("float32", "precision of frozen-tower passes (feature caches, "
                                 "boundary states): auto (bfloat16 where the device computes "
                                 "it natively), float32 or bfloat16")
@@ -163,7 +165,7 @@ _CHOICES = {
     ("model", "extra_loss"): (None, "max_violation"),
     ("data", "resize_method"): ("bicubic", "bilinear", "nearest", "area"),
     ("optim", "schedule"): ("cosine", "plateau"),
-    ("run", "precision"): ("float32", "mixed_float16", "mixed_bfloat16"),
+    ("run", "precision"): ("float32", "mixed_float16", "mixed_bfloat16", "auto"),
     ("run", "tower_precision"): TOWER_PRECISIONS,
     ("run", "strategy"): ("auto", "one_device", "mirrored", "multi_worker"),
     ("run", "cache_features"): ("auto", "on", "off"),

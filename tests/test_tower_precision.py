@@ -150,3 +150,17 @@ def test_mixed_bfloat16_training_keeps_heads_and_loss_float32(synthetic_records,
         assert all(e.dtype == "float32" for e in emb) and model.logit_scale.dtype == "float32"
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_training_precision_auto(monkeypatch):
+    import keras
+
+    from dualencoder.train import setup
+
+    try:
+        for native, policy in (("CPU amx_bf16", "mixed_bfloat16"), ("", "float32")):
+            monkeypatch.setattr(tp, "native_bfloat16", lambda native=native: native)
+            setup.set_precision("auto")
+            assert keras.config.dtype_policy().name == policy
+    finally:
+        keras.config.set_dtype_policy("float32")

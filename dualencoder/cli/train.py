@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override one setting, e.g. --set optim.lr=1e-4 (repeatable)")
     p.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
     p.add_argument("--batch-size", type=int, help="shortcut for --set data.batch_size=N")
-    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
+    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16", "auto"],
                    help="run.precision")
     p.add_argument("--tower-precision", choices=["auto", "float32", "bfloat16"],
                    help="run.tower_precision: frozen-tower passes that fill the caches")

@@ -134,8 +134,14 @@ def make_strategy(name: str):
 
 
 def set_precision(precision: str) -> None:
+    """The global policy for `run.precision`; "auto" is mixed_bfloat16 where the device
+    computes bfloat16 natively (`tower_precision.native_bfloat16`), float32 elsewhere."""
     import keras
 
+    from dualencoder.model.tower_precision import native_bfloat16
+
+    if precision == "auto":
+        precision = "mixed_bfloat16" if native_bfloat16() else "float32"
     keras.mixed_precision.set_dtype_policy(precision)
 
 
