@@ -63,6 +63,9 @@ def commands(recipe: dict, project: str, python: str = sys.executable) -> list:
         argv = [python, os.path.join(project, "evaluate.py"), kind, "--model", model_spec(recipe),
                 *EVALUATION_KINDS[kind][2](evaluations[kind], rec), "--out", target,
                 "--cache-dir", os.path.join(out, "eval_cache"), "--quiet"]
+        precision = recipe.get("set", {}).get("run.tower_precision")
+        if precision:  # the towers run as in training, so its feature caches serve
+            argv += ["--tower-precision", precision]
         stages.append((f"eval {kind} {os.path.basename(target)}", argv,
                        os.path.join(target, "report.json")))
     return stages
