@@ -111,6 +111,29 @@ def test_training_features_are_found_by_content(synthetic_records, tmp_path):
                                     progress=False)["features_reused"]
 
 
+def test_tuned_text_members_read_cached_images_and_run_their_own_text_tower(
+        synthetic_records, tmp_path):
+    """LiT members (image locked, text top layer tuned) beside a locked one: images from the
+    caches, each tuned member's captions through its own text tower; equal to the towers."""
+    cfg = locked_cfg()
+    model = setup.build(cfg)
+    tuned = same_towers_new_heads(model, setup.build(locked_cfg("model.text_trainable=1")),
+                                  seed=4)
+    w = tuned.text_tower.trainable_weights[0]
+    w.assign(w.numpy() + 0.05)  # its own text tower now
+    encoder = EnsembleEncoder([model, tuned])
+    val = synthetic_records["val"]
+    want_img, want_index, want_txt, texts = tower_embeddings(encoder, val)
+    heads = LockedHeads.of(encoder, write_dir=str(tmp_path / "store"))
+    assert heads is not None and [idx for _, idx in heads.groups["image"]] == [[0, 1]]
+    got = heads.records_images(val, resize_method="bicubic", progress=False)
+    np.testing.assert_array_equal(got["image_index"], want_index)
+    np.testing.assert_allclose(got["embeddings"], want_img, atol=1e-5)
+    txt, _, reused = heads.records_captions(val, texts, progress=False)
+    assert not reused
+    np.testing.assert_allclose(txt, want_txt, atol=1e-5)
+
+
 def test_not_for_trained_towers_or_attention_heads():
     assert LockedHeads.of(setup.build(locked_cfg("model.image_trainable=all"))) is None
     assert LockedHeads.of(setup.build(locked_cfg("model.head=attention"))) is None

@@ -36,8 +36,9 @@ class LockedHeads:
     """The heads of one `DualEncoder`, or of an ensemble of them, over frozen towers.
 
     Build it with `LockedHeads.of(encoder)`, which returns None for any encoder this does not
-    apply to (a trained tower, an attention head that reads whole maps, a CLIP adapter, an
-    ensemble with such a member). Ensemble members are grouped by tower (and image size:
+    apply to (a trained image tower, an attention head that reads whole maps, a CLIP adapter,
+    an ensemble with such a member). A member whose text tower was trained (LiT) runs that
+    tower on the captions; its image features still come from the caches. Ensemble members are grouped by tower (and image size:
     a cross-resolution ensemble reads one feature file per size); each group's features are
     found or computed once and every member of the group applies its heads to them.
 
@@ -68,8 +69,10 @@ class LockedHeads:
         else:
             members = [inner]
             groups = {k: group_towers(members, k) for k in ("image", "text")}
-        if any(key is None for kind in groups.values() for key, _ in kind):
-            return None  # a trained tower, an attention head, not a DualEncoder
+        if not all(_embeds_from_features(m) for m in members) or any(
+                key is None for key, _ in groups["image"]):
+            return None  # a trained image tower, an attention head, not a DualEncoder
+        # a trained text tower (LiT: image locked, text tuned) runs on the captions itself
         return cls(members, groups, feature_dirs=feature_dirs, write_dir=write_dir)
 
     # ------------------------------------------------------------------ keys and files
@@ -104,7 +107,8 @@ class LockedHeads:
 
         parts = [None] * len(self.members)
         for key, idx in self.groups[kind]:
-            feats = features_of_group(key[0], idx[0])  # (tower weights digest, first member)
+            # (tower weights digest or None for a trained tower, first member)
+            feats = features_of_group(None if key is None else key[0], idx[0])
             for i in idx:
                 parts[i] = head_embeddings(self.members[i], feats, kind)
         return parts[0] if len(parts) == 1 else combine(parts)
@@ -155,6 +159,9 @@ class LockedHeads:
 
         def group_features(digest, m):
             tower, cfg = self.members[m], self.members[m].model_config
+            if digest is None:  # a trained text tower: its outputs are its own, not cached
+                paths.append(None), reused.append(False)
+                return encode_texts_by_length(tower, texts, progress=progress)
             name = "text-" + keys.text_key(digest, records_dir,
                                         sequence_length=int(cfg["sequence_length"]),
                                         pooling=cfg["text_pooling"],
@@ -172,6 +179,12 @@ class LockedHeads:
         texts = list(texts)
         return self._combine("text", lambda digest, m: encode_texts_by_length(
             self.members[m], texts, progress=progress))
+
+
+def _embeds_from_features(model) -> bool:
+    """A `DualEncoder` whose heads take pooled tower outputs (not an attention head)."""
+    return (hasattr(model, "embed_from_features") and hasattr(model, "model_config")
+            and model.model_config.get("head") != "attention")
 
 
 def model_feature_dirs(path: str) -> list:
