@@ -164,3 +164,17 @@ def test_training_precision_auto(monkeypatch):
             assert keras.config.dtype_policy().name == policy
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_saved_model_records_its_precision(tiny_model, tmp_path):
+    import json
+
+    from dualencoder.model.saving import save_model
+
+    with tp.tower_precision(tiny_model, "bfloat16"):
+        save_model(tiny_model, str(tmp_path / "bf16"))
+    save_model(tiny_model, str(tmp_path / "fp32"))
+    meta = {n: json.loads((tmp_path / n / "config.json").read_text())["precision"]
+            for n in ("bf16", "fp32")}
+    assert meta == {"bf16": {"policy": "float32", "towers": "bfloat16"},
+                    "fp32": {"policy": "float32", "towers": "float32"}}

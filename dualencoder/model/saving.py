@@ -15,6 +15,7 @@ import tempfile
 import keras
 
 from dualencoder.model.dual_encoder import DualEncoder
+from dualencoder.model.tower_precision import tower_precision_of
 from dualencoder.model.layout import (CONFIG_FILE, SAVE_FORMAT, SAVE_FORMAT_VERSION, VOCAB_FILE,
                                       WEIGHTS_FILE)
 
@@ -47,6 +48,9 @@ def save_model(model: DualEncoder, path) -> str:
             "fingerprint": model.fingerprint(),
             "files": [CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE],
             "keras_version": keras.__version__,
+            # what it was trained/saved in (loading picks its own: `tower_precision`)
+            "precision": {"policy": keras.config.dtype_policy().name,
+                          "towers": tower_precision_of(model)},
         }
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True, default=str)
