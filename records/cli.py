@@ -86,9 +86,9 @@ def output_dir(text: str) -> str:
             break
         path = parent
     if os.path.exists(path) and not os.path.isdir(path):
-        what = "is a file" if path == os.path.abspath(text) else f"is inside the file {path}"
-        raise argparse.ArgumentTypeError(f"{text} {what}; give a folder (a new or an existing "
-                                         "one)")
+        where = "" if path == os.path.abspath(text) else f" {path}"
+        raise argparse.ArgumentTypeError(f"{text}:{where} exists and is not a directory; give a "
+                                         "folder (a new or an existing one)")
     return text
 
 

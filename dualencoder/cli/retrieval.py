@@ -253,7 +253,7 @@ def cmd_hubness(args) -> int:
     index = EmbeddingIndex.open(args.index)
     if not os.path.exists(args.bank):  # fail fast, before TensorFlow
         raise RetrievalError(f"--bank {args.bank} does not exist")
-    if os.path.isdir(args.bank):  # captioned records: checked like every other reader
+    if os.path.isfile(os.path.join(args.bank, "manifest.json")):  # records: verified as usual
         _verify_records(args.bank, "--bank")
     encoder = _open_model(index, args.model, args.tower_precision)
     info = add_hubness(args.index, encoder, args.bank, k=args.bank_k,
