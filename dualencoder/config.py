@@ -22,7 +22,9 @@ from typing import Any
 from dualencoder.config_values import ConfigError, check_trainable as _check_trainable
 from dualencoder.config_values import coerce as _coerce, outside as _outside
 from dualencoder.config_values import parse_value as _parse_value
-from dualencoder.model.tower_precision import TOWER_PRECISIONS
+
+# The settings of run.tower_precision (dualencoder.model.tower_precision reads them here).
+TOWER_PRECISIONS = ("auto", "float32", "bfloat16")
 
 # Keys whose change makes a workdir's checkpoints unusable (resume refuses them).
 # Everything else (epochs, patience, eval settings, ...) may change between runs.

@@ -19,6 +19,7 @@ SYNTHETIC_CONFIG = os.path.join(ROOT, "configs", "synthetic_default.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from dualencoder.config import TOWER_PRECISIONS
     from records.cli import Parser, output_dir
 
     p = Parser(prog="train.py", description=__doc__)
@@ -34,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="shortcut for --set data.batch_size=N")
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16", "auto"],
                    help="run.precision")
-    p.add_argument("--tower-precision", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--tower-precision", choices=TOWER_PRECISIONS,
                    help="run.tower_precision: frozen-tower passes that fill the caches")
     p.add_argument("--jit-compile", action="store_true", default=None, help="run.jit_compile (XLA)")
     p.add_argument("--strategy", choices=["auto", "one_device", "mirrored", "multi_worker"],

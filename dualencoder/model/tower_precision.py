@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 
+from dualencoder.config import TOWER_PRECISIONS
+
 __all__ = ["TOWER_PRECISIONS", "native_bfloat16", "resolve_tower_precision",
            "set_layers_precision",
            "tower_precision_of", "set_tower_precision", "tower_precision"]
 
-TOWER_PRECISIONS = ("auto", "float32", "bfloat16")
 _POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
