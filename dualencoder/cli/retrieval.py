@@ -151,7 +151,8 @@ def _verify_records(path, flag="--records") -> None:
     try:
         verify_records(path)
     except RecordsError as exc:
-        raise RetrievalError(f"{flag} {path}: {exc}") from None
+        raise RetrievalError(f"{flag} {path}: {exc}; rebuild it with `python -m records "
+                             f"build ... --out {path}`") from None
 
 
 def cmd_index(args) -> int:

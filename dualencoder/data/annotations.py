@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from dualencoder.data.shards import record_stream
+from dualencoder.data.shards import checked_paths, record_stream
 from records import schema
 
 
@@ -21,8 +21,9 @@ def read_labels(records_dir) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.zeros([0], np.int64)
 
 
-def read_captions(records_dir):
-    """All captions in record order with the `image/index` of their image.
+def read_captions(records_dir, skip_bad: bool = False):
+    """All captions in record order with the `image/index` of their image; with `skip_bad`,
+    those of the intact records of damaged shards (`shards.checked_paths`).
 
     Returns:
         `(caption_texts: list[str], caption_image_index: np.ndarray int64)`.
@@ -33,7 +34,9 @@ def read_captions(records_dir):
     ('a red circle above a blue square', 0)
     """
     manifest = schema.read_manifest(records_dir)
-    ds = record_stream(schema.shard_paths(records_dir, manifest), interleave=1)
+    paths = (checked_paths(records_dir, manifest, skip_bad=True) if skip_bad
+             else schema.shard_paths(records_dir, manifest))
+    ds = record_stream(paths, interleave=1, tolerant=skip_bad)
     spec = {"captions": tf.io.RaggedFeature(tf.string),
             "image/index": tf.io.FixedLenFeature([], tf.int64)}
     ds = ds.batch(1024).map(lambda s: tf.io.parse_example(s, spec))

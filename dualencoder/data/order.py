@@ -16,7 +16,8 @@ import tensorflow as tf
 from dualencoder.data import rng
 from dualencoder.data.decode import check_image_args
 from dualencoder.data.epoch import EpochPlan, pair_stream, plan_epoch
-from dualencoder.data.shards import checked_paths, dataset_options, record_stream
+from dualencoder.data.shards import (checked_paths, dataset_options, readable_paths,
+                                    record_stream)
 from records import schema
 
 
@@ -225,8 +226,9 @@ def _count_captioned(records_dir, manifest) -> int:
     if manifest.get("num_captions", None) == 0:
         return 0
     # tolerant: a damaged shard counts its readable records (the pipeline then either names
-    # the shard, or with skip_bad reads exactly the intact ones)
-    ds = record_stream(schema.shard_paths(records_dir, manifest), interleave=1, tolerant=True)
+    # the shard, or with skip_bad reads exactly the intact ones: once salvaged, they are
+    # what is counted)
+    ds = record_stream(readable_paths(records_dir, manifest), interleave=1, tolerant=True)
     ds = ds.batch(1024).map(lambda s: tf.io.parse_example(
         s, {"captions": tf.io.RaggedFeature(tf.string)})["captions"].row_lengths())
     return int(sum(int(np.count_nonzero(x.numpy())) for x in ds))

@@ -8,6 +8,7 @@ records). `record_stream` reads shards record by record, interleaved determinist
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import tensorflow as tf
@@ -46,6 +47,21 @@ def checked_paths(records_dir, manifest, *, skip_bad):
     return paths
 
 
+def readable_paths(records_dir, manifest):
+    """Shard paths in manifest order, each damaged shard that `skip_bad` reading has salvaged
+    in this process replaced by its intact copy (nothing is hashed here): counting through
+    them counts what a `skip_bad` pass reads."""
+    out = []
+    for entry, path in zip(manifest["shards"], schema.shard_paths(records_dir, manifest)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(path)
+            continue
+        out.append(_SALVAGED.get((path, st.st_size, st.st_mtime_ns, entry.get("sha256")), path))
+    return out
+
+
 def _check_size(records_dir, entry, size):
     """Strict mode: a shard whose size differs from the manifest's raises `RecordsError`."""
     expected = entry.get("bytes") or None  # 0/absent: not recorded
@@ -69,9 +85,22 @@ def _intact_copy(records_dir, entry, path):
     with tf.io.TFRecordWriter(out) as writer:
         for data in good:
             writer.write(data)
-    tf.get_logger().warning(
-        "%s: shard %s is damaged (%s); reading its %d intact records of %d",
-        records_dir, entry["name"], problem, len(good), entry["records"])
+    print(f"warning: {records_dir}: shard {entry['name']} is damaged ({problem}); reading its "
+          f"{len(good)} intact records of {entry['records']}", file=sys.stderr, flush=True)
+    return out
+
+
+def salvaged_digests(records_dir, manifest) -> dict:
+    """`{shard name: sha256 of its intact records}` of each damaged shard as `skip_bad` reads
+    it (`{}` when every shard is intact): what identifies the records a `skip_bad` reader
+    sees beyond the manifest's checksums."""
+    from records.files import sha256_file
+
+    out = {}
+    for entry, path in zip(manifest["shards"],
+                           checked_paths(records_dir, manifest, skip_bad=True)):
+        if os.path.abspath(path) != os.path.abspath(os.path.join(records_dir, entry["name"])):
+            out[entry["name"]] = sha256_file(path)
     return out
 
 

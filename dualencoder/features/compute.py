@@ -29,9 +29,10 @@ def _progress(progress):
 
 def compute_image_features(model, records: str, *, image_size: int, resize_method: str,
                            batch_size: int = 32, view: int = 0, lowres: int = 0,
-                           progress: bool | None = None):
+                           progress: bool | None = None, skip_bad: bool = False):
     """Image-tower outputs of every image of `records` (augmented view `view`, see
-    `data.image_dataset`): {"image_features", "image_index"}."""
+    `data.image_dataset`; with `skip_bad` every intact image): {"image_features",
+    "image_index"}."""
     from dualencoder.data import pipeline as data
     from dualencoder.model.encoding import tower_functions
 
@@ -39,18 +40,20 @@ def compute_image_features(model, records: str, *, image_size: int, resize_metho
     feats, index, _ = data.map_images(
         records, lambda images: np.asarray(image_fn(images), dtype=np.float32),
         image_size=image_size, batch_size=batch_size, resize_method=resize_method, view=view,
-        lowres=lowres, seed=VIEW_SEED, progress=_progress(progress),
+        lowres=lowres, seed=VIEW_SEED, skip_bad=skip_bad, progress=_progress(progress),
         desc=f"image features (view {view})" if view else "image features")
     return {"image_features": np.concatenate(feats), "image_index": index}
 
 
-def compute_text_features(model, records: str, *, progress: bool | None = None):
-    """Text-tower outputs of every caption of `records` (each distinct caption once):
-    {"text_features" [M, F], "caption_image_index" [M]} with captions grouped by image."""
+def compute_text_features(model, records: str, *, progress: bool | None = None,
+                          skip_bad: bool = False):
+    """Text-tower outputs of every caption of `records` (each distinct caption once; with
+    `skip_bad`, of the intact records): {"text_features" [M, F], "caption_image_index" [M]}
+    with captions grouped by image."""
     from dualencoder.data.annotations import read_captions
     from dualencoder.model.encoding import encode_texts_by_length
 
-    texts, owner = read_captions(records)
+    texts, owner = read_captions(records, skip_bad=skip_bad)
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
     feats = encode_texts_by_length(model, [str(t) for t in unique],
                                    progress=_progress(progress))
@@ -66,14 +69,16 @@ def image_features(model, cfg, records: str, directory: str, *, view: int = 0,
         key = keys.image_key(keys.frozen_digest(model.image_tower), records,
                              image_size=cfg.model.image_size,
                              resize_method=cfg.data.resize_method, view=view,
-                             lowres=cfg.data.lowres_size, precision=precision)
+                             lowres=cfg.data.lowres_size, precision=precision,
+                             skip_bad=cfg.data.skip_bad)
         kind = f"low-res {cfg.data.lowres_size} px" if cfg.data.lowres_size else "augmented"
         what = f"image features of {records}" + (f" ({kind} view {view})" if view else "")
         return cached_npz(os.path.join(directory, f"image-{key}.npz"),
                           lambda: compute_image_features(
                               model, records, image_size=cfg.model.image_size,
                               resize_method=cfg.data.resize_method, view=view,
-                              lowres=cfg.data.lowres_size), log=log, what=what)
+                              lowres=cfg.data.lowres_size, skip_bad=cfg.data.skip_bad),
+                          log=log, what=what)
 
 
 def text_features(model, cfg, records: str, directory: str, *, log=print) -> dict:
@@ -82,9 +87,11 @@ def text_features(model, cfg, records: str, directory: str, *, log=print) -> dic
         precision = model.text_tower.compute_dtype
         key = keys.text_key(keys.frozen_digest(model.text_tower), records,
                             sequence_length=cfg.model.sequence_length,
-                            pooling=cfg.model.text_pooling, precision=precision)
+                            pooling=cfg.model.text_pooling, precision=precision,
+                            skip_bad=cfg.data.skip_bad)
         return cached_npz(os.path.join(directory, f"text-{key}.npz"),
-                          lambda: compute_text_features(model, records), log=log,
+                          lambda: compute_text_features(model, records,
+                                                        skip_bad=cfg.data.skip_bad), log=log,
                           what=f"caption features of {records}")
 
 
@@ -111,20 +118,22 @@ def text_states(model, cfg, records: str, directory: str, *, log=print,
         precision = model.text_tower.compute_dtype
         key = keys.text_key(keys.frozen_digest(tower), records,
                             sequence_length=cfg.model.sequence_length, pooling="",
-                            boundary=tower.boundary, precision=precision)
+                            boundary=tower.boundary, precision=precision,
+                            skip_bad=cfg.data.skip_bad)
         path = os.path.join(directory, f"text-states-{key}")
-        return _open_or_build(path, lambda: _build_text_states(model, records, path, progress),
+        return _open_or_build(path, lambda: _build_text_states(model, records, path, progress,
+                                                               skip_bad=cfg.data.skip_bad),
                               what=f"caption states (text layer {tower.boundary}) of {records}",
                               log=log)
 
 
-def _build_text_states(model, records, path, progress, batch_size=256):
+def _build_text_states(model, records, path, progress, batch_size=256, skip_bad=False):
     import tensorflow as tf
     from tqdm.auto import tqdm
 
     from dualencoder.data.annotations import read_captions
 
-    texts, owner = read_captions(records)
+    texts, owner = read_captions(records, skip_bad=skip_bad)
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
     tokens = model.tokenizer([str(t) for t in unique]) if len(unique) else None
     ids = np.asarray(tokens["token_ids"]) if tokens else np.zeros((0, 1), np.int32)
@@ -158,7 +167,7 @@ def image_states(model, cfg, records: str, directory: str, *, log=print,
         key = keys.image_key(keys.frozen_digest(tower), records,
                              image_size=cfg.model.image_size,
                              resize_method=cfg.data.resize_method, boundary=tower.boundary,
-                             precision=precision)
+                             precision=precision, skip_bad=cfg.data.skip_bad)
         path = os.path.join(directory, f"image-states-{key}")
         return _open_or_build(path, lambda: _build_image_states(model, cfg, records, path,
                                                                 progress),
@@ -182,7 +191,7 @@ def _build_image_states(model, cfg, records, path, progress, batch_size=32):
         _, index, _ = data.map_images(
             records, lambda images: writer.append(np.asarray(lower(images), np.float32)),
             image_size=size, batch_size=batch_size, resize_method=cfg.data.resize_method,
-            progress=_progress(progress), desc="image maps")
+            skip_bad=cfg.data.skip_bad, progress=_progress(progress), desc="image maps")
     except BaseException:
         writer.abort()
         raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
+from dualencoder.arrays import hash_arrays
 
 FEATURES_VERSION = 1
 BOUNDARY_VERSION = 1
@@ -20,20 +20,25 @@ BOUNDARY_VERSION = 1
 
 def variables_digest(variables) -> str:
     """sha256 hex of a tower's weights (float32 bytes in order): a locked tower's identity."""
-    digest = hashlib.sha256()
-    for v in variables:
-        digest.update(np.ascontiguousarray(np.asarray(v.numpy() if hasattr(v, "numpy") else v,
-                                                      dtype=np.float32)).tobytes())
-    return digest.hexdigest()
+    return hash_arrays(hashlib.sha256(), variables, as_float32=True).hexdigest()
 
 
-def records_digest(records: str) -> dict:
-    """What identifies a records directory's content: its shard checksums and record count."""
+def records_digest(records: str, skip_bad: bool = False) -> dict:
+    """What identifies a records directory's content: its shard checksums and record count;
+    with `skip_bad`, also the intact records of each damaged shard (none damaged: the same
+    digest as without, so intact records share one cache whatever `skip_bad` is)."""
     from records.schema import read_manifest
 
     manifest = read_manifest(records)
-    return {"shards": [sh.get("sha256") for sh in manifest["shards"]],
-            "num_records": manifest["num_records"]}
+    out = {"shards": [sh.get("sha256") for sh in manifest["shards"]],
+           "num_records": manifest["num_records"]}
+    if skip_bad:
+        from dualencoder.data.shards import salvaged_digests
+
+        salvaged = salvaged_digests(records, manifest)
+        if salvaged:
+            out["salvaged"] = salvaged
+    return out
 
 
 def _hash(payload: dict) -> str:
@@ -42,11 +47,13 @@ def _hash(payload: dict) -> str:
 
 def image_key(tower_digest: str, records: str, *, image_size: int, resize_method: str,
               view: int = 0, lowres: int = 0, boundary: str | None = None,
-              precision: str = "float32") -> str:
-    """The key of an image tower's outputs on `records` (pooled, or at `boundary`)."""
+              precision: str = "float32", skip_bad: bool = False) -> str:
+    """The key of an image tower's outputs on `records` (pooled, or at `boundary`); with
+    `skip_bad`, on the intact records of damaged shards."""
     from dualencoder.data.decode import ANTIALIAS_MIN_SHRINK
 
-    payload = {"version": FEATURES_VERSION, "kind": "image", **records_digest(records),
+    payload = {"version": FEATURES_VERSION, "kind": "image",
+               **records_digest(records, skip_bad),
                "tower": tower_digest, "image_size": int(image_size), "resize": resize_method,
                "antialias_min_shrink": ANTIALIAS_MIN_SHRINK}
     if view:
@@ -61,10 +68,12 @@ def image_key(tower_digest: str, records: str, *, image_size: int, resize_method
 
 
 def text_key(tower_digest: str, records: str, *, sequence_length: int, pooling: str,
-             boundary: int | None = None, precision: str = "float32") -> str:
+             boundary: int | None = None, precision: str = "float32",
+             skip_bad: bool = False) -> str:
     """The key of a text tower's outputs on the captions of `records` (pooled, or the token
     states entering transformer layer `boundary`: pooling plays no part then)."""
-    payload = {"version": FEATURES_VERSION, "kind": "text", **records_digest(records),
+    payload = {"version": FEATURES_VERSION, "kind": "text",
+               **records_digest(records, skip_bad),
                "tower": tower_digest, "sequence_length": int(sequence_length)}
     if boundary is None:
         payload["pooling"] = pooling

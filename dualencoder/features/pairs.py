@@ -32,7 +32,7 @@ class CachedPairs:
                  log=print):
         from dualencoder.data.order import RecordIndex
 
-        self.cfg, self.records, self.plan = cfg, records, plan
+        self.cfg, self.records, self.plan, self.directory = cfg, records, plan, directory
         self.text_table = self.text_store = self.image_table = self.image_store = None
         self.tokens = None
         if plan.text == "pooled":
@@ -44,7 +44,7 @@ class CachedPairs:
         else:  # the whole text tower trains: token ids of every caption, made once
             from dualencoder.data.annotations import read_captions
 
-            texts, owner = read_captions(records)
+            texts, owner = read_captions(records, skip_bad=cfg.data.skip_bad)
             tokens = model.tokenizer(texts)
             self.tokens = {k: np.asarray(v) for k, v in tokens.items()}
         self.views = cfg.data.cached_views if plan.image == "pooled" else 1
@@ -75,10 +75,22 @@ class CachedPairs:
                              if plan.image and not cfg.data.skip_bad else None)
 
     # ---------------------------------------------------------------------------- lookups
-    def text_rows(self, image_index, caption_index) -> np.ndarray:
+    def _position(self, keys, image_index, what) -> np.ndarray:
+        """Where each of `image_index` is in the sorted `keys`; an image the caches do not
+        hold (its bytes do not decode, or the caches are of other records) is an error."""
         image_index = np.asarray(image_index, np.int64)
-        return (self.caption_rows[np.searchsorted(self.caption_keys, image_index)]
-                + np.asarray(caption_index, np.int64))
+        pos = np.minimum(np.searchsorted(keys, image_index), max(len(keys) - 1, 0))
+        missing = image_index[(keys[pos] != image_index) if len(keys) else slice(None)]
+        if missing.size:
+            raise ValueError(f"image {int(missing[0])} of {self.records} has no cached {what} "
+                             f"in {self.directory} (it does not decode, or the caches are of "
+                             "other records): rebuild the records with `python -m records "
+                             "build`, or delete that folder and rerun")
+        return pos
+
+    def text_rows(self, image_index, caption_index) -> np.ndarray:
+        pos = self._position(self.caption_keys, image_index, "captions")
+        return self.caption_rows[pos] + np.asarray(caption_index, np.int64)
 
     def text_batch(self, rows) -> dict:
         """The cached text of caption rows `rows`."""
@@ -91,7 +103,7 @@ class CachedPairs:
 
     def image_batch(self, image_index, epoch: int) -> dict:
         """The cached image side of images `image_index` in `epoch`."""
-        rows = self.image_rows[np.searchsorted(self.image_keys, image_index)]
+        rows = self.image_rows[self._position(self.image_keys, image_index, "image")]
         if self.image_store is not None:
             return {"image_states": np.asarray(self.image_store.rows[np.sort(rows)])[
                 np.argsort(np.argsort(rows, kind="stable"), kind="stable")]}

@@ -73,8 +73,13 @@ def _build_split_into_place(out: str, **options) -> None:
 
 
 def resolve_records(cfg: Config, *, log=print) -> tuple[str, str]:
-    """The (train, val) records dirs, checked (and verified unless `data.verify=false`)."""
-    from records.schema import read_manifest
+    """The (train, val) records dirs, checked (and verified unless `data.verify=false`).
+
+    With `data.skip_bad=true` the training records are checked shard by shard instead: each
+    damaged shard is named in one warning line and its intact records are what every pass
+    reads (`data.shards.checked_paths`). Validation records are always verified strictly."""
+    from dualencoder.data.shards import checked_paths
+    from records.schema import RecordsError, read_manifest
     from records.verify import verify_records
 
     if not cfg.data.records:
@@ -82,12 +87,28 @@ def resolve_records(cfg: Config, *, log=print) -> tuple[str, str]:
                                  seed=cfg.run.seed, log=log)
         return dirs["train"], cfg.data.val_records or dirs["val"]
     train_dir, val_dir = cfg.data.records, cfg.data.val_records
-    for where in (train_dir, val_dir):
-        if where:
-            read_manifest(where)  # content checks; raises RecordsError naming the problem
-            if cfg.data.verify:
+    for where, flag in ((train_dir, "--records"), (val_dir, "--val-records")):
+        if not where:
+            continue
+        manifest = read_manifest(where)  # content checks; raises RecordsError naming it
+        training = flag == "--records"
+        if cfg.data.skip_bad and training:
+            checked_paths(where, manifest, skip_bad=True)  # salvaged once, warned once
+        elif cfg.data.verify:
+            try:
                 verify_records(where)
+            except RecordsError as exc:
+                raise RecordsError(f"{exc}. {_damaged_hint(where, flag, training)}") from exc
     return train_dir, val_dir
+
+
+def _damaged_hint(where: str, flag: str, training: bool) -> str:
+    """How to go on from damaged records given as `flag`."""
+    rebuild = f"rebuild {flag} {where} with `python -m records build ... --out {where}`"
+    if not training:
+        return f"Validation reads every record: {rebuild}"
+    return (f"To train on its intact records, add --set data.skip_bad=true (each damaged "
+            f"shard's unreadable records are left out); or {rebuild}")
 
 
 def check_training_pairs(cfg: Config, records: str) -> int:
