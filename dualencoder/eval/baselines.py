@@ -20,7 +20,6 @@ or `none` (random init).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import sys
 import time
@@ -29,34 +28,21 @@ import numpy as np
 
 from dualencoder.eval.errors import EvaluationError
 from dualencoder.eval.report import SUMMARY_KEYS, classification_section, header, write_report
+from dualencoder.model.image_towers import image_tower_names, image_tower_spec
 
-__all__ = ["resolve_arch", "check_arch", "build_backbone", "FeatureEncoder", "run_baseline",
-           "DEFAULT_SIZES"]
-
-DEFAULT_SIZES = {"xception": 299, "inceptionv3": 299, "inceptionresnetv2": 299,
-                 "efficientnetb0": 224, "efficientnetb1": 240, "efficientnetb2": 260,
-                 "efficientnetb3": 300, "efficientnetb4": 380, "efficientnetb5": 456,
-                 "efficientnetb6": 528, "efficientnetb7": 600, "nasnetlarge": 331}
+__all__ = ["resolve_arch", "check_arch", "FeatureEncoder", "run_baseline"]
 
 
 def resolve_arch(arch: str):
-    """`(constructor, preprocess_input, canonical name)` for a keras.applications name
-    (case-insensitive: `xception`, `efficientnetb7`, `resnet50`, ...)."""
-    import keras
-
-    names = {n.lower(): n for n in dir(keras.applications)
-             if n[0].isupper() and callable(getattr(keras.applications, n))}
-    key = arch.lower().replace("-", "").replace("_", "")
-    if key not in names:
-        sample = ", ".join(sorted(names)[:8])
-        raise EvaluationError(f"--arch {arch!r}: not a keras.applications model "
-                              f"(e.g. {sample}, ...)")
-    ctor = getattr(keras.applications, names[key])
-    module = importlib.import_module(ctor.__module__)
-    preprocess = getattr(module, "preprocess_input", None)
-    if preprocess is None:  # pragma: no cover
-        raise EvaluationError(f"--arch {arch!r}: no preprocess_input in {ctor.__module__}")
-    return ctor, preprocess, names[key]
+    """The image tower row (`dualencoder.model.image_towers.ImageTowerSpec`) of `--arch`:
+    a keras.applications name (case-insensitive: `xception`, `efficientnetb7`, `resnet50`,
+    ...) or any registered image tower."""
+    try:
+        return image_tower_spec(arch)
+    except ValueError:
+        names = image_tower_names()
+        raise EvaluationError(f"--arch {arch!r}: not a keras.applications model or registered "
+                              f"image tower (case-insensitive: {', '.join(names)})") from None
 
 
 def check_arch(arch: str, weights: str) -> None:
@@ -67,35 +53,41 @@ def check_arch(arch: str, weights: str) -> None:
                               "weights file")
 
 
-def build_backbone(arch: str, weights: str, image_size: int):
-    """The headless backbone with global average pooling (`[B, F]` features)."""
-    ctor, _, name = resolve_arch(arch)
-    kwargs = dict(include_top=False, pooling="avg", input_shape=(image_size, image_size, 3))
-    if weights == "imagenet":
-        try:
-            return ctor(weights="imagenet", **kwargs)
-        except Exception as exc:  # offline: urllib / HTTP errors
-            hint = (" (for Xception: ../shared/weights/xception_imagenet_notop.weights.h5)"
-                    if name == "Xception" else "")
-            raise EvaluationError(f"cannot download ImageNet weights for {name} "
-                                  f"({type(exc).__name__}); pass --weights PATH to no-top "
-                                  f"weights{hint} or --weights none") from exc
-    model = ctor(weights=None, **kwargs)
-    if weights != "none":
-        try:
-            from dualencoder.model.image_tower import load_weights_quietly
+def _frozen_tower(spec, weights: str, image_size: int):
+    """The frozen `ImageTower` of `spec` (pooled features, preprocessing inside) with
+    `weights`: `imagenet`, `none` or a no-top weights file; errors as `EvaluationError`s
+    that name the flag to change."""
+    from dualencoder.model.image_tower import ImageTower, load_weights_quietly
 
-            load_weights_quietly(model, weights)
+    name = spec.display
+    try:
+        tower = ImageTower(spec.name, weights="imagenet" if weights == "imagenet" else "none",
+                           image_size=image_size, pooling="avg", trainable="none",
+                           name=f"{spec.name}_features")
+    except Exception as exc:  # offline: the download fails
+        if weights != "imagenet":
+            raise
+        hint = (" (for Xception: ../shared/weights/xception_imagenet_notop.weights.h5)"
+                if name == "Xception" else "")
+        raise EvaluationError(f"cannot download ImageNet weights for {name} "
+                              f"({type(exc).__name__}); pass --weights PATH to no-top "
+                              f"weights{hint} or --weights none") from exc
+    if weights not in ("imagenet", "none"):
+        try:
+            load_weights_quietly(tower.backbone, weights)
         except Exception as exc:
             raise EvaluationError(f"{weights}: cannot load into {name} without top ("
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
                                   ) from exc
-    return model
+    return tower
 
 
 class FeatureEncoder:
-    """A frozen backbone as an image encoder (`encode_images` → pooled features), so that
-    `dualencoder.encoders.cache.embed_images` computes and caches baseline features."""
+    """A frozen image tower as an image encoder (`encode_images` → pooled features), so that
+    `dualencoder.encoders.cache.embed_images` computes and caches baseline features.
+
+    `tower` is the library's `ImageTower` (trainable="none"); `backbone` and `preprocess`
+    are its backbone without pooling and its preprocessing (for fine-tuning)."""
 
     def __init__(self, arch, weights, image_size, seed=0):
         import keras
@@ -103,10 +95,11 @@ class FeatureEncoder:
 
         keras.utils.set_random_seed(seed)
         self.arch, self.weights, self.image_size, self.seed = arch, weights, int(image_size), seed
-        _, self.preprocess, self.name = resolve_arch(arch)
-        self.backbone = build_backbone(arch, weights, self.image_size)
-        self._fn = tf.function(lambda x: self.backbone(self.preprocess(x), training=False),
-                               reduce_retracing=True)
+        spec = resolve_arch(arch)
+        self.name = spec.display
+        self.tower = _frozen_tower(spec, weights, self.image_size)
+        self.backbone, self.preprocess = self.tower.backbone, self.tower.preprocess
+        self._fn = tf.function(lambda x: self.tower(x, training=False), reduce_retracing=True)
         self._fp = None
 
     def encode_images(self, images):
@@ -159,10 +152,10 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
     Args:
         train, test: `dualencoder.eval.inputs.ClassData` with the same classes.
         out_dir: report directory.
-        arch: keras.applications name.
+        arch: keras.applications name (or a registered image tower).
         weights: `imagenet`, a weights path, or `none`.
         mode: `linear` (frozen backbone) or `finetune` (end to end after a linear warm start).
-        image_size: input side (default: the architecture's native size, else 224).
+        image_size: input side (default: the architecture's native size).
         epochs: maximum epochs per stage; early stopping on validation loss.
         validation_split: fraction of each training class held out for validation.
         patience: early-stopping patience (epochs).
@@ -180,8 +173,9 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
 
     if mode not in ("linear", "finetune"):
         raise EvaluationError(f"--mode {mode!r}: choose linear or finetune")
-    _, _, name = resolve_arch(arch)
-    image_size = int(image_size or DEFAULT_SIZES.get(name.lower(), 224))
+    spec = resolve_arch(arch)
+    name = spec.display
+    image_size = int(image_size or spec.native_size)
     ensure_records(train)
     ensure_records(test)
     keras.utils.set_random_seed(seed)
@@ -226,7 +220,7 @@ def run_baseline(train, test, out_dir, *, arch, weights="imagenet", mode="linear
                                 title=f"{name} ({mode}) confusion matrix — {test.name}")
     plots.plot_history(history, os.path.join(out_dir, "history.png"),
                        title=f"{name} ({mode}) training")
-    model_info = {"spec": f"{name}:{weights}", "family": "baseline", "arch": name.lower(),
+    model_info = {"spec": f"{name}:{weights}", "family": "baseline", "arch": spec.name,
                   "display": name, "mode": mode, "weights": weights,
                   "name": f"{name} ({mode})", "fingerprint": enc.fingerprint()}
     settings = {"mode": mode, "weights": weights, "image_size": image_size, "resize": resize,
@@ -272,8 +266,8 @@ def _finetune(enc, head, train, test, tr, te, fit_idx, val_idx, num_classes, *, 
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Lambda(enc.preprocess, name="preprocess")(inputs)
     enc.backbone.trainable = True
-    x = enc.backbone(x, training=False)  # batch-norm statistics stay frozen
-    outputs = head(x)
+    x = enc.backbone(x, training=False)
+    outputs = head(keras.layers.GlobalAveragePooling2D(name="pool")(x))
     model = keras.Model(inputs, outputs, name=f"{enc.name}_classifier")
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])

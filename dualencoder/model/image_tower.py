@@ -1,105 +1,46 @@
-"""The image tower: any `keras.applications` CNN by name (or `"tiny"` for tests), with the
-architecture's own `preprocess_input` inside, so callers pass raw 0..255 images.
+"""The image tower: any registered backbone by name (every `keras.applications` CNN, `"tiny"`
+for tests, or one added with `register_image_tower`), with the backbone's own preprocessing
+inside, so callers pass raw 0..255 images.
 
-`trainable="all" | "none" | N` trains the top-N blocks (`trainable_layers`). Nothing is built
-or downloaded at import.
+Names, constructors, preprocessing and sizes come from the one table in
+`dualencoder.model.image_towers`. `trainable="all" | "none" | N` trains the top-N blocks
+(`trainable_layers`). Nothing is built or downloaded at import.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 from keras import ops
 
-from dualencoder.config import min_image_size
+from dualencoder.model.image_towers import TINY, image_tower_names, image_tower_spec
 from dualencoder.model.trainable_layers import parse_trainable, set_top_trainable
 
-__all__ = ["ImageTower", "image_tower_names", "load_weights_quietly"]
-
-# name -> (keras.applications function, module holding its preprocess_input).
-# Strings only: resolved when a tower is built (no work at import).
-_APPLICATIONS = {
-    "xception": ("Xception", "xception"),
-    "inceptionv3": ("InceptionV3", "inception_v3"),
-    "inceptionresnetv2": ("InceptionResNetV2", "inception_resnet_v2"),
-    "resnet50": ("ResNet50", "resnet"),
-    "resnet101": ("ResNet101", "resnet"),
-    "resnet152": ("ResNet152", "resnet"),
-    "resnet50v2": ("ResNet50V2", "resnet_v2"),
-    "resnet101v2": ("ResNet101V2", "resnet_v2"),
-    "resnet152v2": ("ResNet152V2", "resnet_v2"),
-    "mobilenet": ("MobileNet", "mobilenet"),
-    "mobilenetv2": ("MobileNetV2", "mobilenet_v2"),
-    "mobilenetv3small": ("MobileNetV3Small", "mobilenet_v3"),
-    "mobilenetv3large": ("MobileNetV3Large", "mobilenet_v3"),
-    "densenet121": ("DenseNet121", "densenet"),
-    "densenet169": ("DenseNet169", "densenet"),
-    "densenet201": ("DenseNet201", "densenet"),
-    "nasnetmobile": ("NASNetMobile", "nasnet"),
-    "nasnetlarge": ("NASNetLarge", "nasnet"),
-    "vgg16": ("VGG16", "vgg16"),
-    "vgg19": ("VGG19", "vgg19"),
-}
-_APPLICATIONS.update(
-    {f"efficientnetb{i}": (f"EfficientNetB{i}", "efficientnet") for i in range(8)}
-)
-_APPLICATIONS.update(
-    {
-        f"efficientnetv2{v.lower()}": (f"EfficientNetV2{v}", "efficientnet_v2")
-        for v in ("B0", "B1", "B2", "B3", "S", "M", "L")
-    }
-)
-_APPLICATIONS.update(
-    {
-        f"convnext{v.lower()}": (f"ConvNeXt{v}", "convnext")
-        for v in ("Tiny", "Small", "Base", "Large", "XLarge")
-    }
-)
-
-TINY = "tiny"
-
-
-def image_tower_names():
-    """Valid `ImageTower` names (lowercase): "tiny" and keras.applications CNNs."""
-    return [TINY] + sorted(_APPLICATIONS)
-
-
-def _normalise_name(name):
-    return str(name).lower().replace("_", "").replace("-", "")
+__all__ = ["ImageTower", "image_tower_names", "load_weights_quietly", "TINY"]
 
 
 def _resolve_image_tower(name):
-    key = _normalise_name(name)
-    if key == TINY:
-        return key, None, None
-    if key not in _APPLICATIONS:
-        raise ValueError(
-            f"Unknown image tower {name!r}; valid names (case-insensitive): "
-            f"{', '.join(image_tower_names())}"
-        )
-    fn_name, module_name = _APPLICATIONS[key]
-    fn = getattr(keras.applications, fn_name)
-    module = getattr(keras.applications, module_name)
-    return key, fn, module.preprocess_input
+    """`(key, backbone, preprocess)` of tower `name`: the keras.applications constructor (or
+    the registered builder) and the preprocessing function; `ValueError` for an unknown
+    name, listing the valid ones."""
+    spec = image_tower_spec(name)
+    return spec.name, _constructor(spec), _preprocess_function(spec)
 
 
-def _tiny_preprocess(x):
-    return x / 127.5 - 1.0
+def _constructor(spec):
+    """The keras.applications constructor of `spec` (looked up when a tower is built), or
+    its builder function."""
+    if spec.from_keras_applications:
+        return getattr(keras.applications, spec.backbone)
+    return spec.backbone
 
 
-def _build_tiny_cnn(image_size):
-    """A 3-block random-init CNN (16/32/64 channels, stride 2 each)."""
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = inputs
-    for block, filters in enumerate((16, 32, 64), start=1):
-        x = keras.layers.Conv2D(
-            filters, 3, strides=2, padding="same", use_bias=False,
-            name=f"block{block}_conv",
-        )(x)
-        x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
-        x = keras.layers.Activation("relu", name=f"block{block}_relu")(x)
-    return keras.Model(inputs, x, name="tiny_cnn")
+def _preprocess_function(spec):
+    if callable(spec.preprocess):
+        return spec.preprocess
+    return getattr(keras.applications, spec.preprocess).preprocess_input
 
 
 def _describe_weights_file(path):
@@ -128,28 +69,30 @@ def _prod(shape):
 
 @keras.saving.register_keras_serializable(package="dualencoder")
 class ImageTower(keras.layers.Layer):
-    """A CNN image encoder with built-in preprocessing.
+    """An image encoder with built-in preprocessing.
 
     Takes raw images `[B, S, S, 3]` (float or uint8, 0..255), applies the
-    architecture's own `preprocess_input`, runs the backbone (without its
+    architecture's own preprocessing, runs the backbone (without its
     classification top) and pools.
 
     Args:
-        architecture: a `keras.applications` CNN name, case-insensitive
-            (`"xception"`, `"efficientnetb0"`..`"efficientnetb7"`,
-            `"efficientnetv2s"`, `"resnet50"`, `"mobilenetv2"`,
-            `"convnexttiny"`, ...; see `image_tower_names()`), or `"tiny"`
-            (a 3-block random-init CNN for tests, 64-d features).
-        weights: `"imagenet"` (Keras download, cached in ~/.keras),
-            `"none"` (random init) or the path to a local weights file
-            (`.weights.h5` or legacy `.h5`) for the same architecture
-            without its top.
+        architecture: a registered tower name, case-insensitive, `_` and `-`
+            ignored: a `keras.applications` CNN (`"xception"`,
+            `"efficientnetb0"`..`"efficientnetb7"`, `"efficientnetv2s"`,
+            `"resnet50"`, `"mobilenetv2"`, `"convnexttiny"`, ...; see
+            `image_tower_names()`), `"tiny"` (a 3-block random-init CNN for
+            tests, 64-d features) or one added with `register_image_tower`.
+        weights: `"imagenet"` (the backbone's pretrained weights; Keras
+            downloads them into ~/.keras), `"none"` (random init) or the path
+            to a local weights file (`.weights.h5` or legacy `.h5`) for the
+            same architecture without its top.
         image_size: int, input side in pixels.
         pooling: `"avg"` (global average pooling, `[B, C]`) or `"none"`
             (the spatial feature map `[B, H, W, C]`, for attention pooling).
         trainable: `"all"`, `"none"` or int N: only the top-N blocks are
-            trainable. Blocks are counted from layer names "blockK_"
-            (Xception, VGG, tiny) or "blockKx_" (EfficientNet); un-numbered
+            trainable. Blocks are counted from layer names (the row's
+            `block_pattern`): "blockK_" (Xception, VGG, tiny) or "blockKx_"
+            (EfficientNet); un-numbered
             layers join the block they feed (stem -> block 1, Xception's
             residual convs -> the next block, EfficientNet's top_conv -> the
             last block). Other architectures fall back to the last N layers
@@ -171,42 +114,38 @@ class ImageTower(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        key, fn, preprocess = _resolve_image_tower(architecture)
+        spec = image_tower_spec(architecture)
+        key = spec.name
         if pooling not in ("avg", "none"):
             raise ValueError(f'pooling must be "avg" or "none", got {pooling!r}')
-        if int(image_size) < min_image_size(key):
+        if int(image_size) < spec.min_size:
             raise ValueError(f"image_size={image_size}: the {key} image tower needs at least "
-                             f"{min_image_size(key)} px")
+                             f"{spec.min_size} px")
         weights = "none" if weights in (None, "") else weights
         self.architecture = key
         self.weights_source = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
         self.image_size = int(image_size)
         self.pooling = pooling
         self.trainable_spec = parse_trainable(trainable)
-        self._preprocess = preprocess or _tiny_preprocess
+        self.display_name = spec.display
+        self.preprocess = _preprocess_function(spec)
 
-        input_shape = (self.image_size, self.image_size, 3)
-        if fn is None:
-            self.backbone = _build_tiny_cnn(self.image_size)
-        else:
-            self.backbone = _pretrained(fn, key, weights, input_shape)
+        self.backbone = _backbone(spec, weights, self.image_size)
         if weights not in ("imagenet", "none"):
-            self._load_weights_file(str(weights), fn)
-        trained = set_top_trainable(self.backbone, self.trainable_spec)
+            self._load_weights_file(str(weights), spec)
+        trained = set_top_trainable(self.backbone, self.trainable_spec, spec.block_pattern)
         self.output_dim = int(self.backbone.output.shape[-1])
         # the frozen part and the trained part as models (untracked: the backbone owns the
         # weights); None when no single feature map separates them
         object.__setattr__(self, "_split", _split_at_boundary(self.backbone, trained)
                            if isinstance(self.trainable_spec, int) and trained else None)
 
-    def _load_weights_file(self, path, fn):
-        arch = fn.__name__ if fn is not None else "tiny CNN"
-        expected = (
-            f"{arch}(include_top=False, input_shape=({self.image_size}, "
-            f"{self.image_size}, 3)) weights: "
-            f"{len(self.backbone.weights)} arrays, "
-            f"{self.backbone.count_params():,} parameters"
-        )
+    def _load_weights_file(self, path, spec):
+        shape = f"input_shape=({self.image_size}, {self.image_size}, 3)"
+        built = (f"{spec.display}(include_top=False, {shape})" if spec.from_keras_applications
+                 else f"the {spec.display} backbone at {shape}")
+        expected = (f"{built} weights: {len(self.backbone.weights)} arrays, "
+                    f"{self.backbone.count_params():,} parameters")
         if not os.path.isfile(path):
             raise ValueError(
                 f"Image tower weights file {path!r} does not exist (expected "
@@ -242,7 +181,7 @@ class ImageTower(keras.layers.Layer):
     def boundary_states(self, images):
         """The frozen part's output (inference mode) on raw images: the feature map entering
         the first trained block, `[B, h, w, c]`."""
-        return self.lower_model(self._preprocess(ops.cast(images, "float32")), training=False)
+        return self.lower_model(self.preprocess(ops.cast(images, "float32")), training=False)
 
     def from_boundary(self, states, training=None):
         """The trained blocks and the pooling on boundary feature maps: what `call` returns
@@ -250,7 +189,7 @@ class ImageTower(keras.layers.Layer):
         return self._pool(self._split[1](states, training=training))
 
     def call(self, images, training=None):
-        x = self._preprocess(ops.cast(images, "float32"))
+        x = self.preprocess(ops.cast(images, "float32"))
         return self._pool(self.backbone(x, training=False if self.frozen else training))
 
     def _pool(self, x):
@@ -273,12 +212,19 @@ class ImageTower(keras.layers.Layer):
         }
 
 
-def _pretrained(fn, key, weights, input_shape):
-    """The keras.applications backbone; a failed ImageNet download is one OSError saying
-    what to pass instead."""
+def _backbone(spec, weights, image_size):
+    """The backbone of `spec` without its top, pretrained if `weights == "imagenet"`; a
+    failed ImageNet download is one OSError saying what to pass instead. Keras' warning
+    that MobileNets at other sizes load the 224 px weights is held back: without the top
+    they fit every size."""
+    build, key = _constructor(spec), spec.name
     try:
-        return fn(include_top=False, weights="imagenet" if weights == "imagenet" else None,
-                  input_shape=input_shape)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`input_shape` is undefined")
+            if not spec.from_keras_applications:
+                return build(image_size, weights == "imagenet")
+            return build(include_top=False, weights="imagenet" if weights == "imagenet"
+                         else None, input_shape=(image_size, image_size, 3))
     except Exception as exc:  # Keras raises a bare Exception("URL fetch failure on ...")
         if weights != "imagenet" or "fetch failure" not in str(exc).lower():
             raise
@@ -300,7 +246,7 @@ def _split_at_boundary(backbone, trained, tries=32):
     for layer in reversed(layers[max(first - tries, 0):first]):
         try:
             upper = keras.Model(layer.output, backbone.output)
-        except ValueError:
+        except (ValueError, AttributeError):
             continue
         if wanted <= {id(sub) for sub in upper.layers}:
             return keras.Model(backbone.input, layer.output), upper, layer.name
@@ -311,8 +257,6 @@ def load_weights_quietly(model, path):
     """`model.load_weights(path)`; Keras' per-layer warnings about a file that does not fit
     are held back and only shown if the load succeeds (otherwise the error says it all, on
     one line)."""
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.load_weights(path)

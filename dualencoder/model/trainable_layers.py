@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 
+from dualencoder.model.image_towers import BLOCK_PATTERN
+
 __all__ = ["parse_trainable", "set_top_trainable"]
 
 # Xception / VGG "block14_sepconv1", EfficientNet "block6a_expand_conv", tiny "block2_conv".
-_BLOCK_RE = re.compile(r"^block(\d+)[a-z]?_")
+_BLOCK_RE = re.compile(BLOCK_PATTERN)
 
 
 def parse_trainable(trainable):
@@ -45,7 +47,7 @@ def _producers(layer):
     return None if any(op is None for op in found) else found
 
 
-def _block_after_ancestors(layer, depth=64):
+def _block_after_ancestors(layer, depth=64, pattern=_BLOCK_RE):
     """1 + the highest block number among the nearest numbered layers upstream of `layer`
     (walking back level by level through un-numbered ones): the block a residual conv or a
     stem feeds. 1 when the walk reaches the input; None when the graph is unknown."""
@@ -57,7 +59,7 @@ def _block_after_ancestors(layer, depth=64):
             if found is None:
                 return None
             parents += [p for p in found if id(p) not in seen and not seen.add(id(p))]
-        numbered = [int(m.group(1)) for p in parents if (m := _BLOCK_RE.match(p.name))]
+        numbered = [int(m.group(1)) for p in parents if (m := pattern.match(p.name))]
         if numbered:
             return max(numbered) + 1
         if not parents:
@@ -66,8 +68,9 @@ def _block_after_ancestors(layer, depth=64):
     return None
 
 
-def _block_of_layers(layers):
-    """Block number per layer from "blockK_" / "blockKx_" names, or None.
+def _block_of_layers(layers, pattern=_BLOCK_RE):
+    """Block number per layer from "blockK_" / "blockKx_" names (group 1 of the compiled
+    regex `pattern`), or None.
 
     A layer without a block prefix belongs to the block it feeds: in a functional graph the
     block after the last numbered layers upstream of it (Xception's residual 1x1 convs run
@@ -77,14 +80,15 @@ def _block_of_layers(layers):
     Returns None when fewer than two blocks are named (use the fallback).
     """
     numbers = [
-        int(m.group(1)) if (m := _BLOCK_RE.match(layer.name)) else None
+        int(m.group(1)) if (m := pattern.match(layer.name)) else None
         for layer in layers
     ]
     if len({n for n in numbers if n is not None}) < 2:
         return None
     last = max(n for n in numbers if n is not None)
     for i, layer in enumerate(layers):
-        if numbers[i] is None and (fed := _block_after_ancestors(layer)) is not None:
+        fed = None if numbers[i] is not None else _block_after_ancestors(layer, pattern=pattern)
+        if fed is not None:
             numbers[i] = min(fed, last)
     blocks, pending = [], 0
     for n in numbers:
@@ -97,14 +101,15 @@ def _block_of_layers(layers):
     return blocks
 
 
-def set_top_trainable(model, trainable):
+def set_top_trainable(model, trainable, block_pattern=BLOCK_PATTERN):
     """Freeze `model` except for its top blocks; returns the trainable layers.
 
     `trainable`: "all", "none" or N. For N, the top-N *blocks* are trainable
-    when layer names carry block numbers ("blockK_" as in Xception and VGG,
-    "blockKx_" as in EfficientNet); otherwise (ResNet, MobileNet, ConvNeXt,
-    DenseNet, ...) the last N layers that have weights. Frozen BatchNorm
-    layers run in inference mode (Keras 3 semantics of `trainable=False`).
+    when layer names carry block numbers (group 1 of `block_pattern`; by default
+    "blockK_" as in Xception and VGG, "blockKx_" as in EfficientNet); otherwise
+    (ResNet, MobileNet, ConvNeXt, DenseNet, ..., or `block_pattern=None`) the
+    last N layers that have weights. Frozen BatchNorm layers run in inference
+    mode (Keras 3 semantics of `trainable=False`).
     """
     trainable = parse_trainable(trainable)
     layers = _layers_with_weights(model)
@@ -113,7 +118,8 @@ def set_top_trainable(model, trainable):
     elif trainable == "none" or trainable == 0:
         flags = [False] * len(layers)
     else:
-        blocks = _block_of_layers(layers)
+        blocks = (None if block_pattern is None
+                  else _block_of_layers(layers, pattern=re.compile(block_pattern)))
         depth, unit = ((len(set(blocks)), "blocks") if blocks is not None
                        else (len(layers), "layers with weights"))
         if trainable > depth:
