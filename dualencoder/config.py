@@ -22,6 +22,7 @@ from typing import Any
 from dualencoder.config_values import ConfigError, check_trainable as _check_trainable
 from dualencoder.config_values import coerce as _coerce, outside as _outside
 from dualencoder.config_values import parse_value as _parse_value
+from dualencoder.losses import EXTRA_LOSSES, MAIN_LOSSES
 
 # The settings of run.tower_precision (dualencoder.model.tower_precision reads them here).
 TOWER_PRECISIONS = ("auto", "float32", "bfloat16")
@@ -63,8 +64,8 @@ class ModelConfig:
     head_layers: int = _key(1, "hidden layers of the mlp head")
     head_dropout: float = _key(0.1, "dropout in the heads, 0 <= p < 1")
     attention_heads: int = _key(8, "heads of the attention head's query pooling")
-    loss: str = _key("clip", "contrastive loss: \"clip\", \"soft\" or \"siglip\"")
-    extra_loss: Any = _key(None, "null or \"max_violation\" (hardest-negative hinge loss, "
+    loss: str = _key("clip", "contrastive loss: " + " | ".join(MAIN_LOSSES))
+    extra_loss: Any = _key(None, "null or " + " | ".join(EXTRA_LOSSES) + " (added to loss, "
                            "weighted by extra_loss_weight)")
     extra_loss_weight: float = _key(0.0, "weight of extra_loss")
     init_logit_scale: float = _key(1 / 0.07, "initial logit scale (1 / temperature)")
@@ -160,11 +161,14 @@ class RunConfig:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 
+# The projection heads model/heads.py builds (it reads this tuple).
+HEAD_KINDS = ("mlp", "linear", "attention")
+
 _CHOICES = {
     ("model", "text_pooling"): ("mean", "cls"),
-    ("model", "head"): ("mlp", "linear", "attention"),
-    ("model", "loss"): ("clip", "soft", "siglip"),
-    ("model", "extra_loss"): (None, "max_violation"),
+    ("model", "head"): HEAD_KINDS,
+    ("model", "loss"): MAIN_LOSSES,
+    ("model", "extra_loss"): (None, *EXTRA_LOSSES),
     ("data", "resize_method"): ("bicubic", "bilinear", "nearest", "area"),
     ("optim", "schedule"): ("cosine", "plateau"),
     ("run", "precision"): ("float32", "mixed_float16", "mixed_bfloat16", "auto"),
@@ -194,15 +198,14 @@ _BOUNDS = {
 }
 _MAX_INT = 2**31 - 1
 
-# The smallest input each image tower accepts: name prefix -> pixels (other CNNs: 32).
-_MIN_IMAGE_SIZE = {"xception": 71, "inception": 75, "tiny": 8}
-
 
 def min_image_size(image_tower: str) -> int:
-    """The smallest `model.image_size` the image tower `image_tower` accepts."""
-    name = str(image_tower).lower().replace("_", "").replace("-", "")
-    return next((size for prefix, size in _MIN_IMAGE_SIZE.items() if name.startswith(prefix)),
-                32)
+    """The smallest `model.image_size` the image tower `image_tower` accepts: its row in the
+    one table of image towers (`dualencoder.model.image_towers`, registered towers included;
+    pure Python, no TensorFlow), 32 for a name without a row."""
+    from dualencoder.model.image_towers import min_image_size as table_minimum
+
+    return table_minimum(image_tower)
 
 
 # Keys that were removed, with what to use instead.

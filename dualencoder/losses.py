@@ -19,11 +19,23 @@ Every loss here is a pure function with the same signature::
 The similarity matrix is `logits[i, j] = logit_scale * <image_i, text_j>`, so
 rows are images and columns are texts.
 
-`get_loss(name)` returns one of them by name: "clip", "soft", "siglip",
-"max_violation".
+`LOSSES` is the one registry of names: `MAIN_LOSSES` (a model's `loss`) and `EXTRA_LOSSES`
+(added to it as `extra_loss`) are read from it by the config checks and the model, and
+`get_loss(name)` returns a function by name. Reading the registry loads no Keras (the config
+checks run before TensorFlow starts): `keras.ops` is imported when a loss first runs.
 """
 
-from keras import ops
+
+class _KerasOps:
+    """`keras.ops`, imported on first use."""
+
+    def __getattr__(self, name):
+        from keras import ops as keras_ops  # noqa: PLC0415
+
+        return getattr(keras_ops, name)
+
+
+ops = _KerasOps()
 
 __all__ = [
     "clip_loss",
@@ -35,6 +47,8 @@ __all__ = [
     "top1_accuracy",
     "get_loss",
     "LOSSES",
+    "MAIN_LOSSES",
+    "EXTRA_LOSSES",
 ]
 
 
@@ -271,20 +285,24 @@ def top1_accuracy(similarity, image_index):
     return ops.mean(ops.cast(hits, "float32"))
 
 
-LOSSES = {
-    "clip": clip_loss,
-    "soft": soft_loss,
-    "siglip": siglip_loss,
-    "max_violation": max_violation_loss,
+# name -> (function, role): "main" losses train a model alone (`model.loss`), "extra" ones are
+# added to a main loss with a weight (`model.extra_loss`, `model.extra_loss_weight`).
+_REGISTRY = {
+    "clip": (clip_loss, "main"),
+    "soft": (soft_loss, "main"),
+    "siglip": (siglip_loss, "main"),
+    "max_violation": (max_violation_loss, "extra"),
 }
+LOSSES = {name: fn for name, (fn, _) in _REGISTRY.items()}
+MAIN_LOSSES = tuple(name for name, (_, role) in _REGISTRY.items() if role == "main")
+EXTRA_LOSSES = tuple(name for name, (_, role) in _REGISTRY.items() if role == "extra")
 
 
 def get_loss(name):
     """The loss function registered under `name` (case-insensitive).
 
     Args:
-        name: one of "clip", "soft", "siglip", "max_violation" (or a callable,
-            returned unchanged).
+        name: a name in `LOSSES` (or a callable, returned unchanged).
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.

@@ -9,6 +9,7 @@ import pytest
 from dualencoder.cli import evaluate
 from dualencoder.encoders.load import FrozenEncoder, load_encoder
 from dualencoder.eval.compare import run_compare
+from dualencoder.eval.evaluators import comparable_kinds
 from dualencoder.eval.errors import EvaluationError
 from dualencoder.eval.inputs import prepare_class_data
 from dualencoder.eval.probes import run_linear_probe, run_prompt_tune
@@ -228,7 +229,7 @@ def test_compare_layout_like_table2(tmp_path):
             rep(tmp_path / "d", "baseline", "baseline", "Xception", "animals10", .44,
                 arch="xception", display="Xception"),
             rep(tmp_path / "e", "zeroshot", "ours", "Our model (run1)", "custom", .86)]
-    r = run_compare([str(d) for d in dirs], str(tmp_path / "cmp"))
+    r = run_compare([str(d) for d in dirs], str(tmp_path / "cmp"), comparable_kinds())
     assert r["columns"] == ["Xception", "EfficientNetB7", "Our model (run1)",
                             "Pre-trained CLIP (b32)"]
     md = (tmp_path / "cmp" / "report.md").read_text().splitlines()

@@ -26,7 +26,8 @@ import os
 import time
 
 import numpy as np
-from records.files import atomic_write
+
+from dualencoder.arrays import read_npz, write_npz
 
 __all__ = ["default_cache_dir", "manifest_checksum", "texts_checksum", "embed_images",
            "embed_texts", "encoder_fingerprint"]
@@ -96,19 +97,14 @@ def _entry_path(cache_dir, key: dict) -> str:
 
 
 def _load(path, key):
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if json.loads(str(data["key"])) != key:
-                return None
-            return {k: data[k] for k in data.files if k != "key"}
-    except (OSError, ValueError, KeyError, EOFError):
+    data = read_npz(path)
+    if data is None or "key" not in data or json.loads(str(data.pop("key"))) != key:
         return None
+    return data
 
 
 def _save(path, key, arrays: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, key=np.array(json.dumps(key, sort_keys=True)), **arrays)
+    write_npz(path, {"key": np.array(json.dumps(key, sort_keys=True)), **arrays})
 
 
 def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
@@ -215,12 +211,11 @@ def embed_texts(encoder, texts, *, batch_size: int = 256, cache_dir=None,
         if path:
             _save(path, key, {"embeddings": emb})
         return emb
+    from records.progress import track
+
     starts = range(0, len(texts), batch_size)
-    if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
     out = [np.asarray(encoder.encode_texts(texts[i:i + batch_size]), np.float32)
-           for i in starts]
+           for i in track(starts, desc=desc, unit="batch", enabled=progress and len(starts) > 1)]
     emb = np.concatenate(out) if out else np.zeros([0, 0], np.float32)
     if path:
         _save(path, key, {"embeddings": emb})

@@ -28,15 +28,15 @@ import hashlib
 
 import numpy as np
 
-from dualencoder.model.encoding import encode_texts_by_length, tower_functions
+from dualencoder.arrays import l2_normalize
 from dualencoder.features.keys import variables_digest
+from dualencoder.model.encoding import encode_texts_by_length, tower_functions
 
 
 def combine(embeddings) -> np.ndarray:
     """The ensemble embedding of per-member embeddings `[N, D_m]`: each row L2-normalised,
     concatenated and divided by sqrt(M), so a dot product is the mean member cosine."""
-    parts = [np.asarray(e, np.float32) for e in embeddings]
-    parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
+    parts = [l2_normalize(e) for e in embeddings]
     return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
 
 

@@ -11,9 +11,9 @@ from dualencoder.eval import plots
 from dualencoder.eval.errors import EvaluationError
 from dualencoder.eval.report import pct, write_report
 
-__all__ = ["run_compare", "column_of", "COMPARABLE_KINDS"]
+__all__ = ["run_compare", "column_of", "read_reports", "classification_rows", "probe_rows",
+           "kshot_rows", "prompt_tune_rows"]
 
-COMPARABLE_KINDS = ("zeroshot", "baseline", "linear-probe", "kshot", "prompt-tune")
 _BASELINE_ORDER = ("xception", "efficientnetb7")
 _METRIC_ROWS = (("accuracy", "Test Accuracy (%)"), ("precision", "Precision (%)"),
                 ("recall", "Recall (%)"), ("f1", "F1 score (%)"))
@@ -34,9 +34,36 @@ def column_of(report) -> tuple:
     return (2, 0, model.get("name", "")), model.get("name") or "Pre-trained CLIP"
 
 
-def read_reports(report_dirs) -> list:
+# How a report of each comparable kind fills the table: `(report) -> [(row label, value)]`.
+# The evaluator registry (`eval.evaluators.EVALUATORS`) names the function for each kind.
+
+
+def classification_rows(report) -> list:
+    """Test accuracy, precision, recall and F1 (zero-shot and baseline reports)."""
+    m = report.get("metrics", {})
+    return [(label, m.get(key)) for key, label in _METRIC_ROWS]
+
+
+def probe_rows(report) -> list:
+    m = report.get("metrics", {})
+    return [("Linear-probe accuracy (%)", m.get("accuracy")),
+            ("Linear-probe F1 (%)", m.get("f1"))]
+
+
+def kshot_rows(report) -> list:
+    m = report.get("metrics", {})
+    return [(f"{m.get('shots')}-shot accuracy (%)", m.get("accuracy"))]
+
+
+def prompt_tune_rows(report) -> list:
+    shots = (report.get("settings") or {}).get("shots")
+    return [(f"Prompt-tuned {shots}-shot accuracy (%)", report.get("metrics", {}).get("accuracy"))]
+
+
+def read_reports(report_dirs, table_rows) -> list:
     """The comparable reports of `report_dirs` (directories or report.json files), each with
-    its path in `_path`; raises EvaluationError naming a missing, unreadable or wrong one."""
+    its path in `_path`; raises EvaluationError naming a missing, unreadable or wrong one.
+    `table_rows`: {report kind: rows function} of the kinds that can be compared."""
     reports = []
     for d in report_dirs:
         path = os.path.join(d, "report.json") if os.path.isdir(d) else d
@@ -47,9 +74,9 @@ def read_reports(report_dirs) -> list:
                 rep = json.load(fh)
         except (OSError, json.JSONDecodeError) as exc:
             raise EvaluationError(f"{path}: unreadable report ({exc})") from exc
-        if rep.get("kind") not in COMPARABLE_KINDS:
+        if rep.get("kind") not in table_rows:
             raise EvaluationError(f"{path}: a {rep.get('kind')!r} report cannot be compared "
-                                  f"({', '.join(COMPARABLE_KINDS)})")
+                                  f"({', '.join(table_rows)})")
         rep["_path"] = path
         reports.append(rep)
     if not reports:
@@ -57,7 +84,7 @@ def read_reports(report_dirs) -> list:
     return reports
 
 
-def _cells(reports):
+def _cells(reports, table_rows):
     """`(datasets in order, {(dataset, row label, column): value})`."""
     datasets = []
     cells = {}
@@ -66,37 +93,27 @@ def _cells(reports):
         if ds not in datasets:
             datasets.append(ds)
         _, col = column_of(rep)
-        m = rep.get("metrics", {})
-        kind = rep["kind"]
-        if kind in ("zeroshot", "baseline"):
-            for key, label in _METRIC_ROWS:
-                cells[(ds, label, col)] = m.get(key)
-        elif kind == "linear-probe":
-            cells[(ds, "Linear-probe accuracy (%)", col)] = m.get("accuracy")
-            cells[(ds, "Linear-probe F1 (%)", col)] = m.get("f1")
-        elif kind == "kshot":
-            cells[(ds, f"{m.get('shots')}-shot accuracy (%)", col)] = m.get("accuracy")
-        elif kind == "prompt-tune":
-            cells[(ds, f"Prompt-tuned {rep['settings'].get('shots')}-shot accuracy (%)",
-                   col)] = m.get("accuracy")
+        for label, value in table_rows[rep["kind"]](rep):
+            cells[(ds, label, col)] = value
     return datasets, cells
 
 
-def run_compare(report_dirs, out_dir: str) -> dict:
+def run_compare(report_dirs, out_dir: str, table_rows) -> dict:
     """One table laid out like Table 2 of the seed report, plus a grouped bar chart.
 
     Rows: for each dataset, Test Accuracy, Precision, Recall, F1 (from zero-shot and
     baseline reports), then Linear-probe accuracy, k-shot accuracy and prompt-tuned
     accuracy where such reports exist. Columns: baselines (Xception, EfficientNetB7,
-    others), our model(s), pretrained CLIP(s). Missing cells are "-".
+    others), our model(s), pretrained CLIP(s). Missing cells are "-". `table_rows`: {report
+    kind: `(report) -> [(row label, value)]`}, from the evaluator registry.
     """
-    reports = read_reports(report_dirs)
+    reports = read_reports(report_dirs, table_rows)
     columns = {}
     for rep in reports:
         key, label = column_of(rep)
         columns.setdefault(label, key)
     col_labels = sorted(columns, key=lambda lab: columns[lab])
-    datasets, cells = _cells(reports)
+    datasets, cells = _cells(reports, table_rows)
     base_rows = [label for _, label in _METRIC_ROWS]
     lines = ["| Target Dataset | Statistics | " + " | ".join(col_labels) + " |",
              "|---|---|" + "---:|" * len(col_labels)]

@@ -23,10 +23,11 @@ import argparse
 import dataclasses
 from typing import Callable
 
+from dualencoder.eval import compare
 from dualencoder.eval.errors import EvaluationError
 from records.cli import int_list, output_dir, positive_int
 
-__all__ = ["Evaluator", "EVALUATORS"]
+__all__ = ["Evaluator", "EVALUATORS", "comparable_kinds"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Evaluator:
         model: takes `--model` (the caller checks the spec before `prepare` and loads the
             encoder after it).
         images: takes the image options (`--resize`, `--batch-size`, caches, `--class-map`).
+        table_rows: `(report) -> [(row label, value)]` when `compare` can put its reports in
+            the comparison table (None: it cannot).
     """
 
     help: str
@@ -51,6 +54,7 @@ class Evaluator:
     run: Callable
     model: bool = True
     images: bool = True
+    table_rows: Callable | None = None
 
 
 # ---------------------------------------------------------------------------- shared steps
@@ -317,9 +321,7 @@ def _compare_arguments(p):
 
 
 def _compare_run(args, prepared, encoder, info):
-    from dualencoder.eval.compare import run_compare
-
-    return run_compare(args.reports, args.out)
+    return compare.run_compare(args.reports, args.out, comparable_kinds())
 
 
 EVALUATORS = {
@@ -327,7 +329,8 @@ EVALUATORS = {
         "zero-shot classification of class folders",
         "evaluate.py zeroshot --model runs/exp1 --data ../shared/data/cifar10_dev "
         "--templates clip80 --out out/zs",
-        _zeroshot_arguments, _zeroshot_prepare, _zeroshot_run),
+        _zeroshot_arguments, _zeroshot_prepare, _zeroshot_run,
+        table_rows=compare.classification_rows),
     "retrieval": Evaluator(
         "image↔text Recall@K over a captioned gallery",
         "evaluate.py retrieval --model runs/exp1 --data records:runs/f8k/records/dev "
@@ -336,24 +339,33 @@ EVALUATORS = {
     "linear-probe": Evaluator(
         "softmax-regression probe on frozen embeddings",
         "evaluate.py linear-probe --model runs/exp1 --train TRAIN --test TEST --out out/lp",
-        _add_train_test, _linear_probe_prepare, _linear_probe_run),
+        _add_train_test, _linear_probe_prepare, _linear_probe_run,
+        table_rows=compare.probe_rows),
     "kshot": Evaluator(
         "k-shot probes with zero-shot as k=0",
         "evaluate.py kshot --model runs/exp1 --train TRAIN --test TEST --shots 1,2,4,8 "
         "--seeds 3 --out out/ks",
-        _kshot_arguments, _kshot_prepare, _kshot_run),
+        _kshot_arguments, _kshot_prepare, _kshot_run,
+        table_rows=compare.kshot_rows),
     "prompt-tune": Evaluator(
         "learn template weights + temperature on k shots",
         "evaluate.py prompt-tune --model runs/exp1 --train TRAIN --test TEST --shots 16 "
         "--out out/pt",
-        _prompt_tune_arguments, _prompt_tune_prepare, _prompt_tune_run),
+        _prompt_tune_arguments, _prompt_tune_prepare, _prompt_tune_run,
+        table_rows=compare.prompt_tune_rows),
     "baseline": Evaluator(
         "supervised keras.applications classifier",
         "evaluate.py baseline --arch xception --weights PATH --train TRAIN --test TEST "
         "--mode linear --out out/xc",
-        _baseline_arguments, _baseline_prepare, _baseline_run, model=False),
+        _baseline_arguments, _baseline_prepare, _baseline_run, model=False,
+        table_rows=compare.classification_rows),
     "compare": Evaluator(
         "one table + bar chart from report directories",
         "evaluate.py compare out/zs out/lp out/xc --out out/table",
         _compare_arguments, lambda args: {}, _compare_run, model=False, images=False),
 }
+
+
+def comparable_kinds() -> dict:
+    """{report kind: its table-rows function} of the evaluators `compare` can tabulate."""
+    return {name: ev.table_rows for name, ev in EVALUATORS.items() if ev.table_rows}

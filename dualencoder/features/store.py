@@ -17,7 +17,8 @@ import shutil
 
 import numpy as np
 
-from records.files import atomic_write
+from dualencoder import arrays as arrays_lib
+from dualencoder.arrays import read_npz
 
 __all__ = ["read_npz", "write_npz", "cached_npz", "RowStore", "RowWriter", "CacheWriteError"]
 
@@ -26,23 +27,10 @@ class CacheWriteError(OSError):
     """A cache could not be written (full disk, no permission); nothing half-written stays."""
 
 
-def read_npz(path: str):
-    """The arrays of an `.npz` cache file, or None when it is missing or unreadable."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError):
-        return None  # a damaged cache file is recomputed
-
-
 def write_npz(path: str, arrays: dict) -> None:
-    """Store `arrays` at `path` atomically (a temporary file renamed into place)."""
+    """Store `arrays` at `path` atomically; a failure is a `CacheWriteError`."""
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with atomic_write(path, "wb") as fh:
-            np.savez(fh, **arrays)
+        arrays_lib.write_npz(path, arrays)
     except OSError as exc:
         raise _write_error(path, exc) from exc
 

@@ -13,11 +13,11 @@ import json
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from dualencoder import losses as losses_lib
+from dualencoder.arrays import hash_arrays
 from dualencoder.config import model_defaults
 from dualencoder.model import encoding, training_step
 from dualencoder.model.heads import HEAD_KINDS, build_head
@@ -35,11 +35,11 @@ def _resolve_config(config):
     resolved.update(copy.deepcopy(dict(config)))
     if resolved["head"] not in HEAD_KINDS:
         raise ValueError(f"Unknown head {resolved['head']!r}; valid heads: {list(HEAD_KINDS)}")
-    if resolved["loss"] == "max_violation" or resolved["loss"] not in ("clip", "soft", "siglip"):
-        raise ValueError(
-            f"loss must be 'clip', 'soft' or 'siglip', got {resolved['loss']!r} "
-            "(max_violation is an extra_loss)"
-        )
+    if resolved["loss"] not in losses_lib.MAIN_LOSSES:
+        extra = (f" ({resolved['loss']} is an extra_loss)"
+                 if resolved["loss"] in losses_lib.EXTRA_LOSSES else "")
+        raise ValueError(f"loss must be one of {', '.join(losses_lib.MAIN_LOSSES)}, got "
+                         f"{resolved['loss']!r}{extra}")
     if resolved["extra_loss"] is not None:
         losses_lib.get_loss(resolved["extra_loss"])
     if not float(resolved["logit_scale_lr_mult"]) > 0:
@@ -368,13 +368,9 @@ class DualEncoder(keras.Model):
         digest = hashlib.sha256()
         digest.update(json.dumps(self.portable_config(), sort_keys=True, default=str).encode())
         digest.update("\n".join(self.tokenizer.get_vocabulary()).encode("utf-8"))
-        for weight in self.weights:
-            value = np.asarray(weight.numpy())
-            # not weight.path: auto-generated layer names ("conv2d_4") vary
-            # with how many models the process built before.
-            digest.update(str(value.dtype).encode() + str(value.shape).encode())
-            digest.update(np.ascontiguousarray(value).tobytes())
-        return digest.hexdigest()[:16]
+        # by order, not weight.path: auto-generated layer names ("conv2d_4") vary with how
+        # many models the process built before.
+        return hash_arrays(digest, self.weights, with_layout=True).hexdigest()[:16]
 
 
 def build_model(config=None, **overrides):

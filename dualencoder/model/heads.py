@@ -16,9 +16,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["ProjectionHead", "AttentionPoolHead", "build_head", "HEAD_KINDS"]
+from dualencoder.config import HEAD_KINDS
 
-HEAD_KINDS = ("mlp", "linear", "attention")
+__all__ = ["ProjectionHead", "AttentionPoolHead", "build_head", "HEAD_KINDS"]
 
 
 @keras.saving.register_keras_serializable(package="dualencoder")

@@ -16,16 +16,13 @@ import threading
 
 import numpy as np
 
+from dualencoder.arrays import l2_normalize
 from dualencoder.search.errors import ImageAccessError, RetrievalError
 from dualencoder.search.sources import open_source
 from dualencoder.search.store import STATE_NAME, read_chunk, read_state
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float32 (rows of zeros stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+normalize = l2_normalize  # the index's row normalisation (queries and stored rows)
 
 
 def check_k(k) -> int:

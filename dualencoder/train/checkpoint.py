@@ -37,11 +37,6 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not fit the model being restored."""
 
 
-def write_json_atomic(path: str, payload) -> None:
-    """Checkpoint metadata as sorted, indented JSON, written atomically."""
-    files.write_json_atomic(path, payload, indent=2, sort_keys=True)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -115,12 +110,13 @@ class CheckpointManager:
             os.fsync(fh.fileno())
         shapes = {key: list(a.shape) for key, a in arrays.items()}
         meta = dict(state, variables_sha256=sha256_file(npz), shapes=shapes)
-        write_json_atomic(os.path.join(tmp, "state.json"), meta)
+        files.write_json_atomic(os.path.join(tmp, "state.json"), meta, indent=2, sort_keys=True)
         if os.path.exists(final):  # same step saved again (e.g. after a restart): replace
             shutil.rmtree(final)
         os.replace(tmp, final)
         names = [n for n in self._read_pointer() if n != name] + [name]
-        write_json_atomic(os.path.join(self.directory, POINTER), {"checkpoints": names[-self.keep:]})
+        files.write_json_atomic(os.path.join(self.directory, POINTER),
+                                {"checkpoints": names[-self.keep:]}, indent=2, sort_keys=True)
         for old in names[:-self.keep]:
             shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
         return final

@@ -25,12 +25,13 @@ import sys
 import time
 import warnings
 
+from dualencoder.arrays import read_npz, write_npz
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
 from dualencoder.model.saving import save_model
 from dualencoder.model.tower_precision import tower_precision
 from dualencoder.train.checkpoint import CheckpointError, CheckpointManager
 from dualencoder.train.step import make_train_step
-from records.files import atomic_write, write_json_atomic
+from records.files import write_json_atomic
 
 
 class TrainingDiverged(RuntimeError):
@@ -300,8 +301,7 @@ def save_variables_atomic(path: str, variables) -> None:
     """The values of `variables` (in order) to an .npz at `path`, via a temporary file."""
     import numpy as np
 
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, **{f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+    write_npz(path, {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
 
 
 def write_best_model(model, variables, workdir: str) -> None:
@@ -309,13 +309,13 @@ def write_best_model(model, variables, workdir: str) -> None:
     load it into `model`, save `workdir/model` and remove the file. The model then holds the
     best epoch's weights. Runs when training ends, also after a resume of a finished run, so
     an interruption between the two leaves nothing half done."""
-    import numpy as np
-
     path = os.path.join(workdir, BEST_HEADS)
     if not os.path.exists(path):
         return
-    with np.load(path) as stored:
-        values = [stored[f"v{i:05d}"] for i in range(len(stored.files))]
+    stored = read_npz(path)
+    if stored is None:
+        raise CheckpointError(f"{path}: unreadable (damaged); delete it and retrain")
+    values = [stored[f"v{i:05d}"] for i in range(len(stored))]
     shapes = [tuple(v.shape) for v in variables]
     if len(values) != len(variables) or [tuple(v.shape) for v in values] != shapes:
         raise CheckpointError(f"{path}: {len(values)} arrays that do not fit the model's "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from dualencoder.config import Config
-from records.files import atomic_write
 
 
 def embed_records(model, records: str, *, image_size: int, resize_method: str,
@@ -128,13 +127,11 @@ def validate(model, cfg: Config, val_records: str, tower_cache: dict | None = No
 
 def plot_curves(history: list[dict], path: str) -> None:
     """Train/val loss, temperature, in-batch retrieval accuracy and val Recall@K per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dualencoder.eval.plots import pyplot, save_png
 
     if not history:
         return
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     panels = [
@@ -154,6 +151,4 @@ def plot_curves(history: list[dict], path: str) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)

@@ -63,17 +63,17 @@ def _crash_before_pointer(monkeypatch, at_call):
     """The `at_call`-th checkpoint is complete and renamed, then the pointer update raises."""
     from dualencoder.train import checkpoint
 
-    real = checkpoint.write_json_atomic
+    real = checkpoint.files.write_json_atomic
     calls = {"n": 0}
 
-    def write(path, payload):
+    def write(path, payload, **options):
         if os.path.basename(path) == checkpoint.POINTER:
             calls["n"] += 1
             if calls["n"] == at_call:
                 raise InjectedCrash("killed before the pointer was replaced (injected)")
-        return real(path, payload)
+        return real(path, payload, **options)
 
-    monkeypatch.setattr(checkpoint, "write_json_atomic", write)
+    monkeypatch.setattr(checkpoint.files, "write_json_atomic", write)
 
 
 @pytest.mark.parametrize("crash", [
