@@ -5,8 +5,8 @@ only depends on the model, the data and the preprocessing, so it is cached
 under a key made of:
 
     - the model's `fingerprint()` (models without one are never cached),
-    - the records' manifest checksum (`manifest_checksum`: shard contents,
-      record counts and class names, not the build time),
+    - the records' content (`manifest_checksum`: the shards' sha256 and the record
+      count, as the training caches key them; not the build time),
     - the image size and resize method (images) or the texts' checksum (texts).
 
 Each entry is one `.npz` file written to a temporary name in the cache
@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from dualencoder.arrays import read_npz, write_npz
+from dualencoder.features.keys import records_digest
 
 __all__ = ["default_cache_dir", "manifest_checksum", "texts_checksum", "embed_images",
            "embed_texts", "encoder_fingerprint"]
@@ -45,21 +46,11 @@ def _resolve_cache_dir(cache_dir):
     return os.path.join(cache_dir or default_cache_dir(), "embeddings")
 
 
-def manifest_checksum(records_dir: str) -> str:
-    """A content checksum of a records directory, from its manifest (shard hashes, counts)."""
-    from records import schema
-
-    manifest = schema.read_manifest(records_dir)
-    content = {
-        "schema_version": manifest.get("schema_version"),
-        "source": manifest.get("source"),
-        "num_records": manifest.get("num_records"),
-        "num_captions": manifest.get("num_captions"),
-        "class_names": manifest.get("class_names"),
-        "shards": [(s.get("name"), s.get("sha256"), s.get("records"), s.get("bytes"))
-                   for s in manifest.get("shards", [])],
-    }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+def manifest_checksum(records_dir: str, skip_bad: bool = False) -> str:
+    """A content checksum of a records directory: `features.keys.records_digest` (shard
+    hashes, record count; with `skip_bad`, the intact records of damaged shards), hashed."""
+    digest = records_digest(records_dir, skip_bad)
+    return hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()
 
 
 def texts_checksum(texts) -> str:
@@ -134,7 +125,8 @@ def embed_images(encoder, records_dir: str, *, resize_method: str = "bicubic",
     cache_root = _resolve_cache_dir(cache_dir)
     fingerprint = encoder_fingerprint(encoder)
     image_size = int(encoder.image_size)
-    key = {"kind": "images", "model": fingerprint, "data": manifest_checksum(records_dir),
+    key = {"kind": "images", "model": fingerprint,
+           "data": manifest_checksum(records_dir, skip_bad),
            "image_size": image_size, "resize": resize_method, "skip_bad": bool(skip_bad)}
     path = _entry_path(cache_root, key) if (cache_root and fingerprint) else None
     if path and os.path.isfile(path):
