@@ -1,29 +1,41 @@
 """Reading and checking a recipe file (configs/recipes/): the dataset kinds and evaluation
 kinds a recipe may name, `--set` overrides, every field checked (and each member's training
 settings resolved as train.py resolves them) before anything runs. Stdlib only, apart from
-the training config it resolves."""
+the dataset sources' declarations (`records.sources`) and the training config it resolves."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 
 class RecipeError(Exception):
     """A recipe that cannot run: one line naming the file and the field."""
 
 
-# Per dataset kind (a `records build` source): (split keys, build arguments of one split,
-# paths under the root that must exist).
-DATASET_KINDS = {
-    "flickr": ({"split_file"},
-               lambda root, s: [root, "--split-file", os.path.join(root, s["split_file"])],
-               lambda root, s: [os.path.join(root, "captions.txt"),
-                                os.path.join(root, s["split_file"])]),
-    "coco": ({"split"}, lambda root, s: [root, "--split", s["split"]],
-             lambda root, s: [os.path.join(root, "annotations", f"captions_{s['split']}.json"),
-                              os.path.join(root, s["split"])]),
-}
+class _DatasetKinds(Mapping):
+    """Per dataset kind (a `records build` source whose class declares `recipe_split_keys`):
+    (split keys, build arguments of one split, paths under the root that must exist), read
+    from the sources' registry (`records.sources`) when used."""
+
+    def _kinds(self) -> dict:
+        from records.sources import source_classes
+
+        return {name: (set(cls.recipe_split_keys), cls.recipe_build_args, cls.recipe_inputs)
+                for name, cls in source_classes().items() if cls.recipe_split_keys}
+
+    def __getitem__(self, kind):
+        return self._kinds()[kind]
+
+    def __iter__(self):
+        return iter(self._kinds())
+
+    def __len__(self):
+        return len(self._kinds())
+
+
+DATASET_KINDS = _DatasetKinds()
 # Per evaluation kind (an evaluate.py command): (allowed keys, required keys, its --data and
 # other arguments given (spec, records dir), its report folder's suffix).
 EVALUATION_KINDS = {

@@ -24,65 +24,10 @@ import sys
 
 from records.cli import Parser, UsageError, output_dir, output_png, positive_int
 from records.machine import tensorflow_defaults
+from records.sources import source_class, source_classes
+from records.sources.base import argument_dest
 
 SKIPPED_SHOWN = 20
-
-
-# Per source: (help, [(flags, kwargs)]). Each option's dest is the source's keyword argument.
-_SOURCES = {
-    "synthetic": ("seeded captioned shape scenes (the embedded default)", [
-        (["--split"], dict(default="train", choices=["train", "val", "zeroshot"],
-                           help="train/val: captioned scenes; zeroshot: class-folder records of "
-                                "the 36 '<colour> <shape>' classes incl. held-out ones")),
-        (["--num-images"], dict(type=positive_int, default=None,
-                                help="images (default 5000 train, 500 val, 720 zeroshot)")),
-        (["--image-size"], dict(type=positive_int, default=64, help="side in px (default 64)")),
-        (["--seed"], dict(type=int, default=0, help="generator seed (default 0)")),
-    ]),
-    "coco": ("MS-COCO captions in the official layout (annotations/captions_<split>.json)", [
-        (["root"], dict(help="COCO directory holding annotations/ and <split>/")),
-        (["--split"], dict(default="train2017",
-                           help="train2017, val2017, train2014, ... (default train2017)")),
-        (["--annotations"], dict(default=None, help="captions json (default "
-                                 "ROOT/annotations/captions_<split>.json)")),
-        (["--images-dir"], dict(default=None, help="image folder (default ROOT/<split>)")),
-    ]),
-    "flickr": ("Flickr8k/30k Kaggle layout (captions.txt 'image,caption' + Images/)", [
-        (["root"], dict(help="dataset directory")),
-        (["--split-file"], dict(default=None, help="list of image names to keep, one a line "
-                                "(e.g. Flickr_8k.trainImages.txt)")),
-        (["--captions"], dict(default=None, help="captions file (default ROOT/captions.txt; "
-                              "a Flickr8k.token.txt is read too)")),
-        (["--images-dir"], dict(default=None, help="image folder (default ROOT/Images)")),
-    ]),
-    "csv": ("a CSV of image,caption rows (paths relative to the file)", [
-        (["path"], dict(help="the CSV file (with a header)")),
-        (["--image-column"], dict(default="image", help="image path column (default image)")),
-        (["--caption-column"], dict(default="caption", help="caption column (default caption)")),
-        (["--delimiter"], dict(default=",", help="field separator (default ,)")),
-    ]),
-    "jsonl": ("a JSON-lines file of {image, caption|captions} (paths relative to the file)", [
-        (["path"], dict(help="the .jsonl file")),
-        (["--image-key"], dict(default="image", help="image path key (default image)")),
-        (["--caption-key"], dict(default="caption", help="caption key (default caption; a list "
-                                 "under 'captions' is read too)")),
-    ]),
-    "folders": ("class-folder images (ROOT/<class>/*.jpg) for classification", [
-        (["root"], dict(help="directory of class folders")),
-        (["--class-map"], dict(default=None, help="rename classes: 'animals10' (shipped "
-                               "Italian->English map), a JSON file or 'src,dst' lines")),
-    ]),
-    "tfds": ("a dataset TFDS has already prepared (read with download=False)", [
-        (["dataset"], dict(help="TFDS name, e.g. coco_captions or coco_captions/2017")),
-        (["--data-dir"], dict(default=None, help="TFDS data dir holding the prepared dataset")),
-        (["--split"], dict(default="train", help="TFDS split (default train)")),
-        (["--image-key"], dict(default=None, help="image feature (default: found)")),
-        (["--caption-key"], dict(default=None, help="caption text feature, nested keys joined "
-                                 "by / (default: found, e.g. captions/text)")),
-        (["--label-key"], dict(default=None, help="ClassLabel feature for classification data")),
-        (["--id-key"], dict(default=None, help="feature giving image ids (default: found)")),
-    ]),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "manifest.json (atomically; the manifest last).")
     sources = build.add_subparsers(dest="source", required=True, metavar="SOURCE",
                                    parser_class=Parser)
-    for name, (help_text, options) in _SOURCES.items():
-        sub = sources.add_parser(name, help=help_text, description=help_text)
-        for flags, kwargs in options:
+    for name, cls in source_classes().items():  # each source declares its own arguments
+        sub = sources.add_parser(name, help=cls.description, description=cls.description)
+        for flags, kwargs in cls.arguments:
             sub.add_argument(*flags, **kwargs)
         common = sub.add_argument_group("output")
         common.add_argument("--out", required=True, type=output_dir,
@@ -129,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _source_options(args) -> dict:
-    _, options = _SOURCES[args.source]
-    names = [kw.get("dest") or flags[0].lstrip("-").replace("-", "_") for flags, kw in options]
+    """The source's keyword arguments given on the command line (None: its own default)."""
+    names = [argument_dest(flags, kw) for flags, kw in source_class(args.source).arguments]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

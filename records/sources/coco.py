@@ -13,12 +13,11 @@ Example:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
-from records.schema import RecordsError
-from records.sources.base import Source, SourceItem, clean_caption, require_dir
+from records.sources.base import (Source, SourceItem, SpecData, argument, clean_caption,
+                                  records_error, require_dir)
 
 
 class CocoSource(Source):
@@ -33,6 +32,17 @@ class CocoSource(Source):
     """
 
     name = "coco"
+    description = "MS-COCO captions in the official layout (annotations/captions_<split>.json)"
+    arguments = (
+        argument("root", help="COCO directory holding annotations/ and <split>/"),
+        argument("--split", default="train2017",
+                 help="train2017, val2017, train2014, ... (default train2017)"),
+        argument("--annotations", default=None,
+                 help="captions json (default ROOT/annotations/captions_<split>.json)"),
+        argument("--images-dir", default=None, help="image folder (default ROOT/<split>)"),
+    )
+    spec_syntax = "coco:DIR:SPLIT"
+    recipe_split_keys = frozenset({"split"})
 
     def __init__(self, *, root, split="train2017", annotations=None, images_dir=None,
                  skip_bad=False):
@@ -42,21 +52,48 @@ class CocoSource(Source):
         self.annotations = os.fspath(annotations) if annotations else os.path.join(
             self.root, "annotations", f"captions_{split}.json")
         if not os.path.isfile(self.annotations):
-            found = sorted(os.path.basename(p)[len("captions_"):-len(".json")] for p in
-                           glob.glob(os.path.join(self.root, "annotations", "captions_*.json")))
+            found = _annotated_splits(os.path.join(self.root, "annotations"))
             hint = f"; splits found: {', '.join(found)}" if found else ""
-            raise RecordsError(f"{self.annotations}: COCO caption annotations not found{hint}")
+            raise records_error(f"{self.annotations}: COCO caption annotations not found{hint}")
         if images_dir:
             self.images_dir = require_dir(images_dir, "COCO image folder")
         else:
             candidates = [os.path.join(self.root, split), os.path.join(self.root, "images", split)]
             existing = [c for c in candidates if os.path.isdir(c)]
             if not existing:
-                raise RecordsError(f"{candidates[0]}: COCO image folder for split {split!r} not "
-                                   "found (pass images_dir / --images-dir)")
+                raise records_error(f"{candidates[0]}: COCO image folder for split {split!r} not "
+                                    "found (pass images_dir / --images-dir)")
             self.images_dir = existing[0]
         self.info = {"split": split, "annotations": self.annotations,
                      "images_dir": self.images_dir}
+
+    @classmethod
+    def from_spec(cls, rest: str) -> SpecData:
+        """`DIR:SPLIT`: the COCO folder and a split whose caption annotations it holds; the
+        data is named `coco-<split>` and its cached build is keyed by `DIR/annotations`."""
+        root, _, split = rest.partition(":")
+        if not os.path.isdir(root):
+            raise records_error(f"{root}: no such directory ({cls.spec_syntax})")
+        if not split:
+            raise records_error(f"coco data needs a split: {cls.spec_syntax} (e.g. val2017)")
+        annotations = os.path.join(root, "annotations")
+        wanted = os.path.join(annotations, f"captions_{split}.json")
+        if not os.path.isfile(wanted):
+            found = _annotated_splits(annotations)
+            there = (f"splits found: {', '.join(found)}" if found else
+                     f"no captions_<split>.json in {annotations}")
+            raise records_error(f"{wanted}: no such COCO annotation file for split {split!r} "
+                                f"({there})")
+        return SpecData({"root": root, "split": split}, f"coco-{split}", annotations)
+
+    @staticmethod
+    def recipe_build_args(root: str, split: dict) -> list:
+        return [root, "--split", split["split"]]
+
+    @staticmethod
+    def recipe_inputs(root: str, split: dict) -> list:
+        return [os.path.join(root, "annotations", f"captions_{split['split']}.json"),
+                os.path.join(root, split["split"])]
 
     def _load(self):
         name = os.path.basename(self.annotations)
@@ -64,10 +101,10 @@ class CocoSource(Source):
             with open(self.annotations, encoding="utf-8") as fh:
                 data = json.load(fh)
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RecordsError(f"{self.annotations}: unreadable COCO annotations ({exc})") from exc
+            raise records_error(f"{self.annotations}: unreadable COCO annotations ({exc})") from exc
         if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-            raise RecordsError(f"{self.annotations}: not a COCO captions file (needs 'images' and "
-                               "'annotations')")
+            raise records_error(f"{self.annotations}: not a COCO captions file (needs 'images' and "
+                                "'annotations')")
         images = {}
         for k, img in enumerate(data["images"]):
             if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
@@ -103,3 +140,13 @@ class CocoSource(Source):
                          f"image file missing: {path}")
                 continue
             yield SourceItem(str(image_id), path, captions[image_id], -1)
+
+
+def _annotated_splits(annotations: str) -> list:
+    """The splits with a `captions_<split>.json` in the folder `annotations`, sorted."""
+    try:
+        names = os.listdir(annotations)
+    except OSError:
+        return []
+    return sorted(f[len("captions_"):-len(".json")] for f in names
+                  if f.startswith("captions_") and f.endswith(".json"))

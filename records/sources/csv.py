@@ -13,8 +13,8 @@ from __future__ import annotations
 import csv
 import os
 
-from records.schema import RecordsError
-from records.sources.base import Source, grouped_items, require_file
+from records.sources.base import (Source, argument, grouped_items, records_error,
+                                  require_file)
 
 
 class CsvSource(Source):
@@ -29,6 +29,14 @@ class CsvSource(Source):
     """
 
     name = "csv"
+    description = "a CSV of image,caption rows (paths relative to the file)"
+    arguments = (
+        argument("path", help="the CSV file (with a header)"),
+        argument("--image-column", default="image", help="image path column (default image)"),
+        argument("--caption-column", default="caption",
+                 help="caption column (default caption)"),
+        argument("--delimiter", default=",", help="field separator (default ,)"),
+    )
 
     def __init__(self, *, path, image_column="image", caption_column="caption", delimiter=",",
                  skip_bad=False):
@@ -45,13 +53,14 @@ class CsvSource(Source):
                 reader = csv.reader(fh, delimiter=self.delimiter)
                 header = next(reader, None)
                 if header is None:
-                    raise RecordsError(f"{self.path}: empty CSV file (expected a header "
-                                       f"{self.image_column}{self.delimiter}{self.caption_column})")
+                    raise records_error(
+                        f"{self.path}: empty CSV file (expected a header "
+                        f"{self.image_column}{self.delimiter}{self.caption_column})")
                 header = [h.strip() for h in header]
                 missing = [c for c in (self.image_column, self.caption_column) if c not in header]
                 if missing:
-                    raise RecordsError(f"{self.path} line 1: header {header} lacks column(s) "
-                                       f"{missing}")
+                    raise records_error(f"{self.path} line 1: header {header} lacks column(s) "
+                                        f"{missing}")
                 i_img, i_cap = header.index(self.image_column), header.index(self.caption_column)
                 for row in reader:
                     where = f"{name} line {reader.line_num}"
@@ -63,9 +72,9 @@ class CsvSource(Source):
                         continue
                     yield where, row[i_img], row[i_cap]
         except csv.Error as exc:
-            raise RecordsError(f"{self.path}: malformed CSV ({exc})") from exc
+            raise records_error(f"{self.path}: malformed CSV ({exc})") from exc
         except UnicodeDecodeError as exc:
-            raise RecordsError(f"{self.path}: not UTF-8 text ({exc})") from exc
+            raise records_error(f"{self.path}: not UTF-8 text ({exc})") from exc
 
     def _items(self):
         return grouped_items(self, self._rows(), os.path.dirname(os.path.abspath(self.path)))

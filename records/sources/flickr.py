@@ -17,8 +17,8 @@ from __future__ import annotations
 import csv
 import os
 
-from records.schema import RecordsError
-from records.sources.base import Source, grouped_items, require_dir, require_file
+from records.sources.base import (Source, SpecData, argument, grouped_items, records_error,
+                                  require_dir, require_file)
 
 
 class FlickrSource(Source):
@@ -33,6 +33,18 @@ class FlickrSource(Source):
     """
 
     name = "flickr"
+    description = "Flickr8k/30k Kaggle layout (captions.txt 'image,caption' + Images/)"
+    arguments = (
+        argument("root", help="dataset directory"),
+        argument("--split-file", default=None,
+                 help="list of image names to keep, one a line (e.g. Flickr_8k.trainImages.txt)"),
+        argument("--captions", default=None,
+                 help="captions file (default ROOT/captions.txt; a Flickr8k.token.txt is read "
+                      "too)"),
+        argument("--images-dir", default=None, help="image folder (default ROOT/Images)"),
+    )
+    spec_syntax = "flickr:DIR[:SPLITFILE]"
+    recipe_split_keys = frozenset({"split_file"})
 
     def __init__(self, *, root, captions=None, images_dir=None, split_file=None, skip_bad=False):
         super().__init__(skip_bad=skip_bad)
@@ -47,6 +59,33 @@ class FlickrSource(Source):
         self.split_file = require_file(split_file, "split list") if split_file else None
         self.info = {"captions": self.captions, "images_dir": self.images_dir,
                      "split_file": self.split_file}
+
+    @classmethod
+    def from_spec(cls, rest: str) -> SpecData:
+        """`DIR[:SPLITFILE]`: the dataset folder and an optional split list (a path, or a name
+        inside DIR); the data is named `flickr8k[-<split>]`, e.g. `flickr8k-devImages`."""
+        root, _, split = rest.partition(":")
+        if not os.path.isdir(root):
+            raise records_error(f"{root}: no such directory ({cls.spec_syntax})")
+        if split and not os.path.isfile(split):
+            if not os.path.isfile(os.path.join(root, split)):
+                raise records_error(f"{split}: no such split file")
+            split = os.path.join(root, split)
+        options = {"root": root}
+        name = "flickr8k"
+        if split:
+            options["split_file"] = split
+            parts = os.path.basename(split).split(".")
+            name += f"-{parts[-2] if len(parts) > 1 else parts[0]}"
+        return SpecData(options, name, root)
+
+    @staticmethod
+    def recipe_build_args(root: str, split: dict) -> list:
+        return [root, "--split-file", os.path.join(root, split["split_file"])]
+
+    @staticmethod
+    def recipe_inputs(root: str, split: dict) -> list:
+        return [os.path.join(root, "captions.txt"), os.path.join(root, split["split_file"])]
 
     def _rows(self):
         name = os.path.basename(self.captions)
@@ -64,8 +103,8 @@ class FlickrSource(Source):
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
-                raise RecordsError(f"{self.captions} line 1: expected the header 'image,caption', "
-                                   f"got {header!r}")
+                raise records_error(f"{self.captions} line 1: expected the header 'image,caption', "
+                                    f"got {header!r}")
             for row in reader:
                 where = f"{name} line {reader.line_num}"
                 if not row or not any(cell.strip() for cell in row):

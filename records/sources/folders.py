@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import os
 
-from records.schema import RecordsError
 from records.files import IMAGE_EXTENSIONS
-from records.sources.base import Source, SourceItem, require_dir
+from records.sources.base import Source, SourceItem, argument, records_error, require_dir
 
 SHIPPED_MAPS = {"animals10": "animals10_map.json"}
 
@@ -41,24 +40,24 @@ def load_class_map(spec) -> dict:
     elif os.path.isfile(spec):
         path = spec
     else:
-        raise RecordsError(f"class map {spec!r}: neither a file nor a shipped map "
-                           f"({', '.join(SHIPPED_MAPS)})")
+        raise records_error(f"class map {spec!r}: neither a file nor a shipped map "
+                            f"({', '.join(SHIPPED_MAPS)})")
     try:
         with open(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except UnicodeDecodeError as exc:
-        raise RecordsError(f"{path}: not a class map (not UTF-8 text: byte {exc.start} is "
-                           f"{exc.object[exc.start:exc.start + 1]!r}); expected JSON or "
-                           "'src,dst' lines") from None
+        raise records_error(f"{path}: not a class map (not UTF-8 text: byte {exc.start} is "
+                            f"{exc.object[exc.start:exc.start + 1]!r}); expected JSON or "
+                            "'src,dst' lines") from None
     except OSError as exc:
-        raise RecordsError(f"{path}: cannot read the class map ({exc.strerror or exc})") from None
+        raise records_error(f"{path}: cannot read the class map ({exc.strerror or exc})") from None
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise RecordsError(f"{path}: malformed JSON class map ({exc})") from exc
+            raise records_error(f"{path}: malformed JSON class map ({exc})") from exc
         if not all(isinstance(v, str) and v.strip() for v in data.values()):
-            raise RecordsError(f"{path}: class map values must be non-empty strings")
+            raise records_error(f"{path}: class map values must be non-empty strings")
         return {str(k): v.strip() for k, v in data.items()}
     mapping = {}
     for n, line in enumerate(text.splitlines(), start=1):
@@ -67,8 +66,8 @@ def load_class_map(spec) -> dict:
         sep = next((c for c in ("\t", "=", ",") if c in line), None)
         parts = [p.strip() for p in line.split(sep, 1)] if sep else []
         if len(parts) != 2 or not all(parts):
-            raise RecordsError(f"{path} line {n}: expected 'src,dst' (or 'src=dst', "
-                               f"'src<TAB>dst'), got {line!r}")
+            raise records_error(f"{path} line {n}: expected 'src,dst' (or 'src=dst', "
+                                f"'src<TAB>dst'), got {line!r}")
         mapping[parts[0]] = parts[1]
     return mapping
 
@@ -84,6 +83,13 @@ class FoldersSource(Source):
     """
 
     name = "folders"
+    description = "class-folder images (ROOT/<class>/*.jpg) for classification"
+    arguments = (
+        argument("root", help="directory of class folders"),
+        argument("--class-map", default=None,
+                 help="rename classes: 'animals10' (shipped Italian->English map), a JSON file "
+                      "or 'src,dst' lines"),
+    )
 
     def __init__(self, *, root, class_map=None, skip_bad=False):
         super().__init__(skip_bad=skip_bad)
@@ -92,13 +98,13 @@ class FoldersSource(Source):
         folders = sorted(e.name for e in os.scandir(self.root)
                          if e.is_dir() and not e.name.startswith("."))
         if not folders:
-            raise RecordsError(f"{self.root}: no class folders (expected ROOT/<class>/<image>)")
+            raise records_error(f"{self.root}: no class folders (expected ROOT/<class>/<image>)")
         by_name: dict[str, str] = {}
         for folder in folders:
             cls = mapping.get(folder, folder)
             if cls in by_name:
-                raise RecordsError(f"{self.root}: folders {by_name[cls]!r} and {folder!r} both map "
-                                   f"to class {cls!r}; fix the class map")
+                raise records_error(f"{self.root}: folders {by_name[cls]!r} and {folder!r} both "
+                                    f"map to class {cls!r}; fix the class map")
             by_name[cls] = folder
         self.class_names = sorted(by_name)
         self._folders = [(by_name[c], i) for i, c in enumerate(self.class_names)]

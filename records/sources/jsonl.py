@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 
-from records.sources.base import Source, grouped_items, require_file
+from records.sources.base import Source, argument, grouped_items, require_file
 
 
 class JsonlSource(Source):
@@ -29,6 +29,13 @@ class JsonlSource(Source):
     """
 
     name = "jsonl"
+    description = "a JSON-lines file of {image, caption|captions} (paths relative to the file)"
+    arguments = (
+        argument("path", help="the .jsonl file"),
+        argument("--image-key", default="image", help="image path key (default image)"),
+        argument("--caption-key", default="caption",
+                 help="caption key (default caption; a list under 'captions' is read too)"),
+    )
 
     def __init__(self, *, path, image_key="image", caption_key="caption", skip_bad=False):
         super().__init__(skip_bad=skip_bad)

@@ -31,8 +31,8 @@ from __future__ import annotations
 import io
 import math
 
-from records.schema import RecordsError
-from records.sources.base import Source, SourceItem
+from records.cli import positive_int
+from records.sources.base import Source, SourceItem, argument, records_error
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLORS = {
@@ -68,26 +68,36 @@ class SyntheticSource(Source):
     """
 
     name = "synthetic"
+    description = "seeded captioned shape scenes (the embedded default)"
+    arguments = (
+        argument("--split", default="train", choices=["train", "val", "zeroshot"],
+                 help="train/val: captioned scenes; zeroshot: class-folder records of the 36 "
+                      "'<colour> <shape>' classes incl. held-out ones"),
+        argument("--num-images", type=positive_int, default=None,
+                 help="images (default 5000 train, 500 val, 720 zeroshot)"),
+        argument("--image-size", type=positive_int, default=64, help="side in px (default 64)"),
+        argument("--seed", type=int, default=0, help="generator seed (default 0)"),
+    )
 
     def __init__(self, *, num_images=None, image_size=64, seed=0, split="train", held_out=None,
                  skip_bad=False):
         super().__init__(skip_bad=skip_bad)
         if split not in SPLITS:
-            raise RecordsError(f"synthetic: unknown split {split!r}; choose one of "
-                               f"{', '.join(SPLITS)}")
+            raise records_error(f"synthetic: unknown split {split!r}; choose one of "
+                                f"{', '.join(SPLITS)}")
         self.split = split
         self.num_images = int(DEFAULT_NUM_IMAGES[split] if num_images is None else num_images)
         if self.num_images < 1:
-            raise RecordsError(f"synthetic: num_images must be >= 1, got {num_images}")
+            raise records_error(f"synthetic: num_images must be >= 1, got {num_images}")
         self.image_size = int(image_size)
         if not 32 <= self.image_size <= 512:
-            raise RecordsError(f"synthetic: image_size must be in 32..512, got {image_size}")
+            raise records_error(f"synthetic: image_size must be in 32..512, got {image_size}")
         self.seed = int(seed)
         held = HELD_OUT if held_out is None else tuple(held_out)
         unknown = [h for h in held if h not in CLASS_NAMES]
         if unknown:
-            raise RecordsError(f"synthetic: held_out {unknown} are not '<colour> <shape>' classes "
-                               f"(colours {list(COLORS)}, shapes {list(SHAPES)})")
+            raise records_error(f"synthetic: held_out {unknown} are not '<colour> <shape>' classes "
+                                f"(colours {list(COLORS)}, shapes {list(SHAPES)})")
         self.held_out = held
         self.allowed = tuple(tuple(c.split(" ")) for c in CLASS_NAMES if c not in held)
         if split == "zeroshot":

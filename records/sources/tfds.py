@@ -17,8 +17,7 @@ from __future__ import annotations
 import io
 import os
 
-from records.schema import RecordsError
-from records.sources.base import Source, SourceItem, clean_caption
+from records.sources.base import Source, SourceItem, argument, clean_caption, records_error
 
 _ID_KEYS = ("image/id", "image/filename", "image_id", "id", "file_name", "filename")
 
@@ -71,6 +70,19 @@ class TfdsSource(Source):
     """
 
     name = "tfds"
+    description = "a dataset TFDS has already prepared (read with download=False)"
+    arguments = (
+        argument("dataset", help="TFDS name, e.g. coco_captions or coco_captions/2017"),
+        argument("--data-dir", default=None, help="TFDS data dir holding the prepared dataset"),
+        argument("--split", default="train", help="TFDS split (default train)"),
+        argument("--image-key", default=None, help="image feature (default: found)"),
+        argument("--caption-key", default=None,
+                 help="caption text feature, nested keys joined by / (default: found, e.g. "
+                      "captions/text)"),
+        argument("--label-key", default=None,
+                 help="ClassLabel feature for classification data"),
+        argument("--id-key", default=None, help="feature giving image ids (default: found)"),
+    )
 
     def __init__(self, *, dataset, data_dir=None, split="train", image_key=None, caption_key=None,
                  label_key=None, id_key=None, skip_bad=False):
@@ -82,34 +94,34 @@ class TfdsSource(Source):
         try:
             builder = tfds.builder(dataset, data_dir=self.data_dir)
         except Exception as exc:
-            raise RecordsError(f"tfds dataset {dataset!r}: {exc}") from exc
+            raise records_error(f"tfds dataset {dataset!r}: {exc}") from exc
         flat = dict(_flatten(builder.info.features))
         self.image_key = image_key or next(
             (k for k, f in flat.items() if isinstance(f, tfds.features.Image) and "/" not in k),
             None)
         if self.image_key not in flat or not isinstance(flat[self.image_key], tfds.features.Image):
-            raise RecordsError(f"tfds dataset {dataset!r}: no image feature {self.image_key!r}; "
-                               f"features: {sorted(flat)}")
+            raise records_error(f"tfds dataset {dataset!r}: no image feature {self.image_key!r}; "
+                                f"features: {sorted(flat)}")
         texts = [k for k, f in flat.items() if _is_text(f)
                  and not any(k.endswith(i) for i in _ID_KEYS)]
         texts.sort(key=lambda k: ("caption" not in k, k.count("/"), k))
         self.caption_key = caption_key or (texts[0] if texts else None)
         if self.caption_key is not None and self.caption_key not in flat:
-            raise RecordsError(f"tfds dataset {dataset!r}: no caption feature "
-                               f"{self.caption_key!r}; text features: {texts}")
+            raise records_error(f"tfds dataset {dataset!r}: no caption feature "
+                                f"{self.caption_key!r}; text features: {texts}")
         self.label_key = label_key
         if self.caption_key is None and label_key is None:
             self.label_key = next((k for k, f in flat.items()
                                    if isinstance(f, tfds.features.ClassLabel) and "/" not in k),
                                   None)
             if self.label_key is None:
-                raise RecordsError(f"tfds dataset {dataset!r}: found neither a caption text "
-                                   f"feature nor a ClassLabel; features: {sorted(flat)}")
+                raise records_error(f"tfds dataset {dataset!r}: found neither a caption text "
+                                    f"feature nor a ClassLabel; features: {sorted(flat)}")
         if self.label_key is not None:
             feat = flat.get(self.label_key)
             if not isinstance(feat, tfds.features.ClassLabel):
-                raise RecordsError(f"tfds dataset {dataset!r}: {self.label_key!r} is not a "
-                                   "ClassLabel feature")
+                raise records_error(f"tfds dataset {dataset!r}: {self.label_key!r} is not a "
+                                    "ClassLabel feature")
             self.class_names = list(feat.names)
         self.id_key = id_key or next((k for k in _ID_KEYS if k in flat), None)
         self.info = {"dataset": dataset, "split": split, "data_dir": self.data_dir,
@@ -124,7 +136,7 @@ class TfdsSource(Source):
                              download=False, shuffle_files=False,
                              decoders={self.image_key: tfds.decode.SkipDecoding()})
         except Exception as exc:
-            raise RecordsError(
+            raise records_error(
                 f"tfds dataset {self.dataset!r} split {self.split!r} could not be read from "
                 f"data_dir {self.data_dir or '(TFDS default)'} with download=False ({exc}). "
                 "Prepare it first (tfds build / download_and_prepare) or pass --data-dir.") from exc
