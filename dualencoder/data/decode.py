@@ -3,9 +3,15 @@ large enough), random resized crop, resize and random flip.
 
 JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT when they are still at least
 `image_size` px after it (`fast_jpeg`), and crops are decoded with `decode_and_crop_jpeg`.
+
+`decode_pixels` is the one decode + resize of a whole image: evaluation (`image_dataset`'s
+plain view) and photo search (`dualencoder.search.sources`) both produce their pixels with it.
 """
 
 from __future__ import annotations
+
+import re
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -149,3 +155,44 @@ def random_flip(img, key):
     """`img` `[h, w, c]` mirrored left-right with probability 1/2, drawn from `key`."""
     flip = tf.random.stateless_uniform([], key, alg=RNG_ALG) < 0.5
     return tf.cond(flip, lambda: tf.reverse(img, axis=[1]), lambda: img)
+
+
+def decode_pixels(encoded, size, resize_method="bicubic", *, fast_jpeg=True):
+    """The plain pixels of an encoded image: `decode_image` (no crop) then `resize_image`.
+
+    Graph-safe (`encoded` a scalar string tensor); float32 `[size, size, 3]` in 0..255.
+    """
+    img = decode_image(encoded, size, fast_jpeg=fast_jpeg)
+    return resize_image(img, size, resize_method)
+
+
+_COMPILED = {}
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled_decode(size, resize_method):
+    """A `tf.function` of `decode_pixels` for one size and method, traced once."""
+    key = (int(size), resize_method)
+    with _COMPILED_LOCK:
+        if key not in _COMPILED:
+            _COMPILED[key] = tf.function(
+                lambda encoded: decode_pixels(encoded, key[0], resize_method),
+                input_signature=[tf.TensorSpec([], tf.string)])
+        return _COMPILED[key]
+
+
+def decode_bytes(data: bytes, size: int, resize_method: str = "bicubic") -> np.ndarray:
+    """`decode_pixels` of Python bytes, outside tf.data: float32 `[size, size, 3]` NumPy.
+
+    Runs a compiled function (one per size and method, safe to call from several threads).
+
+    Raises:
+        ValueError: TensorFlow cannot decode the bytes.
+    """
+    check_image_args(size, 1, resize_method)
+    try:
+        return _compiled_decode(size, resize_method)(tf.constant(data)).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
+        first = (exc.message or "").strip().splitlines()[:1] or [""]
+        reason = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", first[0]).strip()
+        raise ValueError(f"unreadable image ({reason or type(exc).__name__})") from None

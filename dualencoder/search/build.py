@@ -260,10 +260,11 @@ def _embed_items(encoder, source, items, batch_size, pool, report, bar):
     """Decode `items` on `pool` and embed them `batch_size` at a time. Returns the normalised
     embeddings of the readable ones (or None), those items, and state entries of the rest."""
     size = int(encoder.image_size)
+    stored = source.kind == "records"  # bytes normalised at records build: decoded as stored
 
     def load(item):
         try:
-            return decode_image(source.read_bytes(item.path), size), None
+            return decode_image(source.read_bytes(item.path), size, stored=stored), None
         except (ValueError, OSError) as exc:
             return None, str(exc)
 

@@ -16,7 +16,6 @@ pixels = decode_image(source.read_bytes(items[0].path), size=224)   # [224, 224,
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import threading
 
@@ -235,44 +234,74 @@ def open_source(kind: str, path, follow_links: bool = False):
 # --------------------------------------------------------------------------------------------
 # Image bytes -> pixels
 
+# The most pixels a photo's header may claim (where PIL starts warning of a decompression bomb).
+MAX_IMAGE_PIXELS = 178_956_970
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to float32 `[size, size, 3]` pixels in 0..255.
 
-    The image is converted to RGB and resized to `size` x `size` (bicubic, antialiased, aspect
-    ratio not kept), like the evaluation path of the input pipeline (`dualencoder.data.pipeline`).
+def decode_image(data: bytes, size: int, *, stored: bool = False,
+                 max_pixels: int | None = MAX_IMAGE_PIXELS, formats=None) -> np.ndarray:
+    """Decode image bytes to float32 `[size, size, 3]` pixels in 0..255: exactly the pixels
+    evaluation gives the same image built into records.
+
+    The bytes are first normalised as a records build normalises them
+    (`records.images.normalize_image`: validated, the pixel count checked from the header
+    before decoding, EXIF orientation applied, CMYK / palette / GIF / alpha / other formats
+    made an RGB JPEG; plain JPEGs and PNGs kept as they are), then decoded and resized
+    (bicubic, aspect ratio not kept) by `dualencoder.data.decode.decode_bytes`, the decode
+    of the input pipeline's evaluation path.
+
+    Args:
+        data: the encoded image.
+        size: output side in pixels.
+        stored: the bytes come from a records directory: they were normalised when the
+            records were built and are decoded exactly as stored, as evaluation does.
+        max_pixels: refuse images whose header claims more pixels (None: PIL's limit only).
+        formats: PIL format names to accept (None: any PIL opens).
 
     Raises:
-        ValueError: the bytes are not a decodable image.
+        ValueError: the bytes are not a decodable image; `records.images.ImageTooLarge`
+            (a ValueError) when they claim more than `max_pixels` pixels.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
+    from dualencoder.data.decode import decode_bytes  # noqa: PLC0415 (loads TensorFlow)
 
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = ImageOps.exif_transpose(img)
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(img, dtype=np.float32)
-    except UnidentifiedImageError as exc:
-        raise ValueError("unreadable image (not a recognised image format)") from exc
-    except Exception as exc:  # PIL raises many types for bad files
-        raise ValueError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
+    if not stored:
+        data = normalized_bytes(data, max_pixels=max_pixels, formats=formats)
+    return decode_bytes(data, int(size))
+
+
+def normalized_bytes(data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                     formats=None) -> bytes:
+    """The bytes `decode_image` decodes: `data` as a records build would store it.
+
+    Raises:
+        records.images.UnreadableImage: not a decodable image (of `formats`).
+        records.images.ImageTooLarge: more than `max_pixels` pixels.
+    """
+    from records.images import normalize_image  # noqa: PLC0415
+
+    return normalize_image(data, max_pixels=max_pixels, formats=formats).data
 
 
 def load_query_image(path, size: int) -> np.ndarray:
     """Read and decode one query image file, raising `RetrievalError` with a clear message."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise RetrievalError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
-    try:
-        return decode_image(data, size)
+        return decode_image(_read_query(path), size)
     except ValueError as exc:
         raise RetrievalError(f"query image {path}: {exc}") from exc
 
 
 def check_query_image(path) -> None:
-    """Fail fast (before loading any model) when a query image cannot be read or decoded."""
-    load_query_image(path, 8)
+    """Fail fast (before loading any model) when a query image cannot be read or is not a
+    decodable image."""
+    try:
+        normalized_bytes(_read_query(path))
+    except ValueError as exc:
+        raise RetrievalError(f"query image {path}: {exc}") from exc
+
+
+def _read_query(path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise RetrievalError(f"cannot read query image {path}: {exc.strerror or exc}") from exc

@@ -2,7 +2,8 @@
 
 The bytes are never written to disk. Only common photo formats are opened, and the image
 size is checked from its header before any pixel is decoded (a small file can claim a huge
-image: a decompression bomb).
+image: a decompression bomb). The pixels are then those the indexer gives the same photo
+(`dualencoder.search.sources.decode_image`).
 
 Example:
 ```python
@@ -12,12 +13,11 @@ pixels = decode_upload(request_body, size=224)     # [224, 224, 3] float32, or R
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from dualencoder.search.errors import RetrievalError
 from dualencoder.search.sources import decode_image
+from records.images import ImageTooLarge, UnreadableImage
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 megapixels
@@ -39,22 +39,16 @@ def decode_upload(data: bytes, size: int) -> np.ndarray:
         raise RetrievalError("empty upload: send the bytes of a photo (JPEG, PNG, WebP, ...)")
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadTooLarge(f"photo larger than {MAX_UPLOAD_BYTES // 2**20} MB")
-    from PIL import Image  # noqa: PLC0415
-
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            width, height = img.size  # from the header; nothing decoded yet
-    except Image.DecompressionBombError:
-        raise UploadTooLarge(f"photo of more than {MAX_UPLOAD_PIXELS // 1_000_000} "
-                             "megapixels") from None
-    except Exception:  # noqa: BLE001 (PIL raises many types for bad files)
-        raise RetrievalError("the upload is not a readable photo (JPEG, PNG, WebP, GIF, BMP, "
-                             "TIFF)") from None
-    if width * height > MAX_UPLOAD_PIXELS:
-        raise UploadTooLarge(f"photo of {width}x{height} pixels; at most "
-                             f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
-    try:
-        return decode_image(data, size)
+        return decode_image(data, size, max_pixels=MAX_UPLOAD_PIXELS, formats=FORMATS)
+    except ImageTooLarge as exc:
+        raise UploadTooLarge(f"photo too large: {exc}") from None
+    except UnreadableImage as exc:
+        if not exc.recognised:
+            raise RetrievalError("the upload is not a readable photo (JPEG, PNG, WebP, GIF, "
+                                 "BMP, TIFF)") from None
+        raise RetrievalError("the upload is not a readable photo (damaged or truncated)") \
+            from None
     except ValueError:
         raise RetrievalError("the upload is not a readable photo (damaged or truncated)") \
             from None
