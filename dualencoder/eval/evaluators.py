@@ -134,8 +134,10 @@ def _zeroshot_run(args, prepared, encoder, info):
 
 
 def _retrieval_arguments(p):
-    p.add_argument("--data", required=True,
-                   help="flickr:DIR[:SPLITFILE] | coco:DIR:SPLIT | records:DIR | DIR")
+    from dualencoder.eval.caption_inputs import spec_kinds
+
+    specs = [cls.spec_syntax for cls in spec_kinds().values()] + ["records:DIR", "DIR"]
+    p.add_argument("--data", required=True, help=" | ".join(specs))
     p.add_argument("--ks", type=int_list, default=[1, 5, 10], help="comma-separated K values")
     _add_name(p)
     p.add_argument("--bank", default=None, metavar="SPEC",
