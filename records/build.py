@@ -16,6 +16,7 @@ from records import writer as writer_lib
 from records.schema import MANIFEST_NAME, SCHEMA_VERSION, RecordsError, encode_example
 from records.sources import get_source
 from records.files import jsonable, write_json_atomic
+from records.progress import discard, progress_bar
 
 
 def build_records(source, out_dir, *, shard_size=1000, max_side=None, skip_bad=False,
@@ -147,6 +148,7 @@ def _write_shards(src, source_name, out_dir, *, shard_size, max_side, skip_bad) 
     except BaseException as exc:
         if shard_writer is not None:  # removes the temporary file; no final name is touched
             shard_writer.__exit__(type(exc), exc, exc.__traceback__)
+        discard(progress)
         raise
     finally:
         progress.close()
@@ -217,23 +219,10 @@ def _image_stats(heights, widths, formats, reencoded):
     }
 
 
-class _NoProgress:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(src, source_name):
-    """A tqdm bar on a terminal (stderr), nothing otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return _NoProgress()
+    """Progress of the build on stderr: a bar on a terminal, a few plain lines in a log."""
     try:
         total = len(src)
     except TypeError:
         total = None
-    return tqdm(total=total, desc=f"records {source_name}", unit="img", disable=None,
-                mininterval=0.5, leave=False)
+    return progress_bar(total, desc=f"records {source_name}", unit="img")

@@ -94,3 +94,81 @@ def test_train_cli_damaged_records_error_says_how_to_go_on(damaged, tmp_path, ca
     assert [line for line in err.splitlines() if DAMAGED in line] == [
         f"warning: {damaged}: shard {DAMAGED} is damaged (sha256 mismatch (content changed "
         "since the build)); reading its 31 intact records of 32"]
+
+
+# ------------------------------------------------------------------------------------------
+# Progress in logs and pipes: plain lines, no carriage returns
+# ------------------------------------------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_in_a_log_is_a_few_plain_lines():
+    import io
+
+    from records.progress import LineProgress, progress_bar, track
+
+    stream, clock = io.StringIO(), Clock()
+    bar = LineProgress(100, desc="embedding", unit="img", stream=stream, clock=clock)
+    for _ in range(100):
+        clock.now += 1.0
+        bar.update(1)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "embedding: 10/100 img (10%), 10.0 s"
+    assert len(lines) == 10 and lines[-1] == "embedding: 100/100 img (100%) in 100.0 s"
+    # fast progress: at most one line every few seconds, whatever the tenths say
+    stream, clock = io.StringIO(), Clock()
+    bar = LineProgress(1000, desc="x", unit="img", stream=stream, clock=clock)
+    for _ in range(1000):
+        clock.now += 1 / 128
+        bar.update(1)
+    bar.close()
+    assert stream.getvalue().splitlines() == ["x: 400/1000 img (40%), 3.1 s",
+                                              "x: 800/1000 img (80%), 6.2 s",
+                                              "x: 1000/1000 img (100%) in 7.8 s"]
+    # a quick pass says nothing, nor does one that fails
+    stream = io.StringIO()
+    assert list(track(range(5), desc="quick", stream=stream)) == list(range(5))
+    with pytest.raises(KeyError):
+        with progress_bar(10, desc="failing", stream=stream, min_interval=0) as bar:
+            bar.update(1)
+            raise KeyError("x")
+    assert stream.getvalue() == "failing: 1/10 it (10%), 0.0 s\n"
+    assert "\r" not in stream.getvalue()
+
+
+def test_progress_on_a_terminal_is_a_live_bar():
+    import io
+
+    from records.progress import track
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    assert list(track(range(3), desc="live", stream=stream)) == [0, 1, 2]
+    assert "live" in stream.getvalue() and "\r" in stream.getvalue()
+
+
+def test_evaluate_and_index_write_no_carriage_returns_into_a_pipe(tmp_path, capfd,
+                                                                   monkeypatch, pristine):
+    from dualencoder.cli import evaluate, retrieval
+    from dualencoder.model.saving import save_model
+    from dualencoder.testing import tiny_model
+
+    work = tmp_path / "work"
+    save_model(tiny_model(), str(work / "model"))
+    assert evaluate.main(["retrieval", "--model", str(work), "--data", f"records:{pristine}",
+                          "--out", str(tmp_path / "ev"), "--cache-dir",
+                          str(tmp_path / "cache")]) == 0
+    assert retrieval.main(["index", "--model", str(work), "--records", str(pristine),
+                           "--out", str(tmp_path / "idx")]) == 0
+    out, err = capfd.readouterr()
+    assert "\r" not in err and "\x1b[" not in err, err[:500]
+    assert "indexed" in out

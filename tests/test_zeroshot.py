@@ -87,7 +87,8 @@ def test_prompt_tuner_progress_lines_when_piped(capsys):
     assert capsys.readouterr().err == ""  # quiet by default (--quiet)
     Z.PromptTuner(per_t, steps=20).fit(np.eye(3, 6), labels, progress=True)
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 10 and lines[-1].startswith("prompt tuning: step 20/20, loss ")
+    assert len(lines) == 10 and lines[-1].startswith("prompt tuning: 20/20 step (100%) in ")
+    assert lines[0].startswith("prompt tuning: 2/20 step (10%), ") and ", loss " in lines[-1]
     assert all("\x1b" not in line and "\r" not in line for line in lines)
 
 

@@ -197,18 +197,20 @@ def map_images(records_dir, fn, *, image_size, batch_size, resize_method="bicubi
             are its other arguments (skip_bad, view, seed, lowres, fast_jpeg).
         fn: batch of images (float32 tensor `[B, S, S, 3]`) -> anything; called once a batch.
         limit: stop after the batch that reaches `limit` images (0 = all).
-        progress: show a tqdm bar named `desc`.
+        progress: show progress named `desc` (`records.progress`: a bar on a terminal,
+            plain lines in a log).
 
     Returns:
         `(outputs, image_index, labels)`: `fn`'s results in batch order, and int64 `[N]`
         arrays of the images' `image/index` and labels (-1 for captioned data).
     """
     import numpy as np
-    from tqdm.auto import tqdm
+
+    from records.progress import progress_bar
 
     total = limit or schema.read_manifest(records_dir).get("num_records")
     outputs, index, labels = [], [], []
-    with tqdm(total=total, desc=desc, unit="img", leave=False, disable=not progress) as bar:
+    with progress_bar(total, desc=desc, unit="img", enabled=progress) as bar:
         for batch in image_dataset(records_dir, image_size=image_size, batch_size=batch_size,
                                    resize_method=resize_method, **options):
             outputs.append(fn(batch["images"]))

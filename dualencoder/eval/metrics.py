@@ -290,11 +290,10 @@ def retrieval_ranks(image_emb, text_emb, caption_image_index, *, image_chunk: in
     # Pass 2: count competitors block by block.
     img_ahead = np.zeros(n_img, dtype=np.int64)
     txt_ahead = np.zeros(n_txt, dtype=np.int64)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(row_starts) * len(col_starts), desc="retrieval blocks",
-                   unit="block", leave=False)
+    from records.progress import progress_bar
+
+    bar = progress_bar(len(row_starts) * len(col_starts), desc="retrieval blocks",
+                       unit="block", enabled=progress)
     for r0 in row_starts:
         r1 = min(r0 + image_chunk, n_img)
         best_r = best[r0:r1, None]
@@ -303,10 +302,8 @@ def retrieval_ranks(image_emb, text_emb, caption_image_index, *, image_chunk: in
             sim = block(r0, c0)
             img_ahead[r0:r1] += np.count_nonzero(sim >= best_r, axis=1)
             txt_ahead[c0:c1] += np.count_nonzero(sim >= pos[None, c0:c1], axis=0)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     has = np.bincount(g, minlength=n_img) > 0
     image_ranks = 1 + img_ahead - own_ties  # remove the image's own tying captions
     text_ranks = txt_ahead  # includes the caption's own image exactly once: 1 + others

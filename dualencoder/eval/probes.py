@@ -90,10 +90,10 @@ def _kshot_curve(tr, te, shots, seeds, num_classes, progress):
     from dualencoder.eval import softmax_probe as P
 
     rows = []
-    iterator = [(k, s) for k in shots for s in range(seeds)]
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="k-shot probes", unit="fit", leave=False)
+    from records.progress import track
+
+    iterator = track([(k, s) for k in shots for s in range(seeds)], desc="k-shot probes",
+                     unit="fit", enabled=progress)
     per = {k: [] for k in shots}
     per_f1 = {k: [] for k in shots}
     for k, s in iterator:

@@ -194,10 +194,11 @@ def template_text_embeddings(encoder, class_names, templates, *, batch_size: int
         float32 array `[num_templates, num_classes, D]`.
     """
     prompts = [t.format(prompt_name(c)) for t in templates for c in class_names]
-    chunks = range(0, len(prompts), batch_size)
-    if progress and len(chunks) > 1:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, desc="encoding prompts", unit="batch", leave=False)
+    from records.progress import track
+
+    starts = range(0, len(prompts), batch_size)
+    chunks = track(starts, desc="encoding prompts", unit="batch",
+                   enabled=progress and len(starts) > 1)
     out = [np.asarray(encoder.encode_texts(prompts[i:i + batch_size])) for i in chunks]
     emb = _normalize(np.concatenate(out, axis=0))
     return emb.reshape(len(templates), len(class_names), -1)
@@ -351,30 +352,18 @@ class PromptTuner:
         return zero_shot_scores(image_embeddings, self.class_embeddings())
 
 
-def step_progress(total: int, desc: str, stream=None, lines: int = 10):
+def step_progress(total: int, desc: str, stream=None):
     """`report(loss)` after each of `total` steps, `report(None)` at the end: a tqdm bar on a
-    terminal, else (piped logs) a plain `desc: step i/total, loss x` line `lines` times."""
-    import sys
+    terminal, else (piped logs) a plain `desc: i/total step (p%), loss x` line at each tenth
+    (`records.progress`)."""
+    from records.progress import progress_bar
 
-    stream = stream or sys.stderr
-    if getattr(stream, "isatty", lambda: False)():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=stream)
-
-        def report(loss):
-            if loss is None:
-                bar.close()
-                return
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        return report
-    every, done = max(1, total // lines), [0]
+    bar = progress_bar(total, desc=desc, unit="step", stream=stream, min_interval=0)
 
     def report(loss):
         if loss is None:
+            bar.close()
             return
-        done[0] += 1
-        if done[0] % every == 0 or done[0] == total:
-            print(f"{desc}: step {done[0]}/{total}, loss {loss:.4f}", file=stream, flush=True)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.update(1)
     return report

@@ -7,7 +7,6 @@ Captions go through the text tower once per distinct caption, in batches of simi
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
@@ -24,7 +23,8 @@ STATE_DTYPE = np.float16
 
 
 def _progress(progress):
-    return sys.stderr.isatty() if progress is None else progress
+    """None: show progress (a bar on a terminal, a few plain lines in a log)."""
+    return True if progress is None else progress
 
 
 def compute_image_features(model, records: str, *, image_size: int, resize_method: str,
@@ -129,9 +129,9 @@ def text_states(model, cfg, records: str, directory: str, *, log=print,
 
 def _build_text_states(model, records, path, progress, batch_size=256, skip_bad=False):
     import tensorflow as tf
-    from tqdm.auto import tqdm
 
     from dualencoder.data.annotations import read_captions
+    from records.progress import track
 
     texts, owner = read_captions(records, skip_bad=skip_bad)
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
@@ -145,8 +145,8 @@ def _build_text_states(model, records, path, progress, batch_size=256, skip_bad=
     lower = tf.function(lambda tokens: tf.cast(model.text_tower.boundary_states(tokens),
                                                tf.float32), reduce_retracing=True)
     writer = RowWriter(path, int(lengths.sum()), (model.text_tower.output_dim,), STATE_DTYPE)
-    for i in tqdm(range(0, len(order), batch_size), desc="caption states", unit="batch",
-                  disable=not _progress(progress)):
+    for i in track(range(0, len(order), batch_size), desc="caption states", unit="batch",
+                   enabled=_progress(progress), leave=True):
         rows = order[i:i + batch_size]
         width = int(lengths[rows].max())
         states = np.asarray(lower({"token_ids": ids[rows, :width],

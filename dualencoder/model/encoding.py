@@ -90,7 +90,7 @@ def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None,
     Texts are tokenized once, sorted by length and run in batches trimmed to their longest
     text (rounded up to a multiple of 8, to bound retracing); rows come back in input order.
     """
-    from tqdm.auto import tqdm
+    from records.progress import track
 
     if text_fn is None:
         _, text_fn = tower_functions(model)
@@ -104,8 +104,8 @@ def encode_texts_by_length(model, texts, *, batch_size: int = 256, text_fn=None,
     order = np.argsort(lengths, kind="stable")
     full = ids.shape[1]
     out = None
-    for i in tqdm(range(0, len(texts), batch_size), desc=f"text features ({len(texts)})",
-                  unit="batch", disable=not progress):
+    for i in track(range(0, len(texts), batch_size), desc=f"text features ({len(texts)})",
+                   unit="batch", enabled=progress, leave=True):
         rows = order[i:i + batch_size]
         width = min(full, max(8, -(-int(lengths[rows].max()) // 8) * 8))
         feats = np.asarray(text_fn({"token_ids": ids[rows, :width],

@@ -84,7 +84,7 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
         batch_size: images per `encode_images` call.
         dtype: stored embedding type, "float16" (default) or "float32".
         workers: threads decoding images.
-        progress: show a tqdm progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, plain lines in a log).
         follow_links: also index images behind symbolic links that leave the folder (by
             default they are skipped and counted in the report).
 
@@ -228,11 +228,10 @@ def _unchanged_rows(chunk: dict, current: dict, done: set, report) -> np.ndarray
 def _embed_missing(encoder, source, todo, index_dir, state, report, *, chunk_size, batch_size,
                    workers, progress) -> None:
     """Embed the `todo` items, committing one chunk file per `chunk_size` of them."""
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm  # noqa: PLC0415
+    from records.progress import progress_bar  # noqa: PLC0415
 
-        bar = tqdm(total=len(todo), unit="img", desc="embedding", dynamic_ncols=True)
+    bar = progress_bar(len(todo), desc="embedding", unit="img", enabled=progress and bool(todo),
+                       leave=True)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
     try:
         for start in range(0, len(todo), chunk_size):
@@ -252,8 +251,7 @@ def _embed_missing(encoder, source, todo, index_dir, state, report, *, chunk_siz
             store.commit(index_dir, state, complete=start + chunk_size >= len(todo))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def _embed_items(encoder, source, items, batch_size, pool, report, bar):
@@ -288,6 +286,5 @@ def _embed_items(encoder, source, items, batch_size, pool, report, bar):
                                      f"{len(pixels)} images")
             embs.append(normalize(out))
             ok.extend(good)
-        if bar is not None:
-            bar.update(len(batch))
+        bar.update(len(batch))
     return (np.concatenate(embs) if embs else None), ok, bad
