@@ -172,3 +172,44 @@ def test_evaluate_and_index_write_no_carriage_returns_into_a_pipe(tmp_path, capf
     out, err = capfd.readouterr()
     assert "\r" not in err and "\x1b[" not in err, err[:500]
     assert "indexed" in out
+
+
+# ------------------------------------------------------------------------------------------
+# Warnings are the program's own lines, not Python's or TensorFlow's
+# ------------------------------------------------------------------------------------------
+def test_resume_with_changed_settings_is_a_plain_warning_line(pristine, tmp_path, capfd):
+    import warnings
+
+    from dualencoder.train.loop import train
+
+    base = TINY + LOCKED + [f"data.records={pristine}", "optim.epochs=1"]
+    workdir = str(tmp_path / "w")
+    train(Config.from_sources(None, base), workdir, log=lambda *_: None)
+    lines = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(Config.from_sources(None, base + ["optim.epochs=2", "optim.lr=0.002"]), workdir,
+              log=lines.append)
+    assert not [w for w in caught if issubclass(w.category, UserWarning)], caught
+    assert f"warning: resuming {workdir} with changed optim settings: lr, epochs" in lines
+    assert "UserWarning" not in capfd.readouterr().err
+
+
+def test_jit_compile_without_a_gpu_is_a_plain_warning_line(pristine):
+    import warnings
+
+    import tensorflow as tf
+
+    from dualencoder.train import setup
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("the warning is for machines without a GPU")
+    cfg = Config.from_sources(None, TINY + LOCKED + [f"data.records={pristine}",
+                                                     "run.jit_compile=true"])
+    lines = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setup.model_and_optimizer(cfg, tf.distribute.get_strategy(), str(pristine),
+                                  log=lines.append)
+    assert not [w for w in caught if "jit_compile" in str(w.message)]
+    assert [line for line in lines if line.startswith("warning: run.jit_compile=true")]

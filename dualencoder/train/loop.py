@@ -23,7 +23,6 @@ import math
 import os
 import sys
 import time
-import warnings
 
 from dualencoder.arrays import read_npz, write_npz
 from dualencoder.config import ARCHITECTURE_KEYS, Config, ConfigError
@@ -62,12 +61,12 @@ def train(cfg: Config, workdir: str, *, log=print, on_step=None) -> dict:
     from dualencoder.data import order as data_order
     from dualencoder.features.plan import plan_cache
     from dualencoder.train import setup, validation
-    check_workdir_config(cfg, workdir)
+    check_workdir_config(cfg, workdir, log=log)
     cached = plan_cache(cfg)  # which tower outputs come from caches; bad settings fail here
     records, val_records = setup.resolve_records(cfg, log=log)
     setup.check_training_pairs(cfg, records)  # before anything is written
     strategy = setup.make_strategy(cfg.run.strategy)
-    model, optimizer = setup.model_and_optimizer(cfg, strategy, records)
+    model, optimizer = setup.model_and_optimizer(cfg, strategy, records, log=log)
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
     ckpts = CheckpointManager(os.path.join(workdir, "checkpoints"), cfg.run.keep_checkpoints)
@@ -366,8 +365,9 @@ def restore(ckpts, groups, frozen, model, optimizer):
     return state
 
 
-def check_workdir_config(cfg: Config, workdir: str) -> None:
-    """Refuse to resume a workdir whose run used another model configuration."""
+def check_workdir_config(cfg: Config, workdir: str, *, log=print) -> None:
+    """Refuse to resume a workdir whose run used another model configuration; a `warning:`
+    line (to `log`) names the data, optim and run settings that changed."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
@@ -386,4 +386,5 @@ def check_workdir_config(cfg: Config, workdir: str) -> None:
     for section in ("data", "optim", "run"):
         changed = [k for k, v in new[section].items() if old.get(section, {}).get(k) != v]
         if changed:
-            warnings.warn(f"resuming {workdir} with changed {section} settings: {changed}")
+            log(f"warning: resuming {workdir} with changed {section} settings: "
+                + ", ".join(changed))

@@ -5,7 +5,6 @@ testable alone; `dualencoder.train.loop.train` assembles them."""
 from __future__ import annotations
 
 import os
-import warnings
 
 from dualencoder.config import Config, ConfigError
 
@@ -210,7 +209,7 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
     return opt
 
 
-def model_and_optimizer(cfg: Config, strategy, records: str):
+def model_and_optimizer(cfg: Config, strategy, records: str, *, log=print):
     """The model and its (built) optimizer in `strategy`'s scope, after the precision policy and
     the seed (`run.seed`: initialisation) are set."""
     import keras
@@ -219,8 +218,8 @@ def model_and_optimizer(cfg: Config, strategy, records: str):
     from dualencoder.data.order import steps_per_epoch
 
     if cfg.run.jit_compile and not tf.config.list_logical_devices("GPU"):
-        warnings.warn("run.jit_compile=true without a GPU: XLA on CPU compiled for minutes and "
-                      "ran ~3x slower per step in bench/train_step.py; consider turning it off")
+        log("warning: run.jit_compile=true without a GPU: XLA on CPU compiled for minutes and "
+            "ran ~3x slower per step in bench/train_step.py; consider turning it off")
     set_precision(cfg.run.precision)
     keras.utils.set_random_seed(cfg.run.seed)
     with strategy.scope():
