@@ -334,12 +334,26 @@ def test_hubness_command_makes_text_search_csls(env, capsys):
                         "--json"], capsys)
     assert rc == 0 and json.loads(out)["similarity"] == "cosine"
 
-    # an update makes the penalties stale: a warning, and cosine until `hubness` runs again
+    # an update recomputes the penalties against the same bank: CSLS stays
     make_images(env["images"], 1, start=30)
-    assert run(["index", "--model", str(env["work"]), "--images", str(env["images"]),
-                "--out", idx, "--update", "--no-progress"], capsys)[0] == 0
+    rc, out, err = run(["index", "--model", str(env["work"]), "--images", str(env["images"]),
+                        "--out", idx, "--update", "--no-progress"], capsys)
+    assert rc == 0 and "hubness penalties recomputed against the 7 captions" in out, err
+    data, err = search()
+    assert data["similarity"] == "csls" and "warning:" not in err
+    updated = EmbeddingIndex.open(idx)
+    assert len(updated) == 10
+    np.testing.assert_allclose(updated.penalty, hubness.mean_topk_similarity(
+        normalize(updated.embeddings), enc.encode_texts(captions), 3), atol=1e-3)
+    # with the bank gone, the update says so, and text queries rank by cosine
+    bank.rename(env["tmp"] / "bank-moved.txt")
+    make_images(env["images"], 1, start=40)
+    rc, out, err = run(["index", "--model", str(env["work"]), "--images", str(env["images"]),
+                        "--out", idx, "--update", "--no-progress"], capsys)
+    assert rc == 0 and err.startswith("warning: ") and f"bank {bank} is gone" in err, err
     data, err = search()
     assert data["similarity"] == "cosine" and "warning:" in err and "retrieval.py hubness" in err
+    (env["tmp"] / "bank-moved.txt").rename(bank)
 
     one_line_error(*run(["hubness", "--index", idx, "--bank", str(env["tmp"] / "nope.txt")],
                         capsys)[::2], "does not exist")

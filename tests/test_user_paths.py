@@ -213,3 +213,46 @@ def test_jit_compile_without_a_gpu_is_a_plain_warning_line(pristine):
                                   log=lines.append)
     assert not [w for w in caught if "jit_compile" in str(w.message)]
     assert [line for line in lines if line.startswith("warning: run.jit_compile=true")]
+
+
+# ------------------------------------------------------------------------------------------
+# CSLS outlives an index update
+# ------------------------------------------------------------------------------------------
+def test_update_keeps_csls_and_the_server_follows(tmp_path, monkeypatch):
+    from dualencoder.search import service as service_lib
+    from dualencoder.search.build import build_index
+    from dualencoder.search.hubness import add_hubness
+    from dualencoder.search.index import EmbeddingIndex
+    from test_index import FakeEncoder, make_images
+
+    monkeypatch.setattr(service_lib, "FULL_CHECK_SECONDS", 0.0)
+    images, out, bank = tmp_path / "images", tmp_path / "index", tmp_path / "bank.txt"
+    make_images(images, 6)
+    bank.write_text("red car\nblue sky\na dog\nnight street\n")
+    enc = FakeEncoder()
+    build_index(enc, out, images=images, progress=False)
+    add_hubness(out, enc, str(bank), k=2, progress=False)
+    logged = []
+    service = service_lib.RetrievalService(EmbeddingIndex.open(out), enc, log=logged.append)
+    assert service.info()["similarity"] == "csls"
+
+    make_images(images, 2, start=30)
+    report = build_index(enc, out, images=images, update=True, progress=False)
+    assert report.hubness["images"] == 8 and report.hubness_problem is None
+    assert "hubness penalties recomputed" in report.summary()
+    res = service.search(q="red car", k=100)
+    assert res["count"] == 8 and res["similarity"] == "csls"
+    assert service.info()["similarity"] == "csls"
+
+    # the bank gone: the update reports it, the server logs it and ranks by cosine ...
+    bank.rename(tmp_path / "moved.txt")
+    make_images(images, 1, start=40)
+    report = build_index(enc, out, images=images, update=True, progress=False)
+    assert report.hubness is None and f"bank {bank} is gone" in report.hubness_problem
+    assert service.search(q="red car", k=100)["similarity"] == "cosine"
+    assert logged[-2].endswith("9 images, text queries by cosine")
+    assert logged[-1].startswith("warning: ") and "hubness" in logged[-1]
+    # ... until `retrieval.py hubness` writes penalties for this generation: CSLS again
+    add_hubness(out, enc, str(tmp_path / "moved.txt"), k=2, progress=False)
+    assert service.search(q="red car", k=100)["similarity"] == "csls"
+    assert logged[-1].endswith("9 images, text queries by CSLS")

@@ -12,7 +12,8 @@ python retrieval.py serve  --index INDEX [--host 127.0.0.1] [--port 8000]
 ```
 
 `hubness` stores each indexed image's CSLS penalty against a bank of training captions; text
-queries then rank by CSLS (`--no-csls` to rank by cosine) until the index changes.
+queries then rank by CSLS (`--no-csls` to rank by cosine). `index --update` recomputes the
+penalties against the same bank (a warning says so when the bank is gone).
 
 `--model` takes every model spec `evaluate.py` takes: a training workdir (containing `model/`), a
 saved model folder, `ensemble:A,B,...` or `clip:PRESET`; `search` and `serve` default to the
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--records", help="records directory (records/)")
     p.add_argument("--out", required=True, type=output_dir, help="index folder")
     p.add_argument("--update", action="store_true",
-                   help="refresh a complete index: embed new/changed images, drop deleted ones")
+                   help="refresh a complete index: embed new/changed images, drop deleted ones "
+                   "(and recompute its hubness penalties against their bank)")
     p.add_argument("--chunk-size", type=positive_int, default=512,
                    help="images per committed chunk")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call")
@@ -180,6 +182,8 @@ def cmd_index(args) -> int:
     for entry in report.skipped:
         print(f"skipped unreadable image {entry['path']}: {entry['error']}", file=sys.stderr)
     print(report.summary())
+    if report.hubness_problem:
+        print("warning: " + report.hubness_problem, file=sys.stderr)
     if args.faiss:
         EmbeddingIndex.open(args.out).searcher("faiss", kind=args.faiss)
     return EXIT_OK

@@ -24,6 +24,7 @@ import numpy as np
 from dualencoder.encoders.load import absolute_spec
 from dualencoder.search import store
 from dualencoder.search.errors import RetrievalError
+from dualencoder.search.hubness import refresh_hubness
 from dualencoder.search.index import normalize
 from dualencoder.search.sources import ImageFolder, RecordsFolder, decode_image
 from records.files import remove_quietly
@@ -44,6 +45,8 @@ class BuildReport:
     encoder_calls: int = 0
     links_skipped: int = 0
     linked_folders_skipped: list = dataclasses.field(default_factory=list)
+    hubness: dict | None = None  # the penalties recomputed after an update (`refresh_hubness`)
+    hubness_problem: str | None = None  # why stale penalties could not be recomputed
 
     def summary(self) -> str:
         verb = "resumed" if self.resumed else "indexed"
@@ -58,6 +61,10 @@ class BuildReport:
             shown = ", ".join(names[:5]) + (", ..." if n > 5 else "")
             lines.append(f"{n} linked sub-folder{'s' if n > 1 else ''} skipped ({shown}); "
                          "--follow-links to include them")
+        if self.hubness:
+            lines.append(f"hubness penalties recomputed against the {self.hubness['bank_captions']}"
+                         f" captions of {self.hubness['bank']} (k={self.hubness['k']}): text "
+                         "queries still rank by CSLS")
         return "\n".join(lines)
 
 
@@ -69,7 +76,8 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
 
     Resumes an interrupted build of the same index without redoing committed chunks. With
     `update=True` a complete index is refreshed: new and changed images are embedded, deleted
-    ones dropped.
+    ones dropped. Hubness penalties the update makes stale are recomputed against their bank
+    (`report.hubness`; `report.hubness_problem` says why not when the bank is gone).
 
     Args:
         encoder: an object of the Encoder protocol (`encode_images`, `image_size`,
@@ -119,6 +127,11 @@ def build_index(encoder, index_dir, *, images=None, records=None, model_path=Non
         remove_quietly(os.path.join(index_dir, name))
     report.total = state["count"]
     report.skipped = [{"path": s["path"], "error": s["error"]} for s in state["skipped"]]
+    if state["complete"]:  # penalties made stale by this build: recomputed, or why not
+        try:
+            report.hubness = refresh_hubness(index_dir, encoder, progress=progress)
+        except RetrievalError as exc:
+            report.hubness_problem = str(exc)
     return report
 
 

@@ -1,6 +1,7 @@
 """Hubness penalties of an index: each photo's mean cosine to its nearest captions of a bank
 of training captions, stored beside the index so that text queries rank by CSLS
-(`retrieval.py hubness`; the measure itself is `dualencoder.eval.hubness`).
+(`retrieval.py hubness`; the measure itself is `dualencoder.eval.hubness`). An update of the
+index recomputes them against the same bank (`refresh_hubness`), so CSLS outlives updates.
 
 Example:
 ```python
@@ -17,7 +18,7 @@ import numpy as np
 
 from dualencoder.search.errors import RetrievalError
 from dualencoder.search.index import EmbeddingIndex, normalize
-from dualencoder.search.store import check_fingerprint
+from dualencoder.search.store import check_fingerprint, read_state
 
 
 def read_bank_captions(bank) -> list[str]:
@@ -80,3 +81,45 @@ def add_hubness(index_dir, encoder, bank, *, k: int = 10, progress: bool = True)
                                         bank=os.path.abspath(bank), num_captions=len(texts))
     return {"path": path, "images": len(index), "bank_captions": len(texts), "k": int(k),
             "mean_penalty": float(penalty.mean())}
+
+
+def refresh_hubness(index_dir, encoder, *, progress: bool = True) -> dict | None:
+    """Recompute an index's hubness penalties after an update, against the bank and `k` they
+    were computed with (recorded beside them), when they are no longer current.
+
+    Returns:
+        `add_hubness`'s dict plus `"bank"`, or None when the index has no penalties or they
+        are current.
+
+    Raises:
+        RetrievalError: the recorded bank is gone or cannot be read; the message says that
+            text queries rank by cosine until `retrieval.py hubness` runs again.
+    """
+    from dualencoder.eval.hubness import load_index_penalties  # noqa: PLC0415 (NumPy only)
+
+    index_dir = os.path.abspath(os.fspath(index_dir))
+    state = read_state(index_dir)
+    penalty, meta, _ = load_index_penalties(index_dir, state) if state else (None, None, None)
+    if meta is None or penalty is not None:
+        return None
+    bank, k = meta.get("bank"), int(meta.get("k", 10))
+    redo = (f"text queries rank by cosine until `retrieval.py hubness --index {index_dir} "
+            "--bank BANK` recomputes them")
+    if not bank or not os.path.exists(bank):
+        raise RetrievalError(f"the hubness penalties (CSLS) of {index_dir} were not recomputed "
+                             f"for the updated index: their bank {bank} is gone; {redo}")
+    try:
+        if os.path.isfile(os.path.join(bank, "manifest.json")):
+            from records.schema import RecordsError  # noqa: PLC0415
+            from records.verify import verify_records  # noqa: PLC0415
+
+            try:
+                verify_records(bank)
+            except RecordsError as exc:
+                raise RetrievalError(str(exc)) from None
+        info = add_hubness(index_dir, encoder, bank, k=k, progress=progress)
+    except RetrievalError as exc:
+        raise RetrievalError(f"the hubness penalties (CSLS) of {index_dir} were not recomputed "
+                             f"for the updated index against their bank {bank} ({exc}); "
+                             f"{redo}") from None
+    return {**info, "bank": bank}

@@ -92,6 +92,7 @@ class RetrievalService:
         self._images = collections.OrderedDict()  # generation -> (paths, source)
         self._seen = (_stat(index.index_dir), time.monotonic())
         self._checked = time.monotonic()
+        self._penalty_seen = None  # the stat of the penalties file last looked at
         self._install(self._snapshot_of(index, strict=True))
 
     # ----------------------------------------------------------------------------------------
@@ -143,9 +144,10 @@ class RetrievalService:
             state = read_state(index_dir)
         except RetrievalError:
             return  # mid-write or damaged: keep serving the loaded generation
-        if (state is None or not state.get("complete") or state.get("count", 0) == 0
-                or state.get("generation") == snap.generation):
+        if state is None or not state.get("complete") or state.get("count", 0) == 0:
             return  # an update in progress keeps the last complete generation
+        if state.get("generation") == snap.generation and not self._csls_arrived(snap, state):
+            return
         if state.get("fingerprint") != snap.index.fingerprint:
             self.log(f"warning: {index_dir} now holds another model's embeddings; still "
                      f"serving generation {snap.generation}")
@@ -157,7 +159,30 @@ class RetrievalService:
                      f"serving generation {snap.generation}")
             return
         self._install(new)
-        self.log(f"loaded generation {new.generation} of {index_dir}: {len(new.index)} images")
+        ranking = (", text queries by CSLS" if new.csls
+                   else ", text queries by cosine" if self.want_csls else "")
+        self.log(f"loaded generation {new.generation} of {index_dir}: {len(new.index)} "
+                 f"images{ranking}")
+        if self.want_csls and new.index.hubness_problem:
+            self.log(f"warning: {new.index.hubness_problem}")
+
+    def _csls_arrived(self, snap: Snapshot, state: dict) -> bool:
+        """Whether hubness penalties for the loaded generation were written after it was
+        loaded (`index --update` recomputes them once it has committed)."""
+        if not self.want_csls or snap.csls:
+            return False
+        from dualencoder.eval.hubness import INDEX_PENALTIES, load_index_penalties  # noqa: PLC0415
+
+        path = os.path.join(snap.index.index_dir, INDEX_PENALTIES)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._penalty_seen:
+            return False
+        self._penalty_seen = stamp
+        return load_index_penalties(snap.index.index_dir, state)[0] is not None
 
     # ----------------------------------------------------------------------------------------
     # Compatibility views of the current snapshot
