@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import pathlib
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from records.files import write_json_atomic  # noqa: E402
+from bench.common import command_line, run_child, write_result  # noqa: E402
 
 XCEPTION = ROOT.parent / "shared" / "weights" / "xception_imagenet_notop.weights.h5"
 
@@ -197,12 +195,8 @@ def scale_table(args, workdir, log):
     rows = []
     for factor in (1, 10):
         spec = {"captions": args.scale_captions * factor, "batch": 1024, "dir": workdir}
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                              capture_output=True, text=True, cwd=ROOT)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode or not lines:
-            raise SystemExit(f"error: scale child failed: {proc.stderr.strip()[-500:]}")
-        rows.append({"factor": factor, **json.loads(lines[-1])})
+        measured = run_child(__file__, spec, cwd=ROOT, what=f"the {factor}x scale check")
+        rows.append({"factor": factor, **measured})
         r = rows[-1]
         log(f"  {factor:2d}x: {r['captions']} captions, store {r['store_mb']} MB, epoch read "
             f"{r['epoch_read_s']} s, peak anon {r['peak_anon_mb']} MB, peak RSS "
@@ -230,8 +224,8 @@ def main(argv=None):
         return 0
     if args.quick:
         args.images, args.top, args.scale_captions = 64, [1], 3000
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    from records.machine import bf16_flags, cpu_model, tensorflow_defaults
+    command = command_line(argv)
+    from records.machine import tensorflow_defaults
 
     tensorflow_defaults()
     from records.build import build_records
@@ -259,14 +253,9 @@ def main(argv=None):
     for r in (r for r in epochs if "image_trainable" in r):
         print(f"image top block: re-run Xception {r['image_rerun']['epoch_s']:.1f}s, from cached "
               f"maps {r['image_boundary_cached']['epoch_s']:.1f}s: {r['rerun_over_boundary']:.1f}x")
-    result = {"benchmark": "boundary_cache", "command": command, "cpu": cpu_model(),
-              "bf16_flags": bf16_flags(), "cores": os.cpu_count(), "images": args.images,
-              "batch": args.batch, "precision": "float32", "epochs": epochs,
-              "build": costs, "scale": scale,
-              "targets": {"rerun_all_over_boundary": 10, "image_cached_over_boundary": 1.5}}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, "boundary_cache", command, images=args.images, batch=args.batch,
+                 precision="float32", epochs=epochs, build=costs, scale=scale,
+                 targets={"rerun_all_over_boundary": 10, "image_cached_over_boundary": 1.5})
     return 0
 
 

@@ -26,10 +26,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -38,6 +36,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import command_line, write_result  # noqa: E402
 
 
 def make_records(out: str, num_images: int, captions: int) -> str:
@@ -48,7 +48,7 @@ def make_records(out: str, num_images: int, captions: int) -> str:
     from PIL import Image
 
     from records import schema
-    from records.writer import write_json_atomic
+    from records.files import write_json_atomic
 
     if os.path.exists(os.path.join(out, schema.MANIFEST_NAME)):
         return out
@@ -114,7 +114,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.epochs, args.batch_size = 1500, 2, 1024
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     from records.machine import tensorflow_defaults
 
     tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
@@ -176,14 +176,9 @@ def main(argv=None):
               + " ".join(f"{x:.3f}" for x in r["all_epoch_s"]))
     for k, v in ratios.items():
         print(f"{k}: {v:.1f}x")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "cpu_count": os.cpu_count(),
-                               "tensorflow": tf.__version__, "records": records,
-                               "steps_per_epoch": steps, "batch_size": args.batch_size,
-                               "record_index_s": index_s, "rows": rows, "ratios": ratios},
-                              indent=2))
-    print(f"wrote {out}")
+    write_result(args.out, "epoch_order", command, tensorflow=tf.__version__, records=records,
+                 steps_per_epoch=steps, batch_size=args.batch_size, record_index_s=index_s,
+                 rows=rows, ratios=ratios)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.common import command_line, result_record, save_result  # noqa: E402
 from records.machine import tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
@@ -195,9 +196,8 @@ def main(argv=None):
     p.add_argument("--big-full", action="store_true")
     p.add_argument("--json", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    from records.machine import cpu_model
-
-    results = {"cpu": cpu_model(), "cpu_count": os.cpu_count()}
+    command = command_line(argv)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["zeroshot"] = bench_zeroshot(tmp)
     results["encoders"] = bench_encoders(args.skip_xception)
@@ -225,11 +225,10 @@ def main(argv=None):
     print()
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
-    text = json.dumps(results, indent=2)
-    print(text)
+    record = result_record("evaluate", command, **results)
+    print(json.dumps(record, indent=2))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+        save_result(args.json, record)
     return 0
 
 

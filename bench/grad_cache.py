@@ -22,17 +22,15 @@ import json
 import os
 import pathlib
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import command_line, run_child, write_result  # noqa: E402
 from records.cli import positive_int  # noqa: E402
-from records.files import write_json_atomic  # noqa: E402
 
 
 def pair(text: str):
@@ -96,13 +94,8 @@ def child(spec: dict) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          capture_output=True, text=True, env=dict(os.environ))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"error: configuration {spec} failed: {tail}")
-    return {**spec, **json.loads(lines[-1])}
+    """One configuration measured in a fresh child process: `spec` and what it reported."""
+    return {**spec, **run_child(__file__, spec, what="the configuration")}
 
 
 def main(argv=None):
@@ -119,9 +112,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    from records.machine import cpu_model
-
+    command = command_line(argv)
     common = {"tower": args.tower, "size": args.size, "steps": args.steps}
     runs, rows = {}, []
 
@@ -160,16 +151,12 @@ def main(argv=None):
                  for k in ("plain_B", "cached_B_by_M", "plain_M")]
         print(f"{r['batch']:5d} {r['micro_batch']:4d} | " + " | ".join(cells)
               + f" | {r['peak_cached_over_plain_M']:8.2f}x {r['time_cached_over_plain_B']:8.2f}x")
-    result = {"benchmark": "grad_cache", "command": command, "cpu": cpu_model(),
-              "cores": os.cpu_count(), "tower": args.tower, "image_size": args.size,
-              "text_tower": "tiny", "steps": args.steps, "rows": rows,
-              "targets": {"peak_cached_over_plain_M": 1.3, "time_cached_over_plain_B": 1.5},
-              "note": "RSS includes the TensorFlow runtime and the model (rss_before_first_step_mb"
+    write_result(args.out, "grad_cache", command, tower=args.tower, image_size=args.size,
+                 text_tower="tiny", steps=args.steps, rows=rows,
+                 targets={"peak_cached_over_plain_M": 1.3, "time_cached_over_plain_B": 1.5},
+                 note="RSS includes the TensorFlow runtime and the model (rss_before_first_step_mb"
                       "); step_growth_* compares only what the step adds. No GPU here: "
-                      "gpu_peak_mb is null."}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result, indent=2)
-    print(f"wrote {args.out}")
+                      "gpu_peak_mb is null.")
     return 0
 
 

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import pathlib
-import shlex
 import shutil
 import sys
 import time
@@ -38,8 +37,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import command_line, write_result  # noqa: E402
 from records.cli import positive_int, report_error  # noqa: E402
-from records.files import write_json_atomic  # noqa: E402
 
 RUNS = ("plain", "cached", "split", "small")
 METRICS = [f"val_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)] + ["val_rsum"]
@@ -51,8 +50,8 @@ def main(argv=None):
     if m >= b or b % m:
         _parser().error(f"argument --micro: must be smaller than --batch and divide it, got "
                         f"--batch {b} --micro {m}")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    from records.machine import cpu_model, tensorflow_defaults
+    command = command_line(argv)
+    from records.machine import tensorflow_defaults
 
     tensorflow_defaults()
     from dualencoder.config import Config, ConfigError
@@ -72,15 +71,12 @@ def main(argv=None):
     step_match = (_step_match(results[runs["plain"][0]], results[runs["cached"][0]])
                   if {"plain", "cached"} <= set(args.runs) else None)
     _print_table(results, step_match, args, pairs, b)
-    result = {"benchmark": "grad_cache_quality", "command": command, "cpu": cpu_model(),
-              "cores": os.cpu_count(), "config": args.config, "set": args.set, "batch": b,
-              "micro_batch": m, "small_batch": small, "pairs_per_run": pairs,
-              "lr_scaling": args.lr_scaling, "seeds": args.seeds,
-              "scored_on": "validation records, last epoch", "runs": results,
-              "cached_vs_plain_step_by_step": step_match}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result, indent=2)
-    print(f"wrote {args.out} and {plot(result, str(pathlib.Path(args.out).with_suffix('.png')))}")
+    result = write_result(args.out, "grad_cache_quality", command, config=args.config,
+                          set=args.set, batch=b, micro_batch=m, small_batch=small,
+                          pairs_per_run=pairs, lr_scaling=args.lr_scaling, seeds=args.seeds,
+                          scored_on="validation records, last epoch", runs=results,
+                          cached_vs_plain_step_by_step=step_match)
+    print(f"wrote {plot(result, str(pathlib.Path(args.out).with_suffix('.png')))}")
     return 0
 
 

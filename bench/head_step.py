@@ -21,10 +21,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "reference"))
 
+from bench.common import command_line, write_result  # noqa: E402
 from records.cli import positive_int  # noqa: E402
 
 
@@ -48,7 +47,7 @@ def main(argv=None):
     if args.batch < 5:
         parser.error(f"argument --batch: expected at least 5 (5 captions per image), "
                      f"got {args.batch}")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     from records.machine import cpu_model, tensorflow_defaults
 
     tensorflow_defaults()
@@ -112,12 +111,7 @@ def main(argv=None):
                      "speedup_vs_explicit": ratio, "first_loss": first_loss[k]})
         print(f"{k:14s} {med[k]:8.3f} {ratio:11.2f}x {first_loss[k]:11.5f}   "
               + " ".join(f"{x:.3f}" for x in times[k]))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "cpu": cpu, "cpu_count": os.cpu_count(),
-                               "tensorflow": tf.__version__, "batch": b, "rows": rows},
-                              indent=2))
-    print(f"wrote {out}")
+    write_result(args.out, "head_step", command, tensorflow=tf.__version__, batch=b, rows=rows)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 TensorFlow turns oneDNN on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; the
 command-line programs set `TF_ENABLE_ONEDNN_OPTS=1` on x86-64 (`machine.tensorflow_defaults`).
 The variable is read when TensorFlow loads, so each measurement is a fresh child process
-(this file with `--child`), the two settings alternating round by round so machine noise hits
+(this file with `--child '{"size": 224, "images": 64, "tower": "xception"}'`), the two settings alternating round by round so machine noise hits
 both alike. A child times the product's compiled tower (`encoding.tower_functions`: chunks of
 8 images on a CPU) on random images and reports images/s, its user and system CPU seconds
 and minor page faults. The table shows the medians and the ratio on/off.
@@ -20,19 +20,20 @@ import json
 import os
 import pathlib
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import command_line, run_child, write_result  # noqa: E402
 from records.cli import positive_int  # noqa: E402
 
 
 def child(size: int, images: int, tower: str) -> dict:
+    """Images/s, CPU seconds and page faults of `tower` at `size` px over `images` random
+    images, in this (fresh) process, with the oneDNN state TensorFlow really ran."""
     from records.machine import tensorflow_defaults
 
     tensorflow_defaults()  # keeps the TF_ENABLE_ONEDNN_OPTS the parent set
@@ -71,34 +72,30 @@ def main(argv=None):
     parser.add_argument("--images", type=multiple_of_32, default=64,
                         help="images per measurement (a multiple of 32)")
     parser.add_argument("--rounds", type=positive_int, default=3)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "onednn.json"))
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.sizes[0], args.images, args.tower)))
+        spec = json.loads(args.child)
+        print(json.dumps(child(spec["size"], spec["images"], spec["tower"])))
         return
-    from records.machine import cpu_model
-
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     results = {}
     for r in range(args.rounds):
         for size in args.sizes:
             for flag in (("1", "0") if r % 2 == 0 else ("0", "1")):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", "--sizes", str(size), "--images",
-                     str(args.images), "--tower", args.tower],
-                    env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag), capture_output=True,
-                    text=True)
-                if out.returncode:
-                    last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-                    parser.exit(1, f"error: the measurement of {args.tower} at {size} px with "
-                                   f"TF_ENABLE_ONEDNN_OPTS={flag} failed: {last}\n")
-                measured = json.loads(out.stdout.strip().splitlines()[-1])
+                measured = run_child(
+                    __file__, {"size": size, "images": args.images, "tower": args.tower},
+                    env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag),
+                    what=f"the measurement of {args.tower} at {size} px with "
+                         f"TF_ENABLE_ONEDNN_OPTS={flag}")
                 if measured["onednn"] != (flag == "1"):
                     parser.exit(1, f"error: TF_ENABLE_ONEDNN_OPTS={flag} did not set TensorFlow's "
                                    f"oneDNN state (it ran with oneDNN "
                                    f"{'on' if measured['onednn'] else 'off'}): nothing to compare\n")
                 results.setdefault((size, flag), []).append(measured)
+    from records.machine import cpu_model
+
     cpu = cpu_model()
     print(f"\n{args.tower} inference, oneDNN on vs off, {os.cpu_count()} CPU cores ({cpu})"
           f"\ncommand: {command}")
@@ -119,12 +116,7 @@ def main(argv=None):
                   f"{row['on_over_off']:6.2f}x {row['median_sys_s']:6.1f} "
                   f"{row['median_minor_faults']:12.0f}   "
                   + " ".join(f"{x['img_per_s']:.2f}" for x in runs))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "cpu": cpu, "cpu_count": os.cpu_count(),
-                               "tower": args.tower, "images": args.images, "rows": rows},
-                              indent=2))
-    print(f"wrote {out}")
+    write_result(args.out, "onednn", command, tower=args.tower, images=args.images, rows=rows)
 
 
 if __name__ == "__main__":

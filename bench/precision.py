@@ -30,7 +30,6 @@ import json
 import os
 import pathlib
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from records.files import write_json_atomic  # noqa: E402
+from bench.common import command_line, run_child, write_result  # noqa: E402
 
 ENVIRONMENTS = {
     "default": {"TF_ENABLE_ONEDNN_OPTS": "1"},
@@ -147,15 +146,12 @@ def kernel_check() -> dict:
             "bf16_kernels": any(re.search(r"amx|bf16", k) for k in kernels)}
 
 
-def run_child(env_name: str, works, args) -> dict:
+def measure(env_name: str, works, args) -> dict:
+    """The timings of `works` from a fresh child process in environment `env_name`."""
     spec = {"works": works, "rounds": args.rounds, "seconds": args.seconds, "min_calls": 2}
     env = {**os.environ, **ENVIRONMENTS[env_name], "KERAS_BACKEND": "tensorflow",
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"child {env_name} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, spec, env=env, what=f"the child in environment {env_name}")
 
 
 def main(argv=None):
@@ -169,17 +165,15 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    from records.machine import bf16_flags, cpu_model
-
     if args.quick:
         args.rounds = 1
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     envs = ["default"] if args.quick else list(ENVIRONMENTS)
     rows = []
     for env_name in envs:
         works = list(WORKS) if env_name == "default" else list(WORKS)[:2]
         print(f"{env_name}: {', '.join(works)} ...", flush=True)
-        timings = run_child(env_name, works, args)
+        timings = measure(env_name, works, args)
         for work in works:
             f32, b16 = (statistics.median(timings[f"{work}/{p}"])
                         for p in ("float32", "bfloat16"))
@@ -196,12 +190,8 @@ def main(argv=None):
               f"{r['bfloat16']:9.1f} | {r['bf16_over_fp32']:.2f}x  ({r['unit']})")
     print(f"oneDNN ISA: {kernels['isa']}; bfloat16 kernels ran: {kernels['bf16_kernels']}; "
           f"top kernels: {', '.join(list(kernels['kernels'])[:5])}")
-    result = {"benchmark": "precision", "command": command, "cpu": cpu_model(),
-              "bf16_flags": bf16_flags(), "cores": os.cpu_count(), "rounds": args.rounds,
-              "date": time.strftime("%Y-%m-%d"), "rows": rows, "onednn_kernels": kernels}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, "precision", command, rounds=args.rounds, rows=rows,
+                 onednn_kernels=kernels)
     return 0
 
 

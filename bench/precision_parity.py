@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import shlex
 import sys
 import time
 
@@ -27,7 +26,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from records.files import write_json_atomic  # noqa: E402
+from bench.common import command_line, write_result  # noqa: E402
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -51,14 +50,14 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" /
                                              "precision_parity.json"))
     args = parser.parse_args(argv)
-    from records.machine import bf16_flags, cpu_model, tensorflow_defaults
+    from records.machine import tensorflow_defaults
 
     tensorflow_defaults()
     from dualencoder.config import Config
     from dualencoder.features import compute
     from dualencoder.train import setup
 
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     cfgs = {p: Config.from_sources(args.config, [f"run.tower_precision={p}"])
             for p in ("float32", "bfloat16")}
     model = setup.build(cfgs["float32"])
@@ -76,13 +75,9 @@ def main(argv=None):
             print(f"{os.path.basename(records):8} {side:5}: cosine mean {row['mean']:.6f}, "
                   f"min {row['min']:.6f}, 1st percentile {row['p01']:.6f} ({row['rows']} rows)",
                   flush=True)
-    result = {"benchmark": "precision_parity", "command": command, "cpu": cpu_model(),
-              "bf16_flags": bf16_flags(), "config": args.config,
-              "image_tower": cfgs["float32"].model.image_tower,
-              "image_size": cfgs["float32"].model.image_size, "rows": rows}
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result, indent=2)
-    print(f"wrote {args.out}")
+    write_result(args.out, "precision_parity", command, config=args.config,
+                 image_tower=cfgs["float32"].model.image_tower,
+                 image_size=cfgs["float32"].model.image_size, rows=rows)
     return 0
 
 

@@ -21,7 +21,6 @@ Prints a table and writes `bench/results/retrieval.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -36,6 +35,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from bench.common import command_line, result_record, save_result  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -129,13 +130,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.queries, args.latency_queries = 100_000, 300, 100
+    command = command_line(argv)
 
     from dualencoder.search.index import EmbeddingIndex  # noqa: PLC0415
     from dualencoder.search.store import write_embeddings_index  # noqa: PLC0415
     from dualencoder.search import backends as search_lib  # noqa: PLC0415
 
     results = {"config": {k: v for k, v in vars(args).items() if k != "out"},
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+               "machine": {"platform": platform.platform(),
                            "load_avg_start": os.getloadavg()}}
     print(f"generating {args.n} x {args.dim} clustered unit vectors ...", file=sys.stderr)
     t0 = time.perf_counter()
@@ -186,37 +188,11 @@ def main(argv=None) -> int:
             print(f"exact (numpy): {row}", file=sys.stderr)
             del ref
 
-        results["faiss"] = {}
-        faiss_best = None
         kinds = [k for k in args.faiss.split(",") if k]
         if kinds and not search_lib.faiss_available():
             print("faiss is not installed: skipping the faiss rows", file=sys.stderr)
             kinds = []
-        for kind in kinds:
-            rss0 = rss_mb()
-            searcher = search_lib.FaissSearcher.build(index.embeddings, kind=kind, exact=exact,
-                                                      verbose=True)
-            info = dict(searcher.info)
-            info["rss_mb"] = round(rss_mb() - rss0, 1)
-            param = "ef_search" if kind == "hnsw" else "nprobe"
-            _, got = searcher.search(queries, 10)
-            info["recall_at_10_heldout"] = round(search_lib.recall_at_k(got, truth, 10), 4)
-            info["top10"] = latency(lambda q, s=searcher: s.search(q[None], 10), lat_q)
-            # A small sweep around the tuned setting: recall / latency trade-off.
-            sweep = []
-            for factor in (0.5, 2.0):
-                trial = search_lib.FaissSearcher(searcher.index, {**info, param: max(
-                    1, int(info[param] * factor))})
-                _, got = trial.search(queries, 10)
-                sweep.append({param: trial.info[param],
-                              "recall_at_10": round(search_lib.recall_at_k(got, truth, 10), 4),
-                              **latency(lambda q, s=trial: s.search(q[None], 10), lat_q[:100])})
-            info["sweep"] = sweep
-            searcher._apply_search_param()
-            results["faiss"][kind] = info
-            print(f"faiss {kind}: {info}", file=sys.stderr)
-            if faiss_best is None or info["top10"]["p50_ms"] < faiss_best[2]:
-                faiss_best = (kind, searcher, info["top10"]["p50_ms"])
+        results["faiss"], faiss_best = faiss_rows(index, exact, kinds, queries, truth, lat_q)
         if not args.no_text:
             try:
                 results["text"] = text_end_to_end(index, "cars on the street at night",
@@ -231,18 +207,52 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     results["machine"]["load_avg_end"] = os.getloadavg()
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=1)
-    print_table(results)
-    print(f"\nwrote {args.out}")
+    record = result_record("retrieval", command, **results)
+    print_table(record)
+    print()
+    save_result(args.out, record)
     return 0
+
+
+def faiss_rows(index, exact, kinds, queries, truth, lat_q):
+    """Each faiss kind built over `index`, tuned against `exact`: its build info, recall@10
+    on `queries` against `truth`, latency on `lat_q` and a small sweep of its search setting.
+    Returns ({kind: row}, (fastest kind, its searcher, its p50 ms) or None)."""
+    from dualencoder.search import backends as search_lib  # noqa: PLC0415
+
+    rows, best = {}, None
+    for kind in kinds:
+        rss0 = rss_mb()
+        searcher = search_lib.FaissSearcher.build(index.embeddings, kind=kind, exact=exact,
+                                                  verbose=True)
+        info = dict(searcher.info)
+        info["rss_mb"] = round(rss_mb() - rss0, 1)
+        param = "ef_search" if kind == "hnsw" else "nprobe"
+        _, got = searcher.search(queries, 10)
+        info["recall_at_10_heldout"] = round(search_lib.recall_at_k(got, truth, 10), 4)
+        info["top10"] = latency(lambda q, s=searcher: s.search(q[None], 10), lat_q)
+        # A small sweep around the tuned setting: recall / latency trade-off.
+        sweep = []
+        for factor in (0.5, 2.0):
+            trial = search_lib.FaissSearcher(searcher.index, {**info, param: max(
+                1, int(info[param] * factor))})
+            _, got = trial.search(queries, 10)
+            sweep.append({param: trial.info[param],
+                          "recall_at_10": round(search_lib.recall_at_k(got, truth, 10), 4),
+                          **latency(lambda q, s=trial: s.search(q[None], 10), lat_q[:100])})
+        info["sweep"] = sweep
+        searcher._apply_search_param()
+        rows[kind] = info
+        print(f"faiss {kind}: {info}", file=sys.stderr)
+        if best is None or info["top10"]["p50_ms"] < best[2]:
+            best = (kind, searcher, info["top10"]["p50_ms"])
+    return rows, best
 
 
 def print_table(r: dict) -> None:
     n, d = r["config"]["n"], r["config"]["dim"]
     print(f"\nretrieval benchmark: {n:,} x {d} clustered unit vectors, top-10, "
-          f"{r['machine']['cpus']} CPUs (load avg {r['machine']['load_avg_start'][0]:.1f} -> "
+          f"{r['cores']} CPUs (load avg {r['machine']['load_avg_start'][0]:.1f} -> "
           f"{r['machine']['load_avg_end'][0]:.1f})")
     head = f"{'backend':<26}{'build s':>9}{'mem MB':>9}{'p50 ms':>9}{'p99 ms':>9}{'recall@10':>11}"
     print(head)

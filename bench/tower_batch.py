@@ -19,10 +19,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -31,6 +29,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import command_line, write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -45,7 +45,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.images = 2, 32
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     from records.machine import tensorflow_defaults
 
     tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
@@ -107,14 +107,9 @@ def main(argv=None):
         print(f"{k:26s} {med[k]:12.2f} {('%.2fx' % ratio) if ratio else '-':>12s}   "
               + " ".join(f"{x:.2f}" for x in rates[k]))
     print(f"product vs one batch-32 call: max |difference| {diff:.2e}")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "cpu_count": os.cpu_count(), "cpu": cpu,
-                               "tensorflow": tf.__version__, "tower": args.tower,
-                               "size": args.size, "image_chunk_size": chunk,
-                               "images_per_round": args.images, "rows": rows,
-                               "product_max_abs_difference": diff}, indent=2))
-    print(f"wrote {out}")
+    write_result(args.out, "tower_batch", command, tensorflow=tf.__version__, tower=args.tower,
+                 size=args.size, image_chunk_size=chunk, images_per_round=args.images, rows=rows,
+                 product_max_abs_difference=diff)
 
 
 if __name__ == "__main__":

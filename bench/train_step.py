@@ -42,10 +42,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -55,6 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench.common import command_line, write_result  # noqa: E402
 from records.machine import tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()  # the programs' TensorFlow settings, before TensorFlow loads
@@ -463,7 +462,7 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.warmup, args.repeats, args.xla_repeats = [224], 1, 2, 2
         args.lit_images, args.lit_epochs = 64, 1
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    command = command_line(argv)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     if not XCEPTION_WEIGHTS.is_file():
         raise SystemExit(f"{XCEPTION_WEIGHTS} is absent: this benchmark needs the shared weights")
@@ -515,17 +514,14 @@ def main(argv=None):
                       f"{r['median_step_s']:.3f} | {r['pairs_per_s']:.1f} |")
         else:
             print(f"\n--gpu: {gpu_note}")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "command": command, "quick": args.quick, "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(), "tensorflow": tf.__version__,
-        "devices": devices, "wall_s": time.time() - started,
-        "settings": {"sizes": args.sizes, "batch_size": args.batch_size,
-                     "warmup": args.warmup, "repeats": args.repeats},
-        "rows": rows, "non_tower_breakdown": breakdowns, "lit": lit,
-        "gpu_rows": gpu, "gpu_note": gpu_note}, indent=2))
-    print(f"\nwrote {out}")
+    print()
+    write_result(args.out, "train_step", command, quick=args.quick,
+                 load_average_at_end=os.getloadavg(), tensorflow=tf.__version__,
+                 devices=devices, wall_s=time.time() - started,
+                 settings={"sizes": args.sizes, "batch_size": args.batch_size,
+                           "warmup": args.warmup, "repeats": args.repeats},
+                 rows=rows, non_tower_breakdown=breakdowns, lit=lit, gpu_rows=gpu,
+                 gpu_note=gpu_note)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def test_head_step_bench_writes_its_table_and_json(tmp_path):
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
     assert set(rows) == {"explicit", "product", "explicit_xla", "product_xla"}
-    assert result["batch"] == 40 and result["cpu"]
+    assert result["batch"] == 40 and result["cpu"] and result["benchmark"] == "head_step"
+    assert result["cores"] >= 1 and isinstance(result["bf16_flags"], list) and result["date"]
     # every variant starts from the same weights and features: the same first loss
     first = [r["first_loss"] for r in rows.values()]
     assert max(first) - min(first) < 1e-4 * abs(first[0])
@@ -60,8 +61,8 @@ def test_head_step_bench_writes_its_table_and_json(tmp_path):
 def test_onednn_child_runs_with_the_requested_kernels(flag):
     import os
 
-    done = subprocess.run([sys.executable, "bench/onednn.py", "--child", "--sizes", "32",
-                           "--images", "32", "--tower", "tiny"],
+    spec = json.dumps({"size": 32, "images": 32, "tower": "tiny"})
+    done = subprocess.run([sys.executable, "bench/onednn.py", "--child", spec],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag))
     assert done.returncode == 0, done.stderr[-2000:]
