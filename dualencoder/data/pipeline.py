@@ -23,7 +23,6 @@ from dualencoder.data import rng
 from dualencoder.data.decode import (assert_decodable, check_image_args, decode_image,
                                      random_flip, resize_image)
 from dualencoder.data.epoch import EpochPlan, pair_stream, plan_epoch
-from dualencoder.data.order import order_batches
 from dualencoder.data.shards import checked_paths, dataset_options, record_stream
 from records import schema
 
@@ -33,7 +32,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoch=0,
                  skip_batches=0, shuffle=True, augment=False, all_captions=False,
                  resize_method="bicubic", skip_bad=False, num_shards=1, shard_index=0,
-                 shuffle_buffer=1024, fast_jpeg=True, decode=True, index=None):
+                 shuffle_buffer=1024, fast_jpeg=True):
     """Image-caption pair batches for contrastive training (one epoch).
 
     Each image appears once per epoch with one of its captions drawn at random
@@ -76,12 +75,6 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
             are held in memory).
         fast_jpeg: bool, decode large JPEGs at a reduced DCT scale (see
             `dualencoder.data.decode`).
-        decode: bool. False yields only `{"image_index", "caption_index"}` batches in the
-            same order, without decoding or tokenizing (see `pair_order`). "numpy" (with
-            `index` only): those batches as NumPy arrays `[steps, batch_size]` instead of a
-            dataset (see `pair_order_arrays`).
-        index: a `RecordIndex` of `records_dir` (with `decode=False`, `skip_bad=False`):
-            the order is built from it in memory, without reading the records.
 
     Returns:
         A `tf.data.Dataset` of dicts: `images` float32 `[B, S, S, 3]` (0..255),
@@ -96,15 +89,10 @@ def pair_dataset(records_dir, *, image_size, tokenizer, batch_size, seed=0, epoc
     >>> batch = next(iter(ds))  # batch 10 of epoch 3
     """
     check_image_args(image_size, batch_size, resize_method)
-    if index is not None and decode not in (False, "numpy"):
-        raise ValueError("index= builds the order only (decode=False, skip_bad=False)")
     plan = plan_epoch(records_dir, batch_size=batch_size, seed=seed, epoch=epoch,
                       shuffle=shuffle, all_captions=all_captions, skip_bad=skip_bad,
                       num_shards=num_shards, shard_index=shard_index,
-                      skip_batches=skip_batches, index=index)
-    if index is not None or not decode:
-        return order_batches(plan, index, shuffle_buffer=shuffle_buffer,
-                             as_arrays=decode == "numpy")
+                      skip_batches=skip_batches)
     ds = pair_stream(plan, shuffle_buffer=shuffle_buffer)
     load = _pair_loader(plan, int(image_size), resize_method, augment=augment,
                         fast_jpeg=fast_jpeg)

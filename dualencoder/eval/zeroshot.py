@@ -28,6 +28,8 @@ import os
 
 import numpy as np
 
+from dualencoder.arrays import l2_normalize
+
 __all__ = [
     "CLIP_IMAGENET_TEMPLATES", "SIMPLE_TEMPLATES", "load_templates",
     "load_class_map", "apply_class_map", "prompt_name", "class_text_embeddings",
@@ -180,12 +182,6 @@ def prompt_name(class_name: str) -> str:
     return " ".join(class_name.replace("_", " ").split())
 
 
-def _normalize(x, axis=-1):
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
 def template_text_embeddings(encoder, class_names, templates, *, batch_size: int = 256,
                              progress: bool = False) -> np.ndarray:
     """L2-normalised embeddings of every (template, class) prompt.
@@ -200,7 +196,7 @@ def template_text_embeddings(encoder, class_names, templates, *, batch_size: int
     chunks = track(starts, desc="encoding prompts", unit="batch",
                    enabled=progress and len(starts) > 1)
     out = [np.asarray(encoder.encode_texts(prompts[i:i + batch_size])) for i in chunks]
-    emb = _normalize(np.concatenate(out, axis=0))
+    emb = l2_normalize(np.concatenate(out, axis=0))
     return emb.reshape(len(templates), len(class_names), -1)
 
 
@@ -224,12 +220,12 @@ def class_text_embeddings(encoder, class_names, templates, *, weights=None,
     else:
         w = np.asarray(weights, dtype=np.float32).reshape(-1, 1, 1)
         mean = (w * per_template).sum(axis=0)
-    return _normalize(mean)
+    return l2_normalize(mean)
 
 
 def zero_shot_scores(image_embeddings, class_embeddings) -> np.ndarray:
     """Cosine similarities `[N, C]` between normalised images and class embeddings."""
-    return _normalize(image_embeddings) @ _normalize(class_embeddings).T
+    return l2_normalize(image_embeddings) @ l2_normalize(class_embeddings).T
 
 
 def evaluate_zero_shot(image_embeddings, labels, class_embeddings, class_names,
@@ -304,7 +300,7 @@ class PromptTuner:
         shows the steps and the loss on stderr (`step_progress`)."""
         import tensorflow as tf
 
-        x = tf.constant(_normalize(image_embeddings))
+        x = tf.constant(l2_normalize(image_embeddings))
         y = tf.constant(np.asarray(labels, dtype=np.int64))
         per_t = tf.constant(self.per_template)
         a = tf.Variable(self.template_logits)
