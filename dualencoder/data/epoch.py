@@ -103,7 +103,7 @@ def plan_epoch(records_dir, *, batch_size, seed, epoch, shuffle, all_captions, s
 
 def _check_index(index, records_dir, manifest, counts, skip_bad):
     if skip_bad:
-        raise ValueError("index= builds the order only (decode=False, skip_bad=False)")
+        raise ValueError("index= builds the order of intact records only (skip_bad=False)")
     if (index.shard_sha256 != [sh.get("sha256") for sh in manifest["shards"]]
             or index.counts != counts):
         raise ValueError(f"the RecordIndex of {index.records_dir} does not match the "
