@@ -115,7 +115,7 @@ def test_retrieval_k_larger_than_gallery(capsys, tmp_path, tiny_workdir):
 def test_retrieval_with_a_csls_bank(capsys, tmp_path, tiny_workdir):
     """--bank ranks by CSLS against training records; the report keeps the plain cosine
     numbers (equal to a run without a bank) and the CSLS ones equal a direct computation."""
-    from dualencoder.eval import hubness as H
+    from dualencoder import csls as H
     from dualencoder.eval import metrics as M
     from dualencoder.data.annotations import read_captions
     from dualencoder.encoders.cache import embed_images, embed_texts

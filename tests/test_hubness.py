@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dualencoder.eval import hubness as H
+from dualencoder import csls as H
+from dualencoder.search import store
 from dualencoder.eval import metrics as M
 
 
@@ -81,7 +82,7 @@ def _penalised_index(tmp_path, n=40, dim=8):
                                  fingerprint="fp", dtype="float32", chunk_size=16)
     state = store.read_state(str(tmp_path / "idx"))
     penalty = rng.uniform(0.0, 0.8, n).astype(np.float32)
-    H.save_index_penalties(str(tmp_path / "idx"), penalty, state=state, k=3, bank="bank.txt",
+    store.save_index_penalties(str(tmp_path / "idx"), penalty, state=state, k=3, bank="bank.txt",
                            num_captions=12)
     return index_lib, emb, penalty
 
@@ -117,9 +118,9 @@ def test_index_penalties_of_another_index_version_are_not_used(tmp_path):
     assert "retrieval.py hubness" in index.hubness_problem
     q = emb[:2]
     assert index.search(q, 3, csls=True) == index.search(q, 3)  # falls back to cosine
-    (tmp_path / "idx" / H.INDEX_PENALTIES).write_bytes(b"garbage")
+    (tmp_path / "idx" / store.INDEX_PENALTIES).write_bytes(b"garbage")
     index = index_lib.EmbeddingIndex.open(tmp_path / "idx")
     assert not index.has_csls and "unreadable" in index.hubness_problem
     with pytest.raises(ValueError, match="penalties for an index of"):
-        H.save_index_penalties(str(tmp_path / "idx"), np.zeros(3), state=state, k=1, bank="b",
+        store.save_index_penalties(str(tmp_path / "idx"), np.zeros(3), state=state, k=1, bank="b",
                                num_captions=1)

@@ -221,7 +221,7 @@ def test_real_tiny_model_index_and_search(tmp_path, capsys, synthetic_records):
     px = decode_image((images / index.paths[0]).read_bytes(), model.image_size)
     np.testing.assert_allclose(index.embeddings[0], model.encode_images(px[None])[0], atol=3e-3)
 
-    from dualencoder.eval import hubness
+    from dualencoder import csls as hubness
     from dualencoder.data.annotations import read_captions
 
     bank = synthetic_records["train"]
@@ -298,7 +298,7 @@ def test_serve_command_wires_the_server(env, capsys, monkeypatch):
 
 
 def test_hubness_command_makes_text_search_csls(env, capsys):
-    from dualencoder.eval import hubness
+    from dualencoder import csls as hubness
 
     idx = str(env["index"])
     bank = env["tmp"] / "bank.txt"

@@ -127,7 +127,7 @@ def test_internal_error_is_generic_500(running, monkeypatch, capsys):
 def test_service_ranks_text_queries_by_csls_when_the_index_has_penalties(tmp_path):
     import numpy as np
 
-    from dualencoder.eval import hubness
+    from dualencoder.search import store as hubness
 
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 8)

@@ -152,7 +152,7 @@ def test_an_interrupted_update_keeps_the_last_complete_generation(tmp_path):
 
 
 def test_stale_hubness_penalties_fall_back_to_cosine_after_an_update(tmp_path):
-    from dualencoder.eval import hubness
+    from dualencoder.search import store as hubness
 
     images, out = tmp_path / "images", tmp_path / "index"
     make_images(images, 6)

@@ -1,6 +1,6 @@
 """The retrieval evaluator: image↔text Recall@K over the whole gallery of a captioned records
 directory, by plain cosine or by CSLS against a bank of training data
-(`dualencoder.eval.hubness`), with a figure of example text queries and their top images.
+(`dualencoder.csls`), with a figure of example text queries and their top images.
 `check_bank` validates a bank cheaply, before any model is loaded."""
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ def run_retrieval(encoder, records_dir: str, out_dir: str, *, model_info: dict, 
     """Image↔text retrieval over the whole gallery of a captioned records directory.
 
     With `bank` (a captioned records directory of *training* data, never the gallery),
-    rankings use CSLS against that bank (`dualencoder.eval.hubness`): each gallery image is
+    rankings use CSLS against that bank (`dualencoder.csls`): each gallery image is
     penalised by its mean cosine to its `bank_k` nearest bank captions, each gallery caption
     by its mean cosine to its `bank_k` nearest bank images. The report's `metrics` are then
     the CSLS numbers and `metrics_cosine` the plain cosine ones.
     """
-    from dualencoder.eval import hubness as H
+    from dualencoder import csls as H
 
     if bank is not None:
         check_bank(bank, records_dir, bank_k)

@@ -1,6 +1,6 @@
 """Hubness penalties of an index: each photo's mean cosine to its nearest captions of a bank
 of training captions, stored beside the index so that text queries rank by CSLS
-(`retrieval.py hubness`; the measure itself is `dualencoder.eval.hubness`). An update of the
+(`retrieval.py hubness`; the measure itself is `dualencoder.csls`). An update of the
 index recomputes them against the same bank (`refresh_hubness`), so CSLS outlives updates.
 
 Example:
@@ -16,9 +16,11 @@ import os
 
 import numpy as np
 
+from dualencoder.csls import mean_topk_similarity
 from dualencoder.search.errors import RetrievalError
 from dualencoder.search.index import EmbeddingIndex, normalize
-from dualencoder.search.store import check_fingerprint, read_state
+from dualencoder.search.store import (check_fingerprint, load_index_penalties, read_state,
+                                      save_index_penalties)
 
 
 def read_bank_captions(bank) -> list[str]:
@@ -61,7 +63,6 @@ def add_hubness(index_dir, encoder, bank, *, k: int = 10, progress: bool = True)
     Returns:
         `{"path", "images", "bank_captions", "k", "mean_penalty"}`.
     """
-    from dualencoder.eval import hubness as measure  # noqa: PLC0415
     from dualencoder.encoders.cache import embed_texts  # noqa: PLC0415
 
     index = EmbeddingIndex.open(index_dir)
@@ -76,9 +77,9 @@ def add_hubness(index_dir, encoder, bank, *, k: int = 10, progress: bool = True)
     penalty = np.empty(len(index), np.float32)
     for start in range(0, len(index), 65536):  # float32 copies of one block at a time
         rows = normalize(index.embeddings[start:start + 65536])
-        penalty[start:start + len(rows)] = measure.mean_topk_similarity(rows, bank_emb, int(k))
-    path = measure.save_index_penalties(index.index_dir, penalty, state=index.state, k=int(k),
-                                        bank=os.path.abspath(bank), num_captions=len(texts))
+        penalty[start:start + len(rows)] = mean_topk_similarity(rows, bank_emb, int(k))
+    path = save_index_penalties(index.index_dir, penalty, state=index.state, k=int(k),
+                                bank=os.path.abspath(bank), num_captions=len(texts))
     return {"path": path, "images": len(index), "bank_captions": len(texts), "k": int(k),
             "mean_penalty": float(penalty.mean())}
 
@@ -95,8 +96,6 @@ def refresh_hubness(index_dir, encoder, *, progress: bool = True) -> dict | None
         RetrievalError: the recorded bank is gone or cannot be read; the message says that
             text queries rank by cosine until `retrieval.py hubness` runs again.
     """
-    from dualencoder.eval.hubness import load_index_penalties  # noqa: PLC0415 (NumPy only)
-
     index_dir = os.path.abspath(os.fspath(index_dir))
     state = read_state(index_dir)
     penalty, meta, _ = load_index_penalties(index_dir, state) if state else (None, None, None)

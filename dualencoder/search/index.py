@@ -85,7 +85,7 @@ class EmbeddingIndex:
         index_dir = os.path.abspath(os.fspath(index_dir))
         state = _searchable_state(index_dir, allow_incomplete)
         emb, paths = _read_embeddings(index_dir, state)
-        from dualencoder.eval.hubness import load_index_penalties  # noqa: PLC0415 (NumPy only)
+        from dualencoder.search.store import load_index_penalties  # noqa: PLC0415
 
         penalty, meta, problem = load_index_penalties(index_dir, state)
         return cls(index_dir, state, emb, paths, penalty, meta, problem)

@@ -171,7 +171,7 @@ class RetrievalService:
         loaded (`index --update` recomputes them once it has committed)."""
         if not self.want_csls or snap.csls:
             return False
-        from dualencoder.eval.hubness import INDEX_PENALTIES, load_index_penalties  # noqa: PLC0415
+        from dualencoder.search.store import INDEX_PENALTIES, load_index_penalties  # noqa: PLC0415
 
         path = os.path.join(snap.index.index_dir, INDEX_PENALTIES)
         try:

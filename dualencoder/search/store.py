@@ -34,10 +34,11 @@ import zipfile
 
 import numpy as np
 
+from dualencoder.arrays import write_npz
 from dualencoder.encoders.load import absolute_spec
 from dualencoder.model.layout import saved_fingerprint
 from dualencoder.search.errors import RetrievalError
-from records.files import atomic_write, remove_quietly, write_json_atomic
+from records.files import remove_quietly, write_json_atomic
 
 FORMAT = "dualencoder-embedding-index"
 FORMAT_VERSION = 1
@@ -122,9 +123,9 @@ def add_chunk(index_dir: str, state: dict, embeddings, paths, sizes, mtimes) -> 
     (not committed yet: `commit` makes it part of the index)."""
     name = f"chunk-{state['next_chunk']:05d}.npz"
     state["next_chunk"] += 1
-    with atomic_write(os.path.join(index_dir, name), "wb") as fh:
-        np.savez(fh, embeddings=embeddings, paths=np.asarray(paths, dtype=str),
-                 sizes=np.asarray(sizes, dtype=np.int64), mtimes=np.asarray(mtimes, dtype=np.int64))
+    write_npz(os.path.join(index_dir, name), {
+        "embeddings": embeddings, "paths": np.asarray(paths, dtype=str),
+        "sizes": np.asarray(sizes, dtype=np.int64), "mtimes": np.asarray(mtimes, dtype=np.int64)})
     state["chunks"].append({"file": name, "count": int(len(paths))})
 
 
@@ -202,3 +203,57 @@ def check_saved_fingerprint(state: dict, model_dir, index_dir) -> None:
             f"index {index_dir} was built by a different model (fingerprint "
             f"{state['fingerprint'][:16]} from {state.get('model_path')}, {model_dir} is "
             f"{fp[:16]}); re-index with this model or pass the matching --model")
+
+
+# --------------------------------------------------------------------------------------------
+# Hubness penalties (CSLS, `dualencoder.csls`): INDEX/hubness.npz beside the chunks
+
+INDEX_PENALTIES = "hubness.npz"
+
+
+def save_index_penalties(index_dir: str, penalty, *, state: dict, k: int, bank: str,
+                         num_captions: int) -> str:
+    """Store the r(image) of every image of a committed index (row order) beside it.
+
+    The file records the index generation, image count and model fingerprint it was computed
+    for, so a later `--update` of the index makes it stale instead of silently wrong. Written
+    under a temporary name and renamed into place (an interrupted write leaves no half file).
+
+    Returns:
+        the path written.
+    """
+    penalty = np.asarray(penalty, np.float32)
+    if penalty.shape != (int(state["count"]),):
+        raise ValueError(f"{len(penalty)} penalties for an index of {state['count']} images")
+    meta = {"generation": int(state["generation"]), "count": int(state["count"]),
+            "fingerprint": state["fingerprint"], "k": int(k), "bank": bank,
+            "num_captions": int(num_captions)}
+    path = os.path.join(index_dir, INDEX_PENALTIES)
+    write_npz(path, {"penalty": penalty, "meta": np.array(json.dumps(meta))})
+    return path
+
+
+def load_index_penalties(index_dir: str, state: dict):
+    """The stored r(image) of an index: `(penalty [count] or None, meta or None, problem)`.
+
+    `problem` is None when the file is absent or current, else one line saying why it is not
+    used (written for another generation, count or model, or unreadable) and what to do.
+    """
+    path = os.path.join(index_dir, INDEX_PENALTIES)
+    if not os.path.exists(path):
+        return None, None, None
+    redo = "rerun `retrieval.py hubness` to recompute them; text queries rank by cosine until then"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            penalty = np.asarray(z["penalty"], np.float32)
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError) as exc:
+        return None, None, f"{path} is unreadable ({exc}); {redo}"
+    for key in ("generation", "count", "fingerprint"):
+        if meta.get(key) != state.get(key):
+            return None, meta, (f"{path} holds hubness penalties for another version of the index "
+                                f"({key} {meta.get(key)!r}, the index has {state.get(key)!r}); "
+                                f"{redo}")
+    if penalty.shape != (int(state["count"]),):
+        return None, meta, f"{path} holds {penalty.shape} penalties for {state['count']} images; {redo}"
+    return penalty, meta, None

@@ -17,30 +17,27 @@ image→text rankings `cos - r(caption) / 2`.
 `csls_embeddings` folds the penalties into two extra coordinates, so every dot-product
 ranking (`metrics.retrieval_ranks`, a search index) computes CSLS unchanged.
 
+Evaluation (`eval/retrieval.py`) and photo search (`search/hubness.py`) both use it.
+
 Example:
 ```python
-from dualencoder.eval import hubness
-r_img = hubness.mean_topk_similarity(gallery_images, bank_captions, k=10)
-r_txt = hubness.mean_topk_similarity(gallery_captions, bank_images, k=10)
-img, txt = hubness.csls_embeddings(gallery_images, gallery_captions, r_img, r_txt)
+from dualencoder import csls
+r_img = csls.mean_topk_similarity(gallery_images, bank_captions, k=10)
+r_txt = csls.mean_topk_similarity(gallery_captions, bank_images, k=10)
+img, txt = csls.csls_embeddings(gallery_images, gallery_captions, r_img, r_txt)
 scores = img @ txt.T          # == 2 cos - r_img[:, None] - r_txt[None, :]
 ```
 
 Photo search (`retrieval.py hubness`) stores each indexed image's r(i) against a bank of
-training captions beside the index (`save_index_penalties`); text queries then rank by
-`cos - r(image) / 2`, the text→image CSLS order.
+training captions beside the index (`search.store.save_index_penalties`); text queries then
+rank by `cos - r(image) / 2`, the text→image CSLS order.
 """
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
-from records.files import atomic_write
-
-INDEX_PENALTIES = "hubness.npz"
+__all__ = ["mean_topk_similarity", "csls_embeddings"]
 
 
 def mean_topk_similarity(items, bank, k: int = 10, *, chunk: int = 2048) -> np.ndarray:
@@ -105,52 +102,3 @@ def csls_embeddings(image_emb, text_emb, image_penalty, text_penalty):
     img = np.concatenate([s * image_emb, -ri, np.ones_like(ri)], axis=1)
     txt = np.concatenate([s * text_emb, np.ones_like(rt), -rt], axis=1)
     return img, txt
-
-
-def save_index_penalties(index_dir: str, penalty, *, state: dict, k: int, bank: str,
-                         num_captions: int) -> str:
-    """Store the r(image) of every image of a committed index (row order) beside it.
-
-    The file records the index generation, image count and model fingerprint it was computed
-    for, so a later `--update` of the index makes it stale instead of silently wrong. Written
-    under a temporary name and renamed into place (an interrupted write leaves no half file).
-
-    Returns:
-        the path written.
-    """
-    penalty = np.asarray(penalty, np.float32)
-    if penalty.shape != (int(state["count"]),):
-        raise ValueError(f"{len(penalty)} penalties for an index of {state['count']} images")
-    meta = {"generation": int(state["generation"]), "count": int(state["count"]),
-            "fingerprint": state["fingerprint"], "k": int(k), "bank": bank,
-            "num_captions": int(num_captions)}
-    path = os.path.join(index_dir, INDEX_PENALTIES)
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, penalty=penalty, meta=np.array(json.dumps(meta)))
-    return path
-
-
-def load_index_penalties(index_dir: str, state: dict):
-    """The stored r(image) of an index: `(penalty [count] or None, meta or None, problem)`.
-
-    `problem` is None when the file is absent or current, else one line saying why it is not
-    used (written for another generation, count or model, or unreadable) and what to do.
-    """
-    path = os.path.join(index_dir, INDEX_PENALTIES)
-    if not os.path.exists(path):
-        return None, None, None
-    redo = "rerun `retrieval.py hubness` to recompute them; text queries rank by cosine until then"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            penalty = np.asarray(z["penalty"], np.float32)
-            meta = json.loads(str(z["meta"]))
-    except (OSError, ValueError, KeyError) as exc:
-        return None, None, f"{path} is unreadable ({exc}); {redo}"
-    for key in ("generation", "count", "fingerprint"):
-        if meta.get(key) != state.get(key):
-            return None, meta, (f"{path} holds hubness penalties for another version of the index "
-                                f"({key} {meta.get(key)!r}, the index has {state.get(key)!r}); "
-                                f"{redo}")
-    if penalty.shape != (int(state["count"]),):
-        return None, meta, f"{path} holds {penalty.shape} penalties for {state['count']} images; {redo}"
-    return penalty, meta, None
