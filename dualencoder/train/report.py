@@ -17,14 +17,13 @@ from records.files import write_json_atomic
 
 def synthetic_report(workdir: str, cfg) -> dict:
     """Evaluate `workdir/model` on the held-out synthetic splits; returns {"text", ...}."""
-    import dualencoder
     from dualencoder.data import pipeline as data
     from dualencoder.data.annotations import class_names
-    from dualencoder.eval import metrics
-    from dualencoder.train import setup
-    from dualencoder.train import validation
-    from dualencoder.eval import zeroshot
-    model = dualencoder.load(os.path.join(workdir, "model"))
+    from dualencoder.eval import metrics, zeroshot
+    from dualencoder.model.saving import load
+    from dualencoder.train import setup, validation
+
+    model = load(os.path.join(workdir, "model"))
     dirs = setup.synthetic_default(cfg.data.cache_dir, cfg.data.synthetic_images,
                                    seed=cfg.run.seed)
     image_emb, text_emb, rows = validation.embed_records(
