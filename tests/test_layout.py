@@ -137,6 +137,13 @@ def test_subpackages_import_only_lower_layers():
     assert not offenders, "\n".join(sorted(offenders))
 
 
+def test_library_modules_do_not_import_the_package_facade():
+    """`import dualencoder` (build_model, load, save_model) is for users; library modules
+    import the module that defines what they need."""
+    offenders = [m for m, deps in import_graph().items() if "dualencoder" in deps]
+    assert not offenders, "import the defining module instead in: " + ", ".join(offenders)
+
+
 def test_records_imports_nothing_from_dualencoder():
     offenders = [f"{m} imports {sorted(d for d in deps if d.startswith('dualencoder'))}"
                  for m, deps in import_graph().items()
