@@ -25,7 +25,9 @@ def build_records(source, out_dir, *, shard_size=1000, max_side=None, skip_bad=F
 
     Each image becomes one example holding all of its captions (`records/schema.py`), with
     `image/index` 0..N-1 in source order. Images are decoded once to validate them and read their
-    size; JPEG and PNG bytes are stored unchanged unless `max_side` asks for a smaller image.
+    size; plain RGB or greyscale JPEG and PNG bytes are stored unchanged unless `max_side` asks
+    for a smaller image, and everything else (EXIF-rotated or CMYK JPEGs, GIF, BMP, WebP, ...)
+    as an upright RGB JPEG (`records.images.normalize_image`, which photo search uses too).
     Shards are moved into place only when complete and `manifest.json` is written last, both
     atomically, so an interrupted build leaves no manifest and no partial shard, and a rerun
     completes it. A rebuild into an existing directory first removes its manifest and, once the
