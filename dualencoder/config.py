@@ -201,9 +201,9 @@ _MAX_INT = 2**31 - 1
 
 def min_image_size(image_tower: str) -> int:
     """The smallest `model.image_size` the image tower `image_tower` accepts: its row in the
-    one table of image towers (`dualencoder.model.image_towers`, registered towers included;
+    one table of image towers (`dualencoder.image_towers`, registered towers included;
     pure Python, no TensorFlow), 32 for a name without a row."""
-    from dualencoder.model.image_towers import min_image_size as table_minimum
+    from dualencoder.image_towers import min_image_size as table_minimum
 
     return table_minimum(image_tower)
 

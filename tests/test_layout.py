@@ -137,6 +137,18 @@ def test_subpackages_import_only_lower_layers():
     assert not offenders, "\n".join(sorted(offenders))
 
 
+# Top-level modules every layer reads: they import no subpackage (else a subpackage would
+# import itself through them, e.g. model -> config -> model).
+BASE_MODULES = ("config", "config_values", "losses", "arrays", "csls", "image_towers")
+
+
+def test_base_modules_import_no_subpackage():
+    offenders = [f"{m} imports {d}" for m, deps in import_graph().items()
+                 if m.split(".")[-1] in BASE_MODULES and m.count(".") == 1
+                 for d in deps if d.count(".") >= 2 and d.startswith("dualencoder.")]
+    assert not offenders, "\n".join(sorted(offenders))
+
+
 def test_library_modules_do_not_import_the_package_facade():
     """`import dualencoder` (build_model, load, save_model) is for users; library modules
     import the module that defines what they need."""

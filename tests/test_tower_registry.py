@@ -13,7 +13,7 @@ from dualencoder.config import Config, ConfigError, min_image_size
 from dualencoder.eval.baselines import FeatureEncoder, resolve_arch
 from dualencoder.eval.errors import EvaluationError
 from dualencoder.model.image_tower import ImageTower
-from dualencoder.model.image_towers import (DEFAULT_MIN_SIZE, ImageTowerSpec, image_tower_names,
+from dualencoder.image_towers import (DEFAULT_MIN_SIZE, ImageTowerSpec, image_tower_names,
                                             image_tower_spec, normalise_name,
                                             register_image_tower, unregister_image_tower)
 from dualencoder.model.saving import load, save_model

@@ -28,13 +28,13 @@ import numpy as np
 
 from dualencoder.eval.errors import EvaluationError
 from dualencoder.eval.report import SUMMARY_KEYS, classification_section, header, write_report
-from dualencoder.model.image_towers import image_tower_names, image_tower_spec
+from dualencoder.image_towers import image_tower_names, image_tower_spec
 
 __all__ = ["resolve_arch", "check_arch", "FeatureEncoder", "run_baseline"]
 
 
 def resolve_arch(arch: str):
-    """The image tower row (`dualencoder.model.image_towers.ImageTowerSpec`) of `--arch`:
+    """The image tower row (`dualencoder.image_towers.ImageTowerSpec`) of `--arch`:
     a keras.applications name (case-insensitive: `xception`, `efficientnetb7`, `resnet50`,
     ...) or any registered image tower."""
     try:

@@ -3,7 +3,7 @@ for tests, or one added with `register_image_tower`), with the backbone's own pr
 inside, so callers pass raw 0..255 images.
 
 Names, constructors, preprocessing and sizes come from the one table in
-`dualencoder.model.image_towers`. `trainable="all" | "none" | N` trains the top-N blocks
+`dualencoder.image_towers`. `trainable="all" | "none" | N` trains the top-N blocks
 (`trainable_layers`). Nothing is built or downloaded at import.
 """
 
@@ -15,7 +15,7 @@ import warnings
 import keras
 from keras import ops
 
-from dualencoder.model.image_towers import TINY, image_tower_names, image_tower_spec
+from dualencoder.image_towers import TINY, image_tower_names, image_tower_spec
 from dualencoder.model.trainable_layers import parse_trainable, set_top_trainable
 
 __all__ = ["ImageTower", "image_tower_names", "load_weights_quietly", "TINY"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from dualencoder.model.image_towers import BLOCK_PATTERN
+from dualencoder.image_towers import BLOCK_PATTERN
 
 __all__ = ["parse_trainable", "set_top_trainable"]
 
